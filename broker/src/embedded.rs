@@ -1,0 +1,643 @@
+//! The embedded broker: rmqtt 0.24 running in this process, with a TCP and a WebSocket listener.
+//!
+//! [`EmbeddedBroker::start`] binds both listeners, builds an rmqtt server context with the
+//! settings ordinary clients need (see the crate README for each one and why), registers the
+//! retainer and shared-subscription plugins and our hooks, and runs until the shutdown token is
+//! cancelled. Host publishes enter rmqtt like its HTTP API's publishes do; host subscriptions are
+//! fed by a `MessagePublish` hook through [`LocalRouter`]. Not here: ACLs, TLS, clustering.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rmqtt::codec::v5::PublishProperties;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
+use rmqtt::net::{Builder, Listener};
+use rmqtt::server::MqttServer;
+use rmqtt::session::SessionState;
+use rmqtt::types::{
+    AuthResult, ClientId, CodecPublish, From, Id, Publish, TopicFilter, TopicName, UserName,
+};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::local::{valid_topic, LocalRouter};
+use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
+
+/// Room for the fixed header, topic (up to 64 KiB) and MQTT 5 properties on top of the payload.
+const PACKET_HEADER_ROOM_BYTES: usize = 64 * 1024;
+/// Listen backlog; the kernel caps it at `net.core.somaxconn`. rmqtt's 512 overflows when a
+/// few thousand devices reconnect at once, and an overflowed SYN is retried only after 1 s.
+const LISTEN_BACKLOG: i32 = 4096;
+/// How long shutdown waits for connected clients to be disconnected.
+const SHUTDOWN_KICK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The client id host publishes carry.
+const HOST_CLIENT_ID: &str = "iotctl";
+
+/// Settings of the embedded broker (`[broker]` in the controller's config).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct EmbeddedConfig {
+    /// MQTT over TCP, `host:port`.
+    pub listen: String,
+    /// MQTT over WebSocket (any path, e.g. `/mqtt`), `host:port`; empty disables it.
+    pub ws_listen: String,
+    /// Largest application payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Unacknowledged QoS 1/2 messages per client and direction.
+    pub max_inflight: u16,
+    /// Client sessions (connected or persisted); further CONNECTs are refused.
+    pub max_sessions: usize,
+    /// Messages queued per session beyond the inflight window before the broker drops them.
+    pub max_mqueue_len: usize,
+    /// Whether clients without a username are accepted.
+    pub allow_anonymous: bool,
+    /// How long a client publish waits for a full host subscription before it is dropped.
+    pub host_send_timeout_ms: u64,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:1883".to_owned(),
+            ws_listen: "127.0.0.1:1884".to_owned(),
+            max_payload_bytes: 1024 * 1024,
+            max_inflight: 128,
+            max_sessions: 50_000,
+            max_mqueue_len: 1000,
+            allow_anonymous: true,
+            host_send_timeout_ms: 1000,
+        }
+    }
+}
+
+impl EmbeddedConfig {
+    fn max_packet_bytes(&self) -> Result<u32, BrokerError> {
+        self.max_payload_bytes
+            .checked_add(PACKET_HEADER_ROOM_BYTES)
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|_| self.max_payload_bytes > 0)
+            .ok_or_else(|| {
+                BrokerError::Other(format!(
+                    "`broker.max_payload_bytes` = {} is out of range (1 ..= {})",
+                    self.max_payload_bytes,
+                    u32::MAX as usize - PACKET_HEADER_ROOM_BYTES
+                ))
+            })
+    }
+
+    fn inflight(&self) -> Result<NonZeroU16, BrokerError> {
+        NonZeroU16::new(self.max_inflight).ok_or_else(|| {
+            BrokerError::Other(
+                "`broker.max_inflight` must be at least 1 (64 or more is advised)".into(),
+            )
+        })
+    }
+}
+
+fn parse_addr(addr: &str, key: &'static str) -> Result<SocketAddr, BrokerError> {
+    addr.parse().map_err(|_| {
+        BrokerError::Other(format!(
+            "`{key}` = \"{addr}\" is not an ip:port address (e.g. 127.0.0.1:1883)"
+        ))
+    })
+}
+
+/// Decides whether a client's username and password are good. Called on the connection's task
+/// for every CONNECT with a username: keep it fast (no blocking I/O).
+pub trait Authenticator: Send + Sync + fmt::Debug {
+    fn check(&self, username: &str, password: &[u8]) -> bool;
+}
+
+/// The embedded broker. A cheap handle: clones share one server.
+#[derive(Clone)]
+pub struct EmbeddedBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    scx: ServerContext,
+    local: LocalRouter,
+    dropped: Arc<AtomicU64>,
+    auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
+    max_payload_bytes: usize,
+    mqtt_addr: SocketAddr,
+    ws_addr: Option<SocketAddr>,
+    host: From,
+}
+
+impl EmbeddedBroker {
+    /// Binds the listeners of `cfg` and runs the broker until `shutdown` is cancelled; the
+    /// returned task ends once the listeners are closed and clients disconnected.
+    /// Port 0 binds a free port: see [`mqtt_addr`](Self::mqtt_addr) and [`ws_addr`](Self::ws_addr).
+    pub async fn start(
+        cfg: &EmbeddedConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(EmbeddedBroker, JoinHandle<()>), BrokerError> {
+        let max_packet = cfg.max_packet_bytes()?;
+        let listen = parse_addr(&cfg.listen, "broker.listen")?;
+        let ws_listen = match cfg.ws_listen.trim() {
+            "" => None,
+            addr => Some(parse_addr(addr, "broker.ws_listen")?),
+        };
+
+        let builder = Builder::new()
+            .reuseaddr(Some(true))
+            .backlog(LISTEN_BACKLOG)
+            .nodelay(true)
+            .max_packet_size(max_packet)
+            .max_inflight(cfg.inflight()?)
+            .max_mqueue_len(cfg.max_mqueue_len)
+            .allow_anonymous(cfg.allow_anonymous)
+            .allow_zero_keepalive(true)
+            // rmqtt gives a message without a Message Expiry Interval one of 5 min: it dropped
+            // QoS 1/2 messages queued for an offline persistent session after 5 min and added
+            // `MessageExpiryInterval: 300` to every PUBLISH sent to an MQTT 5 client. Zero means
+            // none: such messages never expire (MQTT 5, 3.3.2.3.3; Mosquitto's behaviour).
+            // Messages published with an expiry interval still expire.
+            .message_expiry_interval(Duration::ZERO)
+            // rmqtt resent every unacknowledged QoS 1/2 PUBLISH on the open connection every 20 s
+            // (with DUP), which MQTT 5 forbids (4.4: only on reconnect) and Mosquitto does not do:
+            // a subscriber that takes 20 s to ack got duplicates. Zero: resent on reconnect only.
+            .message_retry_interval(Duration::ZERO);
+        let tcp = bind(
+            builder.clone().name("iotctl/tcp").laddr(listen),
+            "MQTT over TCP",
+            "broker.listen",
+        )?;
+        let mqtt_addr = local_addr(&tcp, "MQTT over TCP", "broker.listen")?;
+        let ws = match ws_listen {
+            None => None,
+            Some(addr) => {
+                let l = bind(
+                    builder.name("iotctl/ws").laddr(addr),
+                    "MQTT over WebSocket",
+                    "broker.ws_listen",
+                )?
+                .ws()
+                .map_err(other)?;
+                let bound = local_addr(&l, "MQTT over WebSocket", "broker.ws_listen")?;
+                Some((l, bound))
+            }
+        };
+        let tcp = tcp.tcp().map_err(other)?;
+
+        let scx = ServerContext::new()
+            // The busy check refuses CONNECTs while the host's CPU is above 90%, e.g. during a build.
+            .busy_check_enable(false)
+            .mqtt_max_sessions(isize::try_from(cfg.max_sessions).unwrap_or(isize::MAX))
+            .plugins_config_map_add("rmqtt-retainer", retainer_config(cfg.max_payload_bytes))
+            .plugins_config_map_add(
+                "rmqtt-shared-subscription",
+                "strategy = \"round_robin\"\nsticky_cache_size = 1024\n",
+            )
+            .build()
+            .await;
+        rmqtt_retainer::register(&scx, true, false)
+            .await
+            .map_err(other)?;
+        rmqtt_shared_subscription::register(&scx, true, false)
+            .await
+            .map_err(other)?;
+
+        let local = LocalRouter::new(Duration::from_millis(cfg.host_send_timeout_ms));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>> = Arc::default();
+        register_hooks(&scx, &local, &dropped, &auth).await;
+
+        let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, mqtt_addr.port());
+        let mut ws_addr = None;
+        if let Some((l, addr)) = ws {
+            server = server.listener_by_id(l, addr.port());
+            ws_addr = Some(addr);
+        }
+        let server = server.build();
+
+        let host = From::from_admin(Id::new(
+            scx.node.id(),
+            mqtt_addr.port(),
+            Some(mqtt_addr),
+            None,
+            ClientId::from(HOST_CLIENT_ID),
+            Some(UserName::from(HOST_CLIENT_ID)),
+        ));
+        let broker = EmbeddedBroker {
+            inner: Arc::new(Inner {
+                scx: scx.clone(),
+                local,
+                dropped,
+                auth,
+                max_payload_bytes: cfg.max_payload_bytes,
+                mqtt_addr,
+                ws_addr,
+                host,
+            }),
+        };
+        tracing::info!(mqtt.addr = %mqtt_addr, ws.addr = ?ws_addr, "embedded MQTT broker listening");
+
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                res = server.run() => {
+                    if let Err(e) = res {
+                        tracing::error!(error = %e, "embedded MQTT broker stopped");
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+            // The server future, and with it both listeners, is dropped here.
+            disconnect_all(&scx).await;
+            tracing::info!("embedded MQTT broker stopped");
+        });
+        Ok((broker, task))
+    }
+
+    /// The bound MQTT/TCP address.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.inner.mqtt_addr
+    }
+
+    /// The bound MQTT/WebSocket address, if that listener is enabled. Any path works
+    /// (`ws://host:port/mqtt` is the usual); clients must offer the `mqtt` subprotocol.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.inner.ws_addr
+    }
+
+    /// Checks usernames and passwords from now on (see [`Authenticator`]).
+    pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
+        *self
+            .inner
+            .auth
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(auth);
+    }
+}
+
+/// Our hooks: host subscriptions, drop counting, authentication.
+async fn register_hooks(
+    scx: &ServerContext,
+    local: &LocalRouter,
+    dropped: &Arc<AtomicU64>,
+    auth: &Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
+) {
+    let register = scx.extends.hook_mgr().register();
+    let publish = PublishHook {
+        local: local.clone(),
+    };
+    register.add(Type::MessagePublish, Box::new(publish)).await;
+    let drops = DroppedHook {
+        dropped: dropped.clone(),
+    };
+    register.add(Type::MessageDropped, Box::new(drops)).await;
+    let auth = AuthHook { auth: auth.clone() };
+    register.add(Type::ClientAuthenticate, Box::new(auth)).await;
+    register.start().await;
+}
+
+fn bind(builder: Builder, what: &'static str, key: &'static str) -> Result<Listener, BrokerError> {
+    let addr = builder.laddr;
+    builder.bind().map_err(|e| BrokerError::Bind {
+        what,
+        key,
+        addr: addr.to_string(),
+        source: match e.downcast::<std::io::Error>() {
+            Ok(io) => io,
+            Err(e) => std::io::Error::other(e.to_string()),
+        },
+    })
+}
+
+fn local_addr(
+    l: &Listener,
+    what: &'static str,
+    key: &'static str,
+) -> Result<SocketAddr, BrokerError> {
+    l.local_addr().map_err(|e| BrokerError::Bind {
+        what,
+        key,
+        addr: l.cfg.laddr.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+fn other(e: impl fmt::Display) -> BrokerError {
+    BrokerError::Other(e.to_string())
+}
+
+/// The rmqtt-retainer settings: in memory, no TTL (its default follows the 5 min message expiry),
+/// payloads as large as the broker accepts.
+fn retainer_config(max_payload_bytes: usize) -> String {
+    format!(
+        "retained_message_ttl = \"0m\"\nmax_retained_messages = 0\nmax_payload_size = \"{max_payload_bytes}B\"\n\n[storage]\ntype = \"ram\"\n"
+    )
+}
+
+/// Disconnects every client (best effort, bounded), so they reconnect to whatever comes next.
+async fn disconnect_all(scx: &ServerContext) {
+    let shared = scx.extends.shared().await;
+    let ids: Vec<Id> = shared.iter().map(|e| e.id()).collect();
+    let kicks = ids.into_iter().map(|id| {
+        let mut entry = shared.entry(id);
+        async move {
+            if entry.session().is_some() {
+                let _ = entry.kick(true, true, true).await;
+            }
+        }
+    });
+    if tokio::time::timeout(SHUTDOWN_KICK_TIMEOUT, futures::future::join_all(kicks))
+        .await
+        .is_err()
+    {
+        tracing::warn!("some MQTT clients were not disconnected within the shutdown timeout");
+    }
+}
+
+fn to_rmqtt_qos(q: QoS) -> rmqtt::codec::types::QoS {
+    match q {
+        QoS::AtMostOnce => rmqtt::codec::types::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rmqtt::codec::types::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rmqtt::codec::types::QoS::ExactlyOnce,
+    }
+}
+
+fn from_rmqtt_qos(q: rmqtt::codec::types::QoS) -> QoS {
+    match q {
+        rmqtt::codec::types::QoS::AtMostOnce => QoS::AtMostOnce,
+        rmqtt::codec::types::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rmqtt::codec::types::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+#[async_trait]
+impl Broker for EmbeddedBroker {
+    async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
+        if !valid_topic(&msg.topic) {
+            return Err(BrokerError::Other(format!(
+                "invalid topic name `{}`",
+                msg.topic
+            )));
+        }
+        if msg.payload.len() > self.inner.max_payload_bytes {
+            return Err(BrokerError::Other(format!(
+                "payload of {} bytes exceeds `broker.max_payload_bytes` = {}",
+                msg.payload.len(),
+                self.inner.max_payload_bytes
+            )));
+        }
+        let scx = &self.inner.scx;
+        let from = self.inner.host.clone();
+        let p = CodecPublish {
+            dup: false,
+            retain: msg.retain,
+            qos: to_rmqtt_qos(msg.qos),
+            topic: TopicName::from(msg.topic),
+            packet_id: None,
+            payload: msg.payload,
+            properties: Some(PublishProperties::default()),
+        };
+        let p = Publish::from(p).create_time(rmqtt::utils::timestamp_millis());
+        // Like rmqtt-http-api: hooks first (ours feeds host subscriptions), then routing; a
+        // retained publish is stored by `forwards` (an empty payload clears the topic).
+        let p = scx
+            .extends
+            .hook_mgr()
+            .message_publish(None, from.clone(), &p)
+            .await
+            .unwrap_or(p);
+        SessionState::forwards(scx, from, p, false, None)
+            .await
+            .map_err(other)
+    }
+
+    async fn subscribe(&self, filter: &str, capacity: usize) -> Result<Subscription, BrokerError> {
+        let (rx, guard) = self.inner.local.subscribe(filter, capacity)?;
+        Ok(Subscription::new(filter.to_owned(), rx, Box::new(guard)))
+    }
+
+    async fn retained(&self, filter: &str) -> Result<Vec<Message>, BrokerError> {
+        if !iot_proto::topics::valid_filter(filter) {
+            return Err(BrokerError::Filter(filter.to_owned()));
+        }
+        let found = self
+            .inner
+            .scx
+            .extends
+            .retain()
+            .await
+            .get(&TopicFilter::from(filter))
+            .await
+            .map_err(other)?;
+        let by_topic: BTreeMap<String, Message> = found
+            .into_iter()
+            .map(|(topic, r)| {
+                let m = Message::new(
+                    topic.to_string(),
+                    r.publish.payload.clone(),
+                    from_rmqtt_qos(r.publish.qos),
+                    true,
+                );
+                (m.topic.clone(), m)
+            })
+            .collect();
+        Ok(by_topic.into_values().collect())
+    }
+
+    fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            sessions: u64::try_from(self.inner.scx.connections.count()).unwrap_or(0),
+            dropped: self.inner.dropped.load(Ordering::Relaxed),
+            host_dropped: self.inner.local.host_dropped(),
+        }
+    }
+}
+
+impl fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("mqtt_addr", &self.inner.mqtt_addr)
+            .field("ws_addr", &self.inner.ws_addr)
+            .field("local", &self.inner.local)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Feeds every inbound publish (clients, wills, the host) to the host subscriptions.
+/// It runs before rmqtt's publish ACL check, which is fine as long as no ACL plugin is used.
+struct PublishHook {
+    local: LocalRouter,
+}
+
+#[async_trait]
+impl Handler for PublishHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessagePublish(session, _, p) = param {
+            // An earlier handler may have rewritten the publish.
+            let p = match &acc {
+                Some(HookResult::Publish(p)) => p,
+                _ => *p,
+            };
+            if !self.local.is_empty() {
+                let msg = Message::new(
+                    p.topic.to_string(),
+                    p.payload.clone(),
+                    from_rmqtt_qos(p.qos),
+                    p.retain,
+                );
+                if session.is_some() {
+                    self.local.dispatch(&msg).await;
+                } else {
+                    // A host publish (no client session): never wait on a host subscription,
+                    // which may belong to the very task publishing.
+                    self.local.try_dispatch(&msg);
+                }
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// Counts the messages rmqtt drops (queue overflow, expiry, refused...).
+struct DroppedHook {
+    dropped: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Handler for DroppedHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessageDropped(to, _, _, reason) = param {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                tracing::debug!(dropped = n + 1, to = ?to.as_ref().map(|t| t.client_id.to_string()), %reason, "MQTT broker dropped a message");
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// Checks CONNECT credentials with the [`Authenticator`], when one is set. rmqtt only asks when
+/// the client sent a username or anonymous clients are not allowed.
+struct AuthHook {
+    auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
+}
+
+#[async_trait]
+impl Handler for AuthHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        let Parameter::ClientAuthenticate(info) = param else {
+            return (true, acc);
+        };
+        let auth = self
+            .auth
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(auth) = auth else { return (true, acc) };
+        let result = match info.username() {
+            Some(user) => {
+                let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
+                if auth.check(user, password) {
+                    AuthResult::Allow(false, None)
+                } else {
+                    AuthResult::BadUsernameOrPassword
+                }
+            }
+            None => AuthResult::NotAuthorized,
+        };
+        (false, Some(HookResult::AuthResult(result)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The retainer plugin reads the settings we give it: no TTL, payloads up to our maximum.
+    #[tokio::test]
+    async fn retainer_gets_our_settings() {
+        let cfg = EmbeddedConfig {
+            listen: "127.0.0.1:0".into(),
+            ws_listen: String::new(),
+            max_payload_bytes: 2 << 20,
+            ..EmbeddedConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let (b, task) = EmbeddedBroker::start(&cfg, shutdown.clone()).await.unwrap();
+        let retainer = b
+            .inner
+            .scx
+            .plugins
+            .get_config("rmqtt-retainer")
+            .await
+            .unwrap();
+        assert_eq!(retainer["retained_message_ttl"]["secs"], 0, "{retainer}");
+        assert_eq!(retainer["storage"], "Ram", "{retainer}");
+
+        // Larger than the retainer's own 1 MiB default.
+        let big = Message::new("big", vec![7u8; 3 << 19], QoS::AtLeastOnce, true);
+        b.publish(big.clone()).await.unwrap();
+        assert_eq!(b.retained("big").await.unwrap(), vec![big]);
+        assert!(b.ws_addr().is_none());
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    /// Client sessions get our listener settings: no expiry for messages published without a
+    /// Message Expiry Interval, and no resending of unacknowledged messages on an open
+    /// connection (rmqtt's defaults: 5 min and 20 s). The effect of the first is checked end to
+    /// end in tests/it; the second would need a 20 s wait there.
+    #[tokio::test]
+    async fn sessions_get_no_message_expiry_and_no_retry() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cfg = EmbeddedConfig {
+            listen: "127.0.0.1:0".into(),
+            ws_listen: String::new(),
+            ..EmbeddedConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let (b, task) = EmbeddedBroker::start(&cfg, shutdown.clone()).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(b.mqtt_addr()).await.unwrap();
+        // CONNECT, MQTT 3.1.1, clean session, keepalive 30, client id "cfg"
+        s.write_all(b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x1e\x00\x03cfg")
+            .await
+            .unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        let shared = b.inner.scx.extends.shared().await;
+        let session = shared
+            .iter()
+            .find_map(|e| e.session())
+            .expect("a client session");
+        let lc = session.listen_cfg();
+        assert_eq!(lc.message_expiry_interval, Duration::ZERO);
+        assert_eq!(lc.message_retry_interval, Duration::ZERO);
+        drop(shared);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn config_validation() {
+        let zero = EmbeddedConfig {
+            max_inflight: 0,
+            ..EmbeddedConfig::default()
+        };
+        assert!(zero.inflight().is_err());
+        let huge = EmbeddedConfig {
+            max_payload_bytes: usize::MAX,
+            ..EmbeddedConfig::default()
+        };
+        assert!(huge.max_packet_bytes().is_err());
+        assert_eq!(
+            EmbeddedConfig::default().max_packet_bytes().unwrap(),
+            (1 << 20) + (64 << 10)
+        );
+        assert!(valid_topic("a/b") && !valid_topic("a/+") && !valid_topic("") && !valid_topic("#"));
+    }
+}

@@ -1,0 +1,158 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![doc = include_str!("../README.md")]
+//!
+//! Layout:
+//! - this file: the [`Broker`] interface the servers use, [`Message`], [`QoS`], [`Subscription`].
+//! - [`embedded`]: rmqtt in-process, with TCP and WebSocket listeners.
+//! - [`external`]: a connection to another broker (Mosquitto, ...) over rumqttc.
+//! - [`local`]: the in-process fan-out of messages to host subscriptions, shared by both.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub mod embedded;
+pub mod external;
+pub mod local;
+
+pub use embedded::{Authenticator, EmbeddedBroker, EmbeddedConfig};
+pub use external::{ExternalBroker, ExternalConfig};
+
+/// MQTT quality of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QoS {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
+}
+
+/// One MQTT application message as the servers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+impl Message {
+    pub fn new(
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+        }
+    }
+}
+
+/// Errors of the broker layer.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr} ({what}): {source}. Is another MQTT broker (e.g. Mosquitto) already using it? Change `{key}` in the config.")]
+    Bind {
+        what: &'static str,
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("invalid topic filter `{0}`")]
+    Filter(String),
+    #[error("invalid broker url `{0}`: expected mqtt://host:port")]
+    Url(String),
+    #[error("the broker connection is closed")]
+    Closed,
+    #[error("broker error: {0}")]
+    Other(String),
+}
+
+/// Counters the broker layer keeps, for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Client sessions currently connected (embedded only; 0 for external).
+    pub sessions: u64,
+    /// Messages the broker dropped (queue overflow, expiry, refused), as its MessageDropped hook saw them.
+    pub dropped: u64,
+    /// Messages not handed to a host subscription because its channel stayed full.
+    pub host_dropped: u64,
+}
+
+/// A host subscription: a bounded stream of the messages matching one filter.
+/// Dropping it unsubscribes.
+pub struct Subscription {
+    rx: mpsc::Receiver<Message>,
+    filter: String,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Subscription {
+    pub fn new(filter: String, rx: mpsc::Receiver<Message>, guard: Box<dyn Send + Sync>) -> Self {
+        Self {
+            rx,
+            filter,
+            _guard: guard,
+        }
+    }
+
+    /// The next message, or `None` once the broker is gone.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// Like [`recv`](Self::recv) without waiting: `None` when nothing is queued.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
+
+    pub fn filter(&self) -> &str {
+        &self.filter
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("filter", &self.filter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the servers (CSM, CCM) need from a broker. Implemented by the embedded broker and by
+/// the external-broker connection, so the servers run unchanged on either.
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Publishes as the controller. Host subscriptions matching the topic receive it too.
+    async fn publish(&self, msg: Message) -> Result<(), BrokerError>;
+
+    /// Subscribes to `filter` (MQTT syntax); matching messages from clients and from the host
+    /// arrive on a stream bounded to `capacity` messages.
+    async fn subscribe(&self, filter: &str, capacity: usize) -> Result<Subscription, BrokerError>;
+
+    /// The retained messages currently stored for topics matching `filter`.
+    async fn retained(&self, filter: &str) -> Result<Vec<Message>, BrokerError>;
+
+    /// Counters for status and metrics.
+    fn stats(&self) -> BrokerStats;
+}
+
+/// A cheap, clonable handle to whichever broker is in use.
+pub type BrokerHandle = Arc<dyn Broker>;
+
+impl futures::Stream for Subscription {
+    type Item = Message;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Message>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}

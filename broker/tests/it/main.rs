@@ -1,0 +1,188 @@
+//! End-to-end tests of the broker layer with real sockets and real MQTT clients.
+//! Embedded brokers run on `127.0.0.1:0`; the external-broker tests use the Mosquitto listening on
+//! 127.0.0.1:1883 on this machine. Tests wait on conditions with timeouts, never on fixed sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod embedded;
+mod external;
+mod raw;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use iot_broker::{EmbeddedBroker, EmbeddedConfig};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running embedded broker; dropping it shuts it down.
+#[derive(Debug)]
+pub struct TestBroker {
+    pub broker: EmbeddedBroker,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<()>>,
+}
+
+impl TestBroker {
+    pub fn addr(&self) -> SocketAddr {
+        self.broker.mqtt_addr()
+    }
+
+    /// Cancels and waits until the broker task has ended.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("broker stops")
+                .expect("broker task");
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn test_config() -> EmbeddedConfig {
+    EmbeddedConfig {
+        listen: "127.0.0.1:0".into(),
+        ws_listen: "127.0.0.1:0".into(),
+        ..EmbeddedConfig::default()
+    }
+}
+
+pub async fn spawn_broker() -> TestBroker {
+    spawn_broker_with(test_config()).await
+}
+
+pub async fn spawn_broker_with(cfg: EmbeddedConfig) -> TestBroker {
+    let shutdown = CancellationToken::new();
+    let (broker, task) = EmbeddedBroker::start(&cfg, shutdown.clone())
+        .await
+        .expect("broker starts");
+    TestBroker {
+        broker,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+/// A rumqttc client whose event loop runs on its own task; incoming packets arrive on `rx`.
+#[derive(Debug)]
+pub struct TestClient {
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<Packet>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(4 << 20, 4 << 20);
+    opts
+}
+
+/// Connects and waits for the CONNACK.
+pub async fn client(addr: SocketAddr, id: &str) -> TestClient {
+    client_with(options(addr, id)).await
+}
+
+pub async fn client_with(opts: MqttOptions) -> TestClient {
+    let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(p)) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Outgoing(_)) => {}
+                Err(e) => {
+                    eprintln!("test client: {e}");
+                    return;
+                }
+            }
+        }
+    });
+    within(WAIT, "CONNACK", async {
+        loop {
+            if let Packet::ConnAck(_) = rx
+                .recv()
+                .await
+                .expect("client event loop ended before CONNACK")
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    TestClient { client, rx, task }
+}
+
+impl TestClient {
+    /// The next incoming packet matching `pick`, skipping others.
+    pub async fn next<T>(&mut self, what: &str, mut pick: impl FnMut(Packet) -> Option<T>) -> T {
+        within(WAIT, what, async {
+            loop {
+                let p = self
+                    .rx
+                    .recv()
+                    .await
+                    .unwrap_or_else(|| panic!("client closed while waiting for {what}"));
+                if let Some(t) = pick(p) {
+                    return t;
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn next_publish(&mut self) -> rumqttc::Publish {
+        self.next("PUBLISH", |p| match p {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        self.next("SUBACK", |p| matches!(p, Packet::SubAck(_)).then_some(()))
+            .await;
+    }
+}
+
+/// Awaits `fut` for at most `wait`, panicking with `what` otherwise.
+pub async fn within<T>(wait: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(wait, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {wait:?} waiting for {what}"))
+}
+
+/// Polls `cond` every 10 ms until it holds, for at most `wait`.
+pub async fn eventually(wait: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    within(wait, what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}

@@ -1,0 +1,217 @@
+//! Hand-encoded MQTT packets over plain TCP: cheaper than rumqttc for thousands of clients and
+//! precise about what goes on the wire (protocol names, keepalive 0, unacknowledged QoS 2).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const CONNACK: u8 = 0x20;
+pub const PUBREC: u8 = 0x50;
+pub const PUBCOMP: u8 = 0x70;
+pub const SUBACK: u8 = 0x90;
+pub const PINGRESP: u8 = 0xD0;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Proto {
+    V31,
+    V311,
+    V5,
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
+    buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    buf.extend_from_slice(s);
+}
+
+fn packet(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![header];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+pub fn connect(
+    client_id: &str,
+    proto: Proto,
+    keep_alive: u16,
+    login: Option<(&str, &str)>,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    let (name, level): (&[u8], u8) = match proto {
+        Proto::V31 => (b"MQIsdp", 3),
+        Proto::V311 => (b"MQTT", 4),
+        Proto::V5 => (b"MQTT", 5),
+    };
+    put_str(&mut body, name);
+    body.push(level);
+    let mut flags = 0x02; // clean session
+    if login.is_some() {
+        flags |= 0xC0;
+    }
+    body.push(flags);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    if let Proto::V5 = proto {
+        body.push(0); // no properties
+    }
+    put_str(&mut body, client_id.as_bytes());
+    if let Some((user, pass)) = login {
+        put_str(&mut body, user.as_bytes());
+        put_str(&mut body, pass.as_bytes());
+    }
+    packet(0x10, &body)
+}
+
+pub fn subscribe(pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    put_str(&mut body, filter.as_bytes());
+    body.push(qos);
+    packet(0x82, &body)
+}
+
+pub fn publish(topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    put_str(&mut body, topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    body.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &body)
+}
+
+/// MQTT 5 SUBSCRIBE without properties.
+pub fn subscribe_v5(pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    body.push(0); // no properties
+    put_str(&mut body, filter.as_bytes());
+    body.push(qos);
+    packet(0x82, &body)
+}
+
+/// MQTT 5 PUBLISH with `props` (encoded properties, shorter than 128 bytes).
+pub fn publish_v5(topic: &str, qos: u8, pkid: u16, props: &[u8], payload: &[u8]) -> Vec<u8> {
+    assert!(props.len() < 128);
+    let mut body = Vec::new();
+    put_str(&mut body, topic.as_bytes());
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    body.push(props.len() as u8);
+    body.extend_from_slice(props);
+    body.extend_from_slice(payload);
+    packet(0x30 | (qos << 1), &body)
+}
+
+/// The Message Expiry Interval property (0x02) of an MQTT 5 PUBLISH as received, if any.
+pub fn message_expiry(p: &(u8, Vec<u8>)) -> Option<u32> {
+    assert_eq!(p.0 & 0xF0, 0x30, "expected PUBLISH, got {:#x}", p.0);
+    let body = &p.1;
+    let mut i = 2 + usize::from(u16::from_be_bytes([body[0], body[1]]));
+    if p.0 & 0x06 != 0 {
+        i += 2; // packet id
+    }
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = body[i];
+        i += 1;
+        len |= usize::from(b & 0x7F) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let props = &body[i..i + len];
+    let mut j = 0;
+    while j < props.len() {
+        let id = props[j];
+        j += 1;
+        let width = match id {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+            0x13 | 0x21 | 0x22 | 0x23 => 2,
+            0x02 | 0x11 | 0x18 | 0x27 => 4,
+            0x0B => {
+                // Subscription Identifier: a variable byte integer
+                let mut n = 0;
+                while props[j + n] & 0x80 != 0 {
+                    n += 1;
+                }
+                n + 1
+            }
+            0x26 => {
+                // User Property: two strings
+                let k = 2 + usize::from(u16::from_be_bytes([props[j], props[j + 1]]));
+                k + 2 + usize::from(u16::from_be_bytes([props[j + k], props[j + k + 1]]))
+            }
+            // strings and binary data
+            _ => 2 + usize::from(u16::from_be_bytes([props[j], props[j + 1]])),
+        };
+        if id == 0x02 {
+            return Some(u32::from_be_bytes(props[j..j + 4].try_into().unwrap()));
+        }
+        j += width;
+    }
+    None
+}
+
+pub fn pubrel(pkid: u16) -> Vec<u8> {
+    packet(0x62, &pkid.to_be_bytes())
+}
+
+pub fn pingreq() -> Vec<u8> {
+    vec![0xC0, 0]
+}
+
+/// Reads one packet: (first byte, body). `None` when the peer closed the connection.
+pub async fn read(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let header = stream.read_u8().await.ok()?;
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let b = stream.read_u8().await.ok()?;
+        len |= usize::from(b & 0x7F) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body).await.ok()?;
+    Some((header, body))
+}
+
+/// Reads one packet within `wait`, panicking with `what` otherwise.
+pub async fn expect(stream: &mut TcpStream, wait: Duration, what: &str) -> (u8, Vec<u8>) {
+    match tokio::time::timeout(wait, read(stream)).await {
+        Ok(Some(p)) => p,
+        Ok(None) => panic!("connection closed while waiting for {what}"),
+        Err(_) => panic!("no {what} within {wait:?}"),
+    }
+}
+
+/// The CONNACK return code (3.1/3.1.1) or reason code (5).
+pub fn connack_code(p: &(u8, Vec<u8>)) -> u8 {
+    assert_eq!(p.0 & 0xF0, CONNACK, "expected CONNACK, got {:#x}", p.0);
+    p.1[1]
+}
+
+/// Connects and sends CONNECT; returns the stream and the CONNACK code.
+pub async fn connect_with(addr: SocketAddr, conn: &[u8]) -> (TcpStream, u8) {
+    let mut s = TcpStream::connect(addr).await.expect("tcp connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.write_all(conn).await.expect("send CONNECT");
+    let ack = expect(&mut s, Duration::from_secs(5), "CONNACK").await;
+    let code = connack_code(&ack);
+    (s, code)
+}

@@ -1,0 +1,350 @@
+//! The task that owns the [`State`]: it takes requests from HTTP handlers, uplink messages and
+//! device API requests from the broker, and timer expiries, one at a time, and carries out the
+//! effects the state machine returns (publish, persist, timers, credentials).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use iot_broker::{BrokerHandle, Message, QoS, Subscription};
+use iot_proto::topics::{self, ApiRequest};
+use iot_proto::wire::{DaRecord, RegisterRequest};
+use iot_proto::{DaId, Rev};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::{delay_queue, DelayQueue};
+
+use crate::credentials::Credentials;
+use crate::engine::Engine;
+use crate::error::CsmError;
+use crate::funcs::Runtimes;
+use crate::state::{now_epoch, Effect, PresenceState, Registered, State, UplinkKind};
+use crate::store::{Persisted, Store};
+
+/// A request to the actor; each carries the channel its answer goes to.
+#[derive(Debug)]
+pub enum Request {
+    Register {
+        id: DaId,
+        req: RegisterRequest,
+        reply: oneshot::Sender<Result<(Registered, Persisted), CsmError>>,
+    },
+    Get {
+        id: DaId,
+        reply: oneshot::Sender<Option<(DaRecord, PresenceState)>>,
+    },
+    Deregister {
+        id: DaId,
+        rev: Rev,
+        reply: oneshot::Sender<Result<Persisted, CsmError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// Figures for `iotctl status` and `/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Status {
+    pub registered: usize,
+    pub online: usize,
+    pub failed_links: Vec<serde_json::Value>,
+    /// Links whose DA has not acknowledged CONNECT yet.
+    pub unacked_links: usize,
+    pub counters: CounterValues,
+    /// Per graph: its links and routing counters.
+    pub graphs: serde_json::Map<String, serde_json::Value>,
+    /// Python worker pids (0: not started) and how many were replaced.
+    pub python_workers: Vec<u32>,
+    pub python_restarts: u64,
+}
+
+/// Event counters kept by the actor.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub registrations: AtomicU64,
+    pub deregistrations: AtomicU64,
+    pub expirations: AtomicU64,
+    pub uplink_stale: AtomicU64,
+    pub uplink_garbage: AtomicU64,
+    pub uplink_unknown: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CounterValues {
+    pub registrations: u64,
+    pub deregistrations: u64,
+    pub expirations: u64,
+    pub uplink_stale: u64,
+    pub uplink_garbage: u64,
+    pub uplink_unknown: u64,
+}
+
+impl Counters {
+    pub fn values(&self) -> CounterValues {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterValues {
+            registrations: g(&self.registrations),
+            deregistrations: g(&self.deregistrations),
+            expirations: g(&self.expirations),
+            uplink_stale: g(&self.uplink_stale),
+            uplink_garbage: g(&self.uplink_garbage),
+            uplink_unknown: g(&self.uplink_unknown),
+        }
+    }
+}
+
+pub(crate) enum Timer {
+    Expire { id: DaId, rev: Rev },
+    ClearAgain(DaId),
+}
+
+/// How long after a first clear of a stale retained uplink the second one goes out.
+const CLEAR_AGAIN_AFTER: Duration = Duration::from_millis(500);
+
+pub(crate) struct Actor {
+    pub state: State,
+    pub broker: BrokerHandle,
+    pub store: Store,
+    pub credentials: Credentials,
+    pub counters: Arc<Counters>,
+    /// `None` disables expiry.
+    pub offline_expiry: Option<Duration>,
+    pub timers: DelayQueue<Timer>,
+    pub expiry_keys: HashMap<DaId, delay_queue::Key>,
+    pub engine: Engine,
+    pub runtimes: Runtimes,
+}
+
+impl Actor {
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut uplinks: Subscription,
+        mut device_api: Subscription,
+        mut graph_api: Subscription,
+        initial: Vec<Effect>,
+        shutdown: CancellationToken,
+    ) {
+        self.execute(initial).await;
+        loop {
+            let mut fx = Vec::new();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                req = requests.recv() => match req {
+                    Some(req) => { self.request(req).await; continue; }
+                    None => break,
+                },
+                msg = uplinks.recv() => match msg {
+                    Some(msg) => self.uplink(&msg, &mut fx),
+                    None => break,
+                },
+                msg = graph_api.recv() => match msg {
+                    Some(msg) => self.graph_request(&msg, &mut fx).await,
+                    None => break,
+                },
+                msg = device_api.recv() => match msg {
+                    Some(msg) => {
+                        if let Some(ApiRequest::Device { client }) = ApiRequest::parse(&msg.topic) {
+                            self.state.device_request(client, &msg.payload, &mut fx);
+                        }
+                    }
+                    None => break,
+                },
+                Some(t) = self.timers.next(), if !self.timers.is_empty() => self.timer(t.into_inner(), &mut fx),
+            }
+            self.execute(fx).await;
+        }
+        tracing::debug!("csm actor stopped");
+    }
+
+    async fn graph_request(&mut self, msg: &Message, fx: &mut Vec<Effect>) {
+        let Some(ApiRequest::Graph { client, gid }) = ApiRequest::parse(&msg.topic) else {
+            return;
+        };
+        // add_funcs compiles its functions first (Python needs a worker), outside the state.
+        let is_add_funcs = serde_json::from_slice::<serde_json::Value>(&msg.payload)
+            .ok()
+            .is_some_and(|v| v["op"] == "add_funcs");
+        let checked = if is_add_funcs && self.state.graph_exists(gid) {
+            Some(crate::graph::add_funcs::check(&msg.payload, &self.runtimes).await)
+        } else {
+            None
+        };
+        self.state
+            .graph_request(client, gid, &msg.payload, checked, fx);
+    }
+
+    fn uplink(&mut self, msg: &Message, fx: &mut Vec<Effect>) {
+        let kind = self
+            .state
+            .uplink(&msg.topic, &msg.payload, msg.retain, now_epoch(), fx);
+        let c = &self.counters;
+        match kind {
+            UplinkKind::Stale => c.uplink_stale.fetch_add(1, Ordering::Relaxed),
+            UplinkKind::Garbage => c.uplink_garbage.fetch_add(1, Ordering::Relaxed),
+            UplinkKind::Unknown => c.uplink_unknown.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        match kind {
+            UplinkKind::Garbage => {
+                tracing::debug!(mqtt.topic = %msg.topic, "ignored garbage on an uplink")
+            }
+            UplinkKind::Stale => {
+                tracing::debug!(mqtt.topic = %msg.topic, "ignored a message with a stale rev")
+            }
+            UplinkKind::Online | UplinkKind::Offline => {
+                tracing::debug!(mqtt.topic = %msg.topic, da.presence = ?kind, "presence")
+            }
+            _ => {}
+        }
+    }
+
+    fn timer(&mut self, t: Timer, fx: &mut Vec<Effect>) {
+        match t {
+            Timer::Expire { id, rev } => {
+                self.expiry_keys.remove(&id);
+                if self.state.expire(&id, &rev, now_epoch(), fx) {
+                    self.counters.expirations.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Timer::ClearAgain(id) => {
+                if !self.state.contains(&id) {
+                    fx.push(Effect::Publish(Message::new(
+                        topics::ctrl_i(&id),
+                        bytes::Bytes::new(),
+                        QoS::ExactlyOnce,
+                        true,
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn request(&mut self, req: Request) {
+        let mut fx = Vec::new();
+        let now = now_epoch();
+        match req {
+            Request::Register { id, req, reply } => {
+                let result = self.state.register(id, req, now, &mut fx);
+                let persisted = self.execute(fx).await;
+                match &result {
+                    Ok(r) => {
+                        self.counters.registrations.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(da.id = %id, da.name = %r.record.name, "registered");
+                    }
+                    Err(e) => tracing::debug!(da.id = %id, error = %e, "registration refused"),
+                }
+                let _ = reply.send(result.map(|r| (r, persisted.unwrap_or_else(done))));
+            }
+            Request::Deregister { id, rev, reply } => {
+                let result = self.state.deregister(&id, &rev, now, &mut fx);
+                let persisted = self.execute(fx).await;
+                if result.is_ok() {
+                    self.counters
+                        .deregistrations
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(da.id = %id, "deregistered");
+                }
+                let _ = reply.send(result.map(|()| persisted.unwrap_or_else(done)));
+            }
+            Request::Get { id, reply } => {
+                let _ = reply.send(self.state.record(&id).map(|(r, p)| (r.clone(), p)));
+            }
+            Request::Status { reply } => {
+                let failed_links = self
+                    .state
+                    .failed_links()
+                    .into_iter()
+                    .map(|(id, (dir, feature), reason)| {
+                        serde_json::json!({"da_id": id, dir.as_str(): feature, "reason": reason})
+                    })
+                    .collect();
+                let stats: HashMap<String, _> = self.engine.stats.snapshot().into_iter().collect();
+                let graphs = self
+                    .state
+                    .graphs
+                    .iter()
+                    .map(|(gid, g)| {
+                        let mut v = stats
+                            .get(gid)
+                            .map(|s| s.json())
+                            .unwrap_or_else(|| serde_json::json!({}));
+                        v["links"] = g.links.len().into();
+                        v["monitor"] = g.monitor.clone().into();
+                        (gid.clone(), v)
+                    })
+                    .collect();
+                let python = self.runtimes.python.as_ref();
+                let _ = reply.send(Status {
+                    registered: self.state.len(),
+                    online: self.state.online_count(),
+                    failed_links,
+                    unacked_links: self.state.unacked_links(),
+                    counters: self.counters.values(),
+                    graphs,
+                    python_workers: python.map(|p| p.pids()).unwrap_or_default(),
+                    python_restarts: python.map_or(0, |p| p.restarts.load(Ordering::Relaxed)),
+                });
+            }
+        }
+    }
+
+    /// Carries out effects in order; returns the receiver of the last database write.
+    async fn execute(&mut self, fx: Vec<Effect>) -> Option<Persisted> {
+        let mut persisted = None;
+        // Routing first: a graph's IDF topics are subscribed before the CONNECT that makes
+        // its DAs publish there goes out.
+        let (plans, fx): (Vec<Effect>, Vec<Effect>) =
+            fx.into_iter().partition(|e| matches!(e, Effect::Plan(..)));
+        for e in plans {
+            if let Effect::Plan(gid, plan) = e {
+                self.engine.apply(gid, plan).await;
+            }
+        }
+        for e in fx {
+            match e {
+                Effect::Publish(msg) => {
+                    if let Err(e) = self.broker.publish(msg).await {
+                        tracing::warn!(error = %e, "publish failed");
+                    }
+                }
+                Effect::Persist(w) => persisted = Some(self.store.write(w).await),
+                Effect::ArmExpiry { id, rev } => {
+                    if let Some(key) = self.expiry_keys.remove(&id) {
+                        self.timers.try_remove(&key);
+                    }
+                    if let Some(after) = self.offline_expiry {
+                        let key = self.timers.insert(Timer::Expire { id, rev }, after);
+                        self.expiry_keys.insert(id, key);
+                    }
+                }
+                Effect::DisarmExpiry(id) => {
+                    if let Some(key) = self.expiry_keys.remove(&id) {
+                        self.timers.try_remove(&key);
+                    }
+                }
+                Effect::ClearAgainLater(id) => {
+                    self.timers.insert(Timer::ClearAgain(id), CLEAR_AGAIN_AFTER);
+                }
+                Effect::Plan(..) => {}
+                Effect::Credential {
+                    username,
+                    password_sha256,
+                } => {
+                    self.credentials.set(username, password_sha256);
+                }
+            }
+        }
+        persisted
+    }
+}
+
+/// A receiver that is already resolved (nothing needed storing).
+fn done() -> Persisted {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Ok(()));
+    rx
+}

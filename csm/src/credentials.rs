@@ -1,0 +1,37 @@
+//! Per-DA broker credentials, read by the embedded broker's authentication hook and written by
+//! the CSM actor. A std `RwLock`: no `.await` happens while it is held, and reads dominate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+
+/// username -> sha256(password)
+#[derive(Debug, Clone, Default)]
+pub struct Credentials(Arc<RwLock<HashMap<String, [u8; 32]>>>);
+
+impl Credentials {
+    pub fn set(&self, username: String, password_sha256: Option<[u8; 32]>) {
+        let Ok(mut map) = self.0.write() else { return };
+        match password_sha256 {
+            Some(h) => map.insert(username, h),
+            None => map.remove(&username),
+        };
+    }
+}
+
+impl iot_broker::Authenticator for Credentials {
+    fn check(&self, username: &str, password: &[u8]) -> bool {
+        let want = match self.0.read() {
+            Ok(map) => map.get(username).copied(),
+            Err(_) => None,
+        };
+        let Some(want) = want else { return false };
+        let got: [u8; 32] = Sha256::digest(password).into();
+        // Constant-time comparison: the time taken does not reveal how many bytes matched.
+        want.iter()
+            .zip(got.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}

@@ -1,0 +1,256 @@
+//! User functions (IDF, join and ODF functions) in two languages, told apart by the code:
+//! Rhai (`fn run(x) { x * x }`) runs in-process in a sandbox; Python (`def run(x): ...`) runs
+//! in a pool of `python3` worker processes. Functions are content-addressed by
+//! `sha256(code)`; a [`Callable`] is one function bound to its `depends` (`iot.<alias>`),
+//! prepared once when a graph is configured so the routing path only calls it.
+
+mod python;
+mod rhai_fn;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+pub use python::PythonPool;
+pub use rhai_fn::{RhaiFn, RhaiRuntime};
+
+/// `[functions]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionsConfig {
+    /// Rhai: operations one call may run before it is stopped (a runaway loop hits this).
+    pub rhai_max_operations: u64,
+    /// Rhai: nested function calls.
+    pub rhai_max_call_levels: usize,
+    /// Rhai: largest string, array and map a function may build.
+    pub rhai_max_string_bytes: usize,
+    pub rhai_max_array_len: usize,
+    pub rhai_max_map_len: usize,
+    /// Python functions run code sent over MQTT in worker processes: enable only when every
+    /// client that can reach the graph API is trusted.
+    pub python_enabled: bool,
+    /// The interpreter to run.
+    pub python: String,
+    /// Worker processes.
+    pub python_workers: usize,
+    /// A call not answered within this is failed, its worker killed and replaced.
+    pub python_timeout_ms: u64,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        Self {
+            rhai_max_operations: 1_000_000,
+            rhai_max_call_levels: 32,
+            rhai_max_string_bytes: 1024 * 1024,
+            rhai_max_array_len: 100_000,
+            rhai_max_map_len: 10_000,
+            python_enabled: true,
+            python: "python3".into(),
+            python_workers: 2,
+            python_timeout_ms: 1000,
+        }
+    }
+}
+
+/// `sha256(code)` in lowercase hex: a function's identity.
+pub type Digest = String;
+
+/// The digest of `code`.
+pub fn digest(code: &str) -> Digest {
+    hex::encode(Sha256::digest(code.as_bytes()))
+}
+
+/// The language of a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    Rhai,
+    Python,
+}
+
+impl Lang {
+    /// Tells the language from the code: a line `def run(` is Python, `fn run(` is Rhai.
+    pub fn detect(code: &str) -> Result<Lang, String> {
+        let defines = |kw: &str| {
+            code.lines().any(|l| {
+                let l = l.trim_start();
+                l.strip_prefix(kw)
+                    .filter(|r| r.starts_with(char::is_whitespace))
+                    .map(|r| r.trim_start())
+                    .and_then(|r| r.strip_prefix("run"))
+                    .is_some_and(|r| r.trim_start().starts_with('('))
+            })
+        };
+        if defines("def") {
+            Ok(Lang::Python)
+        } else if defines("fn") {
+            Ok(Lang::Rhai)
+        } else {
+            Err(
+                "cannot tell the language: define `fn run(...)` (Rhai) or `def run(...)` (Python)"
+                    .into(),
+            )
+        }
+    }
+}
+
+/// Why a function call failed; reported on the graph's monitor topic as `esm_error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FnError(pub String);
+
+/// One function bound to its dependencies, ready to call.
+#[derive(Debug, Clone)]
+pub enum Callable {
+    Rhai(Arc<RhaiFn>),
+    Python(python::PyFn),
+}
+
+impl Callable {
+    /// Calls `run(*args)`.
+    pub async fn call(&self, args: Vec<Value>) -> Result<Value, FnError> {
+        match self {
+            Callable::Rhai(f) => f.call(args),
+            Callable::Python(f) => f.call(args).await,
+        }
+    }
+
+    pub fn lang(&self) -> Lang {
+        match self {
+            Callable::Rhai(_) => Lang::Rhai,
+            Callable::Python(_) => Lang::Python,
+        }
+    }
+}
+
+/// Finds a function's language and code by digest.
+pub type CodeLookup<'a> = dyn Fn(&str) -> Option<(Lang, Arc<str>)> + 'a;
+
+/// Both runtimes, and the code of every known function.
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    pub rhai: Arc<RhaiRuntime>,
+    pub python: Option<PythonPool>,
+}
+
+impl Runtimes {
+    /// Both runtimes; the Python pool's tasks start on the current tokio runtime.
+    pub fn new(cfg: &FunctionsConfig) -> Self {
+        Self {
+            rhai: Arc::new(RhaiRuntime::new(cfg)),
+            python: cfg.python_enabled.then(|| PythonPool::new(cfg)),
+        }
+    }
+
+    /// Rhai only (no Python pool).
+    pub fn rhai_only(cfg: &FunctionsConfig) -> Self {
+        Self {
+            rhai: Arc::new(RhaiRuntime::new(cfg)),
+            python: None,
+        }
+    }
+
+    /// Compiles `code` to check it (syntax, a `run` function); returns its language.
+    pub async fn check(&self, code: &str) -> Result<Lang, String> {
+        let lang = Lang::detect(code)?;
+        match lang {
+            Lang::Rhai => self.rhai.check(code)?,
+            Lang::Python => match &self.python {
+                None => {
+                    return Err("Python functions are disabled on this controller (functions.python_enabled = false)".into())
+                }
+                Some(p) => p.check(code).await?,
+            },
+        }
+        Ok(lang)
+    }
+
+    /// Binds function `digest` (whose code and language are in `codes`) to its dependencies.
+    pub fn bind(
+        &self,
+        digest: &str,
+        depends: &BTreeMap<String, Digest>,
+        codes: &CodeLookup<'_>,
+    ) -> Result<Callable, String> {
+        let (lang, code) = codes(digest).ok_or_else(|| format!("function {digest} unknown"))?;
+        let mut deps = Vec::with_capacity(depends.len());
+        for (alias, d) in depends {
+            if !valid_alias(alias) {
+                return Err(format!(
+                    "invalid dependency alias `{alias}`: use letters, digits and _"
+                ));
+            }
+            let (dl, dc) = codes(d).ok_or_else(|| format!("dependency {alias} not found"))?;
+            if dl != lang {
+                return Err(format!(
+                    "dependency {alias} is written in another language than the function"
+                ));
+            }
+            deps.push((alias.clone(), d.clone(), dc));
+        }
+        match lang {
+            Lang::Rhai => Ok(Callable::Rhai(self.rhai.bind(&code, &deps)?)),
+            Lang::Python => match &self.python {
+                Some(p) => Ok(Callable::Python(p.bind(digest, &code, &deps))),
+                None => Err("Python functions are disabled on this controller".into()),
+            },
+        }
+    }
+}
+
+fn valid_alias(a: &str) -> bool {
+    let mut chars = a.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_digests() {
+        assert_eq!(
+            digest("def run(x): return int(x)\n"),
+            "f87d5c678bdd9e4b1b5f278c29cdf9a0fd01198060d8c6f3a34a6a05ae536e50"
+        );
+        assert_eq!(
+            digest("def run(x): return x ** 2\n"),
+            "70e3d32f1c6abde67d607e3ce77dc286ecf5d0f42fcd18e6336fac5e19a6e07c"
+        );
+    }
+
+    #[test]
+    fn language_is_told_from_the_code() {
+        assert_eq!(
+            Lang::detect("def run(x): return x ** 2\n"),
+            Ok(Lang::Python)
+        );
+        assert_eq!(
+            Lang::detect("import math\ndef  run (x, y):\n    return x\n"),
+            Ok(Lang::Python)
+        );
+        assert_eq!(Lang::detect("fn run(x) { x * x }"), Ok(Lang::Rhai));
+        assert_eq!(
+            Lang::detect("// square\nfn helper(a) { a }\nfn run(x) { helper(x) }"),
+            Ok(Lang::Rhai)
+        );
+        assert!(Lang::detect("function run(x) { return x }").is_err());
+        assert!(Lang::detect("def runner(x): pass").is_err());
+    }
+
+    #[test]
+    fn aliases() {
+        assert!(valid_alias("sq"));
+        assert!(valid_alias("_f2"));
+        assert!(!valid_alias("2f"));
+        assert!(!valid_alias("a-b"));
+        assert!(!valid_alias(""));
+    }
+}

@@ -1,0 +1,262 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![doc = include_str!("../README.md")]
+//!
+//! Layout:
+//! - [`state`]: the protocol rules as a state machine (DAs, presence, links, device API),
+//!   returning effects; no I/O.
+//! - [`actor`]: the one task that owns the state and carries out its effects.
+//! - [`http`]: the axum router of the registration API.
+//! - [`store`]: the database writer thread.
+//! - [`credentials`]: per-DA broker credentials checked by the embedded broker.
+//! - [`error`]: the error type and its HTTP mapping.
+
+pub mod actor;
+pub mod credentials;
+pub mod engine;
+pub mod error;
+pub mod funcs;
+pub mod graph;
+pub mod http;
+pub mod metrics;
+pub mod state;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iot_broker::BrokerHandle;
+use iot_migrations::Db;
+use iot_proto::topics;
+use iot_proto::wire::{BrokerUrl, DaRecord, RegisterRequest};
+use iot_proto::{DaId, Rev};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+pub use actor::{Counters, Status};
+pub use credentials::Credentials;
+pub use error::CsmError;
+pub use funcs::FunctionsConfig;
+use funcs::Runtimes;
+use state::{PresenceState, Registered, State, StateConfig};
+
+/// `[csm]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CsmConfig {
+    /// HTTP listen address of the registration API.
+    pub listen: String,
+    /// Seconds a DA may stay offline (or never come online after PUT) before it is
+    /// deregistered. 0 disables expiry.
+    pub offline_expiry_seconds: u64,
+    /// Largest accepted HTTP request body.
+    pub max_body_bytes: usize,
+    /// Serve the API under this path (e.g. "/csm" behind a reverse proxy); "" for the root.
+    pub path_prefix: String,
+    /// Issue a broker username/password per DA in the registration reply, checked by the
+    /// embedded broker (off with an external broker, which does its own authentication).
+    pub da_credentials: bool,
+}
+
+impl Default for CsmConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9992".into(),
+            offline_expiry_seconds: 300,
+            max_body_bytes: 1024 * 1024,
+            path_prefix: String::new(),
+            da_credentials: true,
+        }
+    }
+}
+
+/// Capacity of the host subscriptions of the CSM (uplinks, device API).
+const SUBSCRIPTION_CAPACITY: usize = 8192;
+
+/// A clonable handle to a running CSM.
+#[derive(Debug, Clone)]
+pub struct CsmHandle {
+    tx: mpsc::Sender<actor::Request>,
+    /// The broker address sent to DAs in registration replies.
+    pub broker_url: BrokerUrl,
+    pub max_body_bytes: usize,
+    pub credentials: Credentials,
+    pub counters: Arc<Counters>,
+    /// Per-graph routing counters.
+    pub engine_stats: Arc<engine::EngineStats>,
+    /// The Python worker pool, when Python functions are enabled.
+    pub python: Option<funcs::PythonPool>,
+    /// The broker, for its stats.
+    pub broker: BrokerHandle,
+}
+
+impl CsmHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> actor::Request,
+    ) -> Result<T, CsmError> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || CsmError::Unavailable("the server is shutting down".into());
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// Registers (or re-registers) a DA; returns once it is stored.
+    pub async fn register(&self, id: DaId, req: RegisterRequest) -> Result<Registered, CsmError> {
+        let (reg, persisted) = self
+            .ask(|reply| actor::Request::Register { id, req, reply })
+            .await??;
+        stored(persisted).await?;
+        Ok(reg)
+    }
+
+    /// The record of a DA and its presence.
+    pub async fn get(&self, id: DaId) -> Result<Option<(DaRecord, PresenceState)>, CsmError> {
+        self.ask(|reply| actor::Request::Get { id, reply }).await
+    }
+
+    /// Deregisters a DA whose current rev is `rev`.
+    pub async fn deregister(&self, id: DaId, rev: Rev) -> Result<(), CsmError> {
+        let persisted = self
+            .ask(|reply| actor::Request::Deregister { id, rev, reply })
+            .await??;
+        stored(persisted).await
+    }
+
+    pub async fn status(&self) -> Result<Status, CsmError> {
+        self.ask(|reply| actor::Request::Status { reply }).await
+    }
+}
+
+async fn stored(p: store::Persisted) -> Result<(), CsmError> {
+    match p.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CsmError::Unavailable(format!(
+            "could not store the change: {e}"
+        ))),
+        Err(_) => Err(CsmError::Unavailable(
+            "the database writer has stopped".into(),
+        )),
+    }
+}
+
+/// Starts the CSM: loads registrations, functions and graphs from `db` (migrating it
+/// first), subscribes to the control channels, the device API and the graph API on
+/// `broker`, starts a routing task per graph, and serves HTTP on `listener` until
+/// `shutdown` is cancelled. Returns the handle and the task to await for a clean stop.
+pub async fn start(
+    cfg: &CsmConfig,
+    functions: &FunctionsConfig,
+    listener: tokio::net::TcpListener,
+    broker: BrokerHandle,
+    db: Db,
+    broker_url: BrokerUrl,
+    shutdown: CancellationToken,
+) -> Result<(CsmHandle, tokio::task::JoinHandle<()>), CsmError> {
+    let unavailable = |e: &dyn std::fmt::Display| CsmError::Unavailable(e.to_string());
+    let (db, rows, funcs, graphs) = tokio::task::spawn_blocking(move || {
+        let mut db = db;
+        db.migrate()?;
+        let rows = db.load_das()?;
+        let funcs = db.load_functions()?;
+        let graphs = db.load_graphs()?;
+        Ok::<_, iot_migrations::DbError>((db, rows, funcs, graphs))
+    })
+    .await
+    .map_err(|e| unavailable(&e))?
+    .map_err(|e| unavailable(&e))?;
+    let runtimes = Runtimes::new(functions);
+    let mut state = State::new(
+        StateConfig {
+            credentials: cfg.da_credentials,
+        },
+        runtimes.clone(),
+    );
+    let mut initial = state.restore(rows).map_err(CsmError::Unavailable)?;
+    state
+        .restore_graphs(
+            funcs.into_iter().map(|f| (f.digest, f.code)).collect(),
+            graphs.into_iter().map(|g| (g.gid, g.doc)).collect(),
+            &mut initial,
+        )
+        .map_err(CsmError::Unavailable)?;
+    tracing::info!(
+        das.restored = state.len(),
+        graphs.restored = state.graphs.len(),
+        "state loaded"
+    );
+
+    let sub_err = |e: iot_broker::BrokerError| CsmError::Unavailable(format!("broker: {e}"));
+    let uplinks = broker
+        .subscribe(topics::CTRL_I_FILTER, SUBSCRIPTION_CAPACITY)
+        .await
+        .map_err(sub_err)?;
+    let device_api = broker
+        .subscribe(topics::DEVICE_REQ_FILTER, 1024)
+        .await
+        .map_err(sub_err)?;
+    let graph_api = broker
+        .subscribe(topics::GRAPH_REQ_FILTER, 1024)
+        .await
+        .map_err(sub_err)?;
+
+    // Subscriptions deliver live messages only: uplinks retained before we subscribed (DAs
+    // that stayed connected to an external broker across a restart) are read once here.
+    for m in broker
+        .retained(topics::CTRL_I_FILTER)
+        .await
+        .map_err(sub_err)?
+    {
+        state.uplink(&m.topic, &m.payload, true, state::now_epoch(), &mut initial);
+    }
+
+    let credentials = Credentials::default();
+    let counters = Arc::new(Counters::default());
+    let engine = engine::Engine::new(broker.clone(), shutdown.clone());
+    let (tx, rx) = mpsc::channel(1024);
+    let handle = CsmHandle {
+        tx,
+        broker_url,
+        max_body_bytes: cfg.max_body_bytes,
+        credentials: credentials.clone(),
+        counters: counters.clone(),
+        engine_stats: engine.stats.clone(),
+        python: runtimes.python.clone(),
+        broker: broker.clone(),
+    };
+    let actor = actor::Actor {
+        state,
+        broker,
+        store: store::Store::spawn(db),
+        credentials,
+        counters,
+        offline_expiry: (cfg.offline_expiry_seconds > 0)
+            .then(|| Duration::from_secs(cfg.offline_expiry_seconds)),
+        timers: DelayQueue::new(),
+        expiry_keys: HashMap::new(),
+        engine,
+        runtimes,
+    };
+    let actor_task = tokio::spawn(actor.run(
+        rx,
+        uplinks,
+        device_api,
+        graph_api,
+        initial,
+        shutdown.clone(),
+    ));
+
+    let app = http::router(handle.clone(), &cfg.path_prefix);
+    let http_shutdown = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "csm http server failed");
+        }
+        let _ = actor_task.await;
+    });
+    Ok((handle, task))
+}

@@ -1,0 +1,789 @@
+//! The CSM's state machine: registered DAs, their presence, their links, and the device API
+//! clients. Every input (an HTTP request, an uplink message, a timer) is a method that changes
+//! the state and returns [`Effect`]s for the actor to carry out (publish, persist, arm a timer).
+//! Nothing here does I/O, so the protocol rules are tested without a network.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use bytes::Bytes;
+use iot_broker::{Message, QoS};
+use iot_migrations::das::{DaRow, DaWrite, Write};
+use iot_proto::topics;
+use iot_proto::wire::{
+    Ack, Command, DaRecord, Direction, Feature, Presence, RegisterRequest, Signal, Uplink,
+};
+use iot_proto::{DaId, FeatureName, MsgId, Rev};
+use serde_json::{json, Map, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::engine::Plan;
+use crate::error::CsmError;
+use crate::funcs::{Digest, Runtimes};
+use crate::graph::{FuncEntry, Graph, GraphLinkKey};
+
+/// What the actor must do after a state change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Publish(Message),
+    Persist(Write),
+    /// A graph's new execution plan (`None`: the graph is gone).
+    Plan(String, Option<std::sync::Arc<Plan>>),
+    /// (Re)start the DA's expiry timer for this rev.
+    ArmExpiry {
+        id: DaId,
+        rev: Rev,
+    },
+    DisarmExpiry(DaId),
+    /// Publish an empty retained message on `topic` again a little later, in case a
+    /// retained message was in flight while the first clear went out.
+    ClearAgainLater(DaId),
+    /// Add (`Some(sha256)`) or remove (`None`) broker credentials of a DA.
+    Credential {
+        username: String,
+        password_sha256: Option<[u8; 32]>,
+    },
+}
+
+/// A DA's presence as the device API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceState {
+    /// Registered, never online with this rev.
+    Nothing,
+    Online,
+    Offline,
+}
+
+impl PresenceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nothing => "nothing",
+            Self::Online => "online",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// Where one link of a DA stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// The DA is not online; CONNECT goes out when it comes online.
+    Waiting,
+    /// CONNECT sent with this msg_id, no reply yet.
+    Pending(MsgId),
+    /// The DA acknowledged CONNECT.
+    Ok,
+    /// The DA answered CONNECT with an error.
+    Error(String),
+}
+
+/// One data link of a DA feature, shared by every graph that uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub topic: String,
+    /// How many users (graphs) hold the link.
+    pub refs: u32,
+    pub status: LinkStatus,
+}
+
+/// Identifies a link: a DA's feature on one side.
+pub type LinkKey = (Direction, FeatureName);
+
+#[derive(Debug, Clone)]
+struct Da {
+    record: DaRecord,
+    presence: PresenceState,
+    links: BTreeMap<LinkKey, Link>,
+    password_sha256: Option<[u8; 32]>,
+}
+
+/// Settings the state machine needs.
+#[derive(Debug, Clone, Default)]
+pub struct StateConfig {
+    /// Issue a username/password per DA in the registration reply.
+    pub credentials: bool,
+}
+
+/// Successful registration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    pub record: DaRecord,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// What an uplink message turned out to be (for counters and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkKind {
+    Online,
+    Offline,
+    Reply,
+    /// A rev that is not the DA's current one (e.g. an old retained will).
+    Stale,
+    /// A message for a DA that is not registered.
+    Unknown,
+    /// An empty payload (a cleared retained message).
+    Empty,
+    /// Not a valid uplink message, or not a valid id.
+    Garbage,
+}
+
+/// The registry of DAs, links and graphs.
+#[derive(Debug)]
+pub struct State {
+    das: HashMap<DaId, Da>,
+    /// How many DAs use each name, to pick free default names quickly.
+    names: HashMap<String, u32>,
+    /// Device API clients that attached and receive announcements.
+    device_clients: BTreeSet<String>,
+    cfg: StateConfig,
+    /// Graphs by gid.
+    pub(crate) graphs: BTreeMap<String, Graph>,
+    /// Functions by digest, with the number of graphs that added them.
+    pub(crate) functions: HashMap<Digest, FuncEntry>,
+    pub(crate) runtimes: Runtimes,
+}
+
+impl Default for State {
+    /// A state with Rhai functions only (no Python pool), for tests.
+    fn default() -> Self {
+        Self::new(
+            StateConfig::default(),
+            Runtimes::rhai_only(&Default::default()),
+        )
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+pub(crate) fn publish(topic: impl Into<String>, body: &Value, retain: bool) -> Effect {
+    Effect::Publish(Message::new(
+        topic,
+        Bytes::from(body.to_string()),
+        QoS::ExactlyOnce,
+        retain,
+    ))
+}
+
+fn clear_retained(topic: impl Into<String>) -> Effect {
+    Effect::Publish(Message::new(topic, Bytes::new(), QoS::ExactlyOnce, true))
+}
+
+impl State {
+    pub fn new(cfg: StateConfig, runtimes: Runtimes) -> Self {
+        Self {
+            das: HashMap::new(),
+            names: HashMap::new(),
+            device_clients: BTreeSet::new(),
+            cfg,
+            graphs: BTreeMap::new(),
+            functions: HashMap::new(),
+            runtimes,
+        }
+    }
+
+    /// The registered width of a link's feature, if the DA and feature exist.
+    pub(crate) fn feature_width(&self, key: &GraphLinkKey) -> Option<usize> {
+        let da = self.das.get(&key.da_id)?;
+        da.record
+            .feature(key.direction == Direction::Idf, &key.feature)
+            .map(Feature::width)
+    }
+
+    /// Like [`feature_width`](Self::feature_width), with the reason when it is missing.
+    pub(crate) fn require_feature(&self, key: &GraphLinkKey) -> Result<usize, String> {
+        if !self.das.contains_key(&key.da_id) {
+            return Err(format!("DA {} not found", key.da_id));
+        }
+        self.feature_width(key).ok_or_else(|| {
+            format!(
+                "DA {} has no {} `{}`",
+                key.da_id,
+                key.direction.as_str(),
+                key.feature
+            )
+        })
+    }
+
+    /// Restores DAs loaded from the database; each starts as never-online with its expiry armed.
+    pub fn restore(&mut self, rows: Vec<DaRow>) -> Result<Vec<Effect>, String> {
+        let mut fx = Vec::new();
+        for row in rows {
+            let id: DaId = row.id.parse().map_err(|e| format!("row {}: {e}", row.id))?;
+            let parse = |what: &str, s: &str| -> Result<Value, String> {
+                serde_json::from_str(s).map_err(|e| format!("DA {id} {what}: {e}"))
+            };
+            let feats = |what: &str, s: &str| -> Result<Vec<Feature>, String> {
+                serde_json::from_value(parse(what, s)?).map_err(|e| format!("DA {id} {what}: {e}"))
+            };
+            let record = DaRecord {
+                id,
+                rev: Rev::from(row.rev),
+                register_time: row.register_time,
+                name: row.name,
+                accept_protos: serde_json::from_value(parse("accept_protos", &row.accept_protos)?)
+                    .map_err(|e| format!("DA {id} accept_protos: {e}"))?,
+                idf_list: feats("idf_list", &row.idf_list)?,
+                odf_list: feats("odf_list", &row.odf_list)?,
+                profile: match parse("profile", &row.profile)? {
+                    Value::Object(m) => m,
+                    _ => return Err(format!("DA {id} profile is not an object")),
+                },
+            };
+            let password_sha256 = match row.password_hash.as_deref().map(hex::decode) {
+                Some(Ok(h)) => <[u8; 32]>::try_from(h.as_slice()).ok(),
+                _ => None,
+            };
+            if let Some(h) = password_sha256 {
+                fx.push(Effect::Credential {
+                    username: id.to_string(),
+                    password_sha256: Some(h),
+                });
+            }
+            fx.push(Effect::ArmExpiry {
+                id,
+                rev: record.rev.clone(),
+            });
+            *self.names.entry(record.name.clone()).or_default() += 1;
+            self.das.insert(
+                id,
+                Da {
+                    record,
+                    presence: PresenceState::Nothing,
+                    links: BTreeMap::new(),
+                    password_sha256,
+                },
+            );
+        }
+        Ok(fx)
+    }
+
+    pub fn len(&self) -> usize {
+        self.das.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.das.is_empty()
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.das
+            .values()
+            .filter(|d| d.presence == PresenceState::Online)
+            .count()
+    }
+
+    pub fn contains(&self, id: &DaId) -> bool {
+        self.das.contains_key(id)
+    }
+
+    pub fn record(&self, id: &DaId) -> Option<(&DaRecord, PresenceState)> {
+        self.das.get(id).map(|d| (&d.record, d.presence))
+    }
+
+    pub fn links(&self, id: &DaId) -> Option<&BTreeMap<LinkKey, Link>> {
+        self.das.get(id).map(|d| &d.links)
+    }
+
+    /// Links not acknowledged yet (CONNECT pending, or waiting for their DA to come online).
+    pub fn unacked_links(&self) -> usize {
+        self.das
+            .values()
+            .flat_map(|d| d.links.values())
+            .filter(|l| matches!(l.status, LinkStatus::Pending(_) | LinkStatus::Waiting))
+            .count()
+    }
+
+    /// Every link whose DA answered CONNECT with an error.
+    pub fn failed_links(&self) -> Vec<(DaId, LinkKey, String)> {
+        let mut out = Vec::new();
+        for (id, da) in &self.das {
+            for (key, link) in &da.links {
+                if let LinkStatus::Error(reason) = &link.status {
+                    out.push((*id, key.clone(), reason.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn pick_name(&self, model: &str) -> Option<String> {
+        (0..100)
+            .map(|i| format!("{i:02}.{model}"))
+            .find(|n| !self.names.contains_key(n))
+    }
+
+    fn release_name(&mut self, name: &str) {
+        if let Some(n) = self.names.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                self.names.remove(name);
+            }
+        }
+    }
+
+    /// `PUT /{id}`: registers a DA or re-registers it with a new rev.
+    pub fn register(
+        &mut self,
+        id: DaId,
+        req: RegisterRequest,
+        now: f64,
+        fx: &mut Vec<Effect>,
+    ) -> Result<Registered, CsmError> {
+        let previous = self.das.get(&id);
+        let name = match (&req.name, previous) {
+            (Some(n), _) => n.clone(),
+            (None, Some(p)) => p.record.name.clone(),
+            (None, None) => self.pick_name(req.model()).ok_or_else(|| {
+                CsmError::Conflict(format!(
+                    "no free default name for model `{}`: 00..99 are taken; send a `name`",
+                    req.model()
+                ))
+            })?,
+        };
+        let (username, password, password_sha256) = if self.cfg.credentials {
+            let password = hex::encode(rand::random::<[u8; 16]>());
+            let hash: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+            (Some(id.to_string()), Some(password), Some(hash))
+        } else {
+            (None, None, None)
+        };
+        let record = DaRecord {
+            id,
+            rev: Rev::generate(),
+            register_time: now,
+            name,
+            accept_protos: req.accept_protos,
+            idf_list: req.idf_list,
+            odf_list: req.odf_list,
+            profile: req.profile,
+        };
+        // Links survive a re-registration unless their feature is gone.
+        let mut links = BTreeMap::new();
+        if let Some(prev) = self.das.remove(&id) {
+            self.release_name(&prev.record.name);
+            for (key, link) in prev.links {
+                if record.feature(key.0 == Direction::Idf, &key.1).is_some() {
+                    links.insert(
+                        key,
+                        Link {
+                            status: LinkStatus::Waiting,
+                            ..link
+                        },
+                    );
+                } else {
+                    fx.push(clear_retained(link.topic));
+                }
+            }
+        }
+        *self.names.entry(record.name.clone()).or_default() += 1;
+        fx.push(Effect::Persist(Write::Da(DaWrite::Upsert(to_row(
+            &record,
+            password_sha256,
+        )))));
+        fx.push(Effect::ArmExpiry {
+            id,
+            rev: record.rev.clone(),
+        });
+        if let Some(h) = password_sha256 {
+            fx.push(Effect::Credential {
+                username: id.to_string(),
+                password_sha256: Some(h),
+            });
+        }
+        self.announce(
+            "register",
+            self.da_json(&record, PresenceState::Nothing),
+            now,
+            fx,
+        );
+        self.das.insert(
+            id,
+            Da {
+                record: record.clone(),
+                presence: PresenceState::Nothing,
+                links,
+                password_sha256,
+            },
+        );
+        self.graphs_refresh_da(&id, fx);
+        Ok(Registered {
+            record,
+            username,
+            password,
+        })
+    }
+
+    /// `DELETE /{id}` with the DA's rev.
+    pub fn deregister(
+        &mut self,
+        id: &DaId,
+        rev: &Rev,
+        now: f64,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), CsmError> {
+        match self.das.get(id) {
+            None => Err(CsmError::NotFound),
+            Some(da) if &da.record.rev != rev => Err(CsmError::StaleRev),
+            Some(_) => {
+                self.remove(id, now, fx);
+                Ok(())
+            }
+        }
+    }
+
+    /// The expiry timer of `id` fired for `rev`.
+    pub fn expire(&mut self, id: &DaId, rev: &Rev, now: f64, fx: &mut Vec<Effect>) -> bool {
+        match self.das.get(id) {
+            Some(da) if &da.record.rev == rev && da.presence != PresenceState::Online => {
+                tracing::info!(da.id = %id, "registration expired");
+                self.remove(id, now, fx);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn remove(&mut self, id: &DaId, now: f64, fx: &mut Vec<Effect>) {
+        if !self.das.contains_key(id) {
+            return;
+        }
+        // Graphs first: a deregistered DA leaves no link behind in any graph.
+        self.graphs_drop_da(id, None, fx);
+        let Some(da) = self.das.remove(id) else {
+            return;
+        };
+        self.release_name(&da.record.name);
+        fx.push(Effect::Persist(Write::Da(DaWrite::Delete(id.to_string()))));
+        fx.push(Effect::DisarmExpiry(*id));
+        if da.password_sha256.is_some() {
+            fx.push(Effect::Credential {
+                username: id.to_string(),
+                password_sha256: None,
+            });
+        }
+        // No retained state may outlive the DA: its uplink, and data topics (Java retains data).
+        fx.push(clear_retained(topics::ctrl_i(id)));
+        for link in da.links.into_values() {
+            fx.push(clear_retained(link.topic));
+        }
+        self.announce("deregister", Value::String(id.to_string()), now, fx);
+    }
+
+    /// After a re-registration: graph links of features the DA no longer has are dropped,
+    /// and the others take the features' new widths.
+    fn graphs_refresh_da(&mut self, id: &DaId, fx: &mut Vec<Effect>) {
+        let widths: Vec<(GraphLinkKey, Option<usize>)> = self
+            .graphs
+            .values()
+            .flat_map(|g| g.links.keys())
+            .filter(|k| k.da_id == *id)
+            .map(|k| (k.clone(), self.feature_width(k)))
+            .collect();
+        if widths.is_empty() {
+            return;
+        }
+        let gone = |k: &GraphLinkKey| widths.iter().any(|(w, width)| w == k && width.is_none());
+        self.graphs_drop_da(id, Some(&gone), fx);
+        let gids: Vec<String> = self.graphs.keys().cloned().collect();
+        for gid in gids {
+            let mut touched = false;
+            if let Some(g) = self.graphs.get_mut(&gid) {
+                for (k, l) in g.links.iter_mut() {
+                    if let Some((_, Some(w))) = widths.iter().find(|(w, _)| w == k) {
+                        l.width = *w;
+                        touched = true;
+                    }
+                }
+            }
+            if touched {
+                self.graph_changed(&gid, fx);
+            }
+        }
+    }
+
+    /// A message on `<id>/ctrl/i`.
+    pub fn uplink(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        retained: bool,
+        now: f64,
+        fx: &mut Vec<Effect>,
+    ) -> UplinkKind {
+        let id = match topics::parse_ctrl_i(topic) {
+            Some(Ok(id)) => id,
+            Some(Err(_)) | None => return UplinkKind::Garbage,
+        };
+        if payload.is_empty() {
+            return UplinkKind::Empty;
+        }
+        let Some(da) = self.das.get_mut(&id) else {
+            // A DA that is gone (e.g. its offline arrived after DELETE): leave nothing retained.
+            if retained {
+                fx.push(clear_retained(topic));
+                fx.push(Effect::ClearAgainLater(id));
+            }
+            return UplinkKind::Unknown;
+        };
+        let msg = match Uplink::from_json(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(da.id = %id, error = %e, "garbage on uplink");
+                return UplinkKind::Garbage;
+            }
+        };
+        match msg {
+            Uplink::Presence { rev, .. } if rev != da.record.rev => UplinkKind::Stale,
+            Uplink::Presence {
+                state: Presence::Online,
+                ..
+            } => {
+                da.presence = PresenceState::Online;
+                fx.push(Effect::DisarmExpiry(id));
+                // Re-send CONNECT for every link: SDKs (JS) forget their topics on reconnect.
+                for (key, link) in da.links.iter_mut() {
+                    let msg_id = MsgId::generate();
+                    fx.push(signal(
+                        &id,
+                        key,
+                        Command::Connect,
+                        &link.topic,
+                        msg_id.clone(),
+                    ));
+                    link.status = LinkStatus::Pending(msg_id);
+                }
+                let record = da.record.clone();
+                self.announce(
+                    "online",
+                    self.da_json(&record, PresenceState::Online),
+                    now,
+                    fx,
+                );
+                UplinkKind::Online
+            }
+            Uplink::Presence {
+                state: Presence::Offline,
+                rev,
+            } => {
+                da.presence = PresenceState::Offline;
+                for link in da.links.values_mut() {
+                    link.status = LinkStatus::Waiting;
+                }
+                fx.push(Effect::ArmExpiry { id, rev });
+                let record = da.record.clone();
+                self.announce(
+                    "offline",
+                    self.da_json(&record, PresenceState::Offline),
+                    now,
+                    fx,
+                );
+                UplinkKind::Offline
+            }
+            Uplink::Reply { msg_id, ack } => {
+                let link = da
+                    .links
+                    .iter_mut()
+                    .find(|(_, l)| matches!(&l.status, LinkStatus::Pending(m) if *m == msg_id));
+                if let Some((key, link)) = link {
+                    link.status = match ack {
+                        Ack::Ok => LinkStatus::Ok,
+                        Ack::Error { reason } => {
+                            tracing::warn!(da.id = %id, link.feature = %key.1, %reason, "DA refused CONNECT");
+                            LinkStatus::Error(reason)
+                        }
+                    };
+                }
+                UplinkKind::Reply
+            }
+        }
+    }
+
+    /// Takes a reference on the link of `id`'s feature, creating it (and sending CONNECT if
+    /// the DA is online) on first use. Returns the link's data topic.
+    pub fn link_acquire(
+        &mut self,
+        id: &DaId,
+        key: LinkKey,
+        fx: &mut Vec<Effect>,
+    ) -> Result<String, CsmError> {
+        self.link_acquire_at(id, key, None, fx)
+    }
+
+    /// [`link_acquire`](Self::link_acquire), reusing `topic` when the link is created (a link
+    /// restored after a restart keeps its data topic, so DAs still pushing to it are heard).
+    pub fn link_acquire_at(
+        &mut self,
+        id: &DaId,
+        key: LinkKey,
+        topic: Option<&str>,
+        fx: &mut Vec<Effect>,
+    ) -> Result<String, CsmError> {
+        let da = self.das.get_mut(id).ok_or(CsmError::NotFound)?;
+        if da.record.feature(key.0 == Direction::Idf, &key.1).is_none() {
+            return Err(CsmError::BadRequest(format!(
+                "DA {id} has no {} `{}`",
+                key.0.as_str(),
+                key.1
+            )));
+        }
+        let online = da.presence == PresenceState::Online;
+        let link = da.links.entry(key.clone()).or_insert_with(|| Link {
+            topic: topic.map_or_else(topics::new_data_topic, str::to_owned),
+            refs: 0,
+            status: LinkStatus::Waiting,
+        });
+        link.refs += 1;
+        if link.refs == 1 && online {
+            let msg_id = MsgId::generate();
+            fx.push(signal(
+                id,
+                &key,
+                Command::Connect,
+                &link.topic,
+                msg_id.clone(),
+            ));
+            link.status = LinkStatus::Pending(msg_id);
+        }
+        Ok(link.topic.clone())
+    }
+
+    /// Drops a reference on a link; the last one removes it, sends DISCONNECT (if online) and
+    /// clears anything retained on its data topic.
+    pub fn link_release(
+        &mut self,
+        id: &DaId,
+        key: &LinkKey,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), CsmError> {
+        let da = self.das.get_mut(id).ok_or(CsmError::NotFound)?;
+        let link = da
+            .links
+            .get_mut(key)
+            .ok_or_else(|| CsmError::BadRequest("link unknown".into()))?;
+        link.refs = link.refs.saturating_sub(1);
+        if link.refs == 0 {
+            let topic = link.topic.clone();
+            da.links.remove(key);
+            if da.presence == PresenceState::Online {
+                fx.push(signal(
+                    id,
+                    key,
+                    Command::Disconnect,
+                    &topic,
+                    MsgId::generate(),
+                ));
+            }
+            fx.push(clear_retained(topic));
+        }
+        Ok(())
+    }
+
+    /// A request on `iottalk/api/req/<client>/device`.
+    pub fn device_request(&mut self, client: &str, payload: &[u8], fx: &mut Vec<Effect>) {
+        let res = topics::device_res(client);
+        let req: Map<String, Value> = match serde_json::from_slice(payload) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => {
+                fx.push(publish(
+                    res,
+                    &json!({"state": "error", "reason": "the request must be a JSON object"}),
+                    false,
+                ));
+                return;
+            }
+            Err(e) => {
+                fx.push(publish(
+                    res,
+                    &json!({"state": "error", "reason": format!("malformed JSON: {e}")}),
+                    false,
+                ));
+                return;
+            }
+        };
+        let mut reply = req.clone();
+        match req.get("op").and_then(Value::as_str) {
+            Some("attach") => {
+                self.device_clients.insert(client.to_owned());
+                let list: Map<String, Value> = self
+                    .das
+                    .values()
+                    .map(|d| (d.record.id.to_string(), self.da_json(&d.record, d.presence)))
+                    .collect();
+                reply.insert("state".into(), "ok".into());
+                reply.insert("da_list".into(), Value::Object(list));
+            }
+            Some("detach") => {
+                self.device_clients.remove(client);
+                reply.insert("state".into(), "ok".into());
+            }
+            Some(other) => {
+                reply.insert("state".into(), "error".into());
+                reply.insert("reason".into(), format!("unknown op: `{other}`").into());
+            }
+            None => {
+                reply.insert("state".into(), "error".into());
+                reply.insert("reason".into(), "missing field `op`".into());
+            }
+        }
+        fx.push(publish(res, &Value::Object(reply), false));
+    }
+
+    fn da_json(&self, record: &DaRecord, presence: PresenceState) -> Value {
+        let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert("state".into(), presence.as_str().into());
+        }
+        v
+    }
+
+    fn announce(&self, kind: &str, da: Value, now: f64, fx: &mut Vec<Effect>) {
+        if self.device_clients.is_empty() {
+            return;
+        }
+        let body = json!({"op": "anno", "type": kind, "timestamp": now, "da": da});
+        for client in &self.device_clients {
+            fx.push(publish(topics::device_res(client), &body, false));
+        }
+    }
+}
+
+fn signal(id: &DaId, key: &LinkKey, command: Command, topic: &str, msg_id: MsgId) -> Effect {
+    let s = Signal {
+        msg_id,
+        direction: key.0,
+        feature: key.1.clone(),
+        command,
+        topic: topic.to_owned(),
+    };
+    publish(topics::ctrl_o(id), &s.to_json(), false)
+}
+
+/// The database row of a DA.
+pub fn to_row(record: &DaRecord, password_sha256: Option<[u8; 32]>) -> DaRow {
+    DaRow {
+        id: record.id.to_string(),
+        rev: record.rev.to_string(),
+        name: record.name.clone(),
+        register_time: record.register_time,
+        accept_protos: text(&record.accept_protos),
+        idf_list: text(&record.idf_list),
+        odf_list: text(&record.odf_list),
+        profile: text(&record.profile),
+        username: password_sha256.map(|_| record.id.to_string()),
+        password_hash: password_sha256.map(hex::encode),
+    }
+}
+
+fn text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

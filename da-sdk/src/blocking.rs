@@ -1,0 +1,184 @@
+//! The SDK for programs without an async runtime: [`Da`] wraps the async [`crate::Da`] and
+//! a small tokio runtime of its own (one worker thread) that runs the DA's tasks.
+//! Do not use it from inside an async context (it blocks the calling thread).
+//!
+//! ```no_run
+//! fn main() -> Result<(), da_sdk::Error> {
+//!     let da = da_sdk::Da::builder("http://127.0.0.1:9992")
+//!         .model("Dummy_Device")
+//!         .odf("Dummy_Control", ())
+//!         .connect_blocking()?;
+//!     for sample in da.odf::<serde_json::Value>("Dummy_Control")? {
+//!         println!("{}", sample?);
+//!     }
+//!     Ok(())
+//! }
+//! ```
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::runtime::Runtime;
+
+use crate::config::DaBuilder;
+use crate::error::{DecodeError, Error};
+use crate::odf::OdfStream;
+use crate::status::Status;
+
+fn runtime() -> Result<Arc<Runtime>, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("da-sdk")
+        .enable_all()
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::Config(format!("cannot start the SDK's runtime: {e}")))
+}
+
+impl DaBuilder {
+    /// [`DaBuilder::connect`] for programs without an async runtime.
+    pub fn connect_blocking(self) -> Result<Da, Error> {
+        let rt = runtime()?;
+        let inner = rt.block_on(self.connect())?;
+        Ok(Da { rt, inner })
+    }
+}
+
+/// A running DA driven from blocking code. Clone it freely.
+#[derive(Debug, Clone)]
+pub struct Da {
+    rt: Arc<Runtime>,
+    inner: crate::Da,
+}
+
+impl Da {
+    /// The async handle (e.g. to hand to code that has a runtime).
+    pub fn as_async(&self) -> &crate::Da {
+        &self.inner
+    }
+
+    pub fn id(&self) -> crate::DaId {
+        self.inner.id()
+    }
+
+    pub fn status(&self) -> Status {
+        self.inner.status()
+    }
+
+    /// Waits until `f` holds for the status, at most `timeout`; `Ok(None)` on timeout.
+    pub fn wait_for(
+        &self,
+        f: impl FnMut(&Status) -> bool,
+        timeout: Duration,
+    ) -> Result<Option<Status>, Error> {
+        self.rt
+            .block_on(async { tokio::time::timeout(timeout, self.inner.wait_for(f)).await })
+            .map_or(Ok(None), |r| r.map(Some))
+    }
+
+    /// See [`crate::Da::push`].
+    pub fn push(&self, idf: &str, value: impl Serialize) -> Result<(), Error> {
+        self.rt.block_on(self.inner.push(idf, value))
+    }
+
+    /// See [`crate::Da::flush`].
+    pub fn flush(&self) -> Result<(), Error> {
+        self.rt.block_on(self.inner.flush())
+    }
+
+    /// The samples of an ODF, as a blocking iterator.
+    pub fn odf<T: DeserializeOwned>(&self, odf: &str) -> Result<OdfReceiver<T>, Error> {
+        let stream = self.rt.block_on(self.inner.odf(odf))?;
+        Ok(OdfReceiver {
+            rt: self.rt.clone(),
+            stream,
+        })
+    }
+
+    /// Serves `method` with a blocking handler (run on the runtime's blocking threads).
+    pub fn serve<A, R, E, F>(&self, method: &str, handler: F) -> Result<(), Error>
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: Display + Send + 'static,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let handler = Arc::new(handler);
+        self.rt.block_on(self.inner.serve(method, move |a: A| {
+            let h = handler.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || h(a)).await {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the handler panicked".to_owned()),
+                }
+            }
+        }))
+    }
+
+    /// See [`crate::Da::call`].
+    pub fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        target: &str,
+        method: &str,
+        args: A,
+    ) -> Result<R, Error> {
+        self.rt.block_on(self.inner.call(target, method, args))
+    }
+
+    /// See [`crate::Da::call_within`].
+    pub fn call_within<A: Serialize, R: DeserializeOwned>(
+        &self,
+        target: &str,
+        method: &str,
+        args: A,
+        timeout: Duration,
+    ) -> Result<R, Error> {
+        self.rt
+            .block_on(self.inner.call_within(target, method, args, timeout))
+    }
+
+    /// See [`crate::Da::deregister`].
+    pub fn deregister(&self) -> Result<(), Error> {
+        self.rt.block_on(self.inner.deregister())
+    }
+
+    /// See [`crate::Da::shutdown`].
+    pub fn shutdown(&self) -> Result<(), Error> {
+        self.rt.block_on(self.inner.shutdown())
+    }
+}
+
+/// The samples of one ODF for blocking code; also an [`Iterator`] that ends when the DA stops.
+#[derive(Debug)]
+pub struct OdfReceiver<T> {
+    rt: Arc<Runtime>,
+    stream: OdfStream<T>,
+}
+
+impl<T: DeserializeOwned> OdfReceiver<T> {
+    /// The next sample; `None` once the DA has stopped.
+    pub fn recv(&mut self) -> Option<Result<T, DecodeError>> {
+        self.rt.block_on(self.stream.recv())
+    }
+
+    /// The next sample, waiting at most `timeout`.
+    pub fn recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Result<T, DecodeError>>, tokio::time::error::Elapsed> {
+        self.rt
+            .block_on(async { tokio::time::timeout(timeout, self.stream.recv()).await })
+    }
+}
+
+impl<T: DeserializeOwned> Iterator for OdfReceiver<T> {
+    type Item = Result<T, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.recv()
+    }
+}

@@ -1,0 +1,66 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![doc = include_str!("../README.md")]
+//!
+//! Layout:
+//! - [`config`]: [`DaBuilder`] and its settings (outbox, retry, QoS, MQTT version).
+//! - [`da`]: [`Da`], the handle of a running DA: push, ODF streams, serve/call, deregister.
+//! - [`odf`]: [`OdfStream`] and how ODF data decodes into the caller's type.
+//! - [`status`]: [`Status`], a snapshot published after every change.
+//! - [`device`], [`manager`], [`gateway`]: devices behind a gateway, their store, and
+//!   the [`Gateway`] that keeps them registered.
+//! - [`blocking`]: the same API for programs without an async runtime.
+//! - [`error`]: [`Error`] and [`DecodeError`].
+//! - Internal: `core` (the DA's task, owner of its state), `transport` (the MQTT
+//!   connection supervisor), `features` (signal handling), `outbox`, `rpc`, `http` (the
+//!   registration API client), `backoff`, `sqlite`.
+
+pub mod blocking;
+pub mod config;
+pub mod da;
+pub mod device;
+pub mod error;
+pub mod gateway;
+pub mod manager;
+pub mod odf;
+pub mod status;
+
+mod backoff;
+mod core;
+mod features;
+mod http;
+mod outbox;
+mod rpc;
+mod sqlite;
+mod transport;
+
+pub use config::{DaBuilder, MqttVersion, OutboxConfig, Qos, Retry, SignalInfo, Units, WhenFull};
+pub use da::{Da, MAX_PAYLOAD_BYTES};
+pub use device::{Device, Tags};
+pub use error::{DecodeError, Error};
+pub use gateway::{Gateway, Reconciled};
+pub use iot_proto::rpc::RpcErrorCode;
+pub use iot_proto::wire::{Command, Direction};
+pub use iot_proto::{DaId, Rev};
+pub use manager::{
+    DeviceManager, DeviceState, MemoryDeviceManager, SqliteDeviceManager, StoredDevice,
+};
+pub use odf::OdfStream;
+pub use status::{ConnState, Protocol, Status};
+
+/// The public futures can be spawned on a multi-threaded runtime.
+#[cfg(test)]
+mod send_check {
+    fn is_send<T: Send>(_: &T) {}
+
+    #[allow(dead_code)]
+    fn futures_are_send(da: crate::Da) {
+        is_send(&crate::Da::builder("http://x").connect());
+        is_send(&da.push("x", 1));
+        is_send(&da.flush());
+        is_send(&da.odf::<i64>("x"));
+        is_send(&da.call::<_, i64>("t", "m", ()));
+        is_send(&da.serve("m", |x: i64| async move { Ok::<_, String>(x) }));
+        is_send(&da.deregister());
+        is_send(&da.wait_for(|_| true));
+    }
+}

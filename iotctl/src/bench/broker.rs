@@ -1,0 +1,231 @@
+//! `iotctl bench broker`: plain publish -> subscribe against any MQTT broker, so that
+//! Mosquitto, the embedded broker and a forwarding peer (e.g. a Node-RED flow from
+//! `--pub-topic` to `--sub-topic`) are all measured by the same client.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use super::load::{self, LoadResult, LoadSpec, Publisher};
+use super::mqtt::{qos, Conn, ConnCounters, ConnSpec};
+use super::progress::Progress;
+use super::report;
+use super::stats::{Clock, Recorder, SharedRecorder};
+use super::{run_id, LoadArgs};
+
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// The broker, `mqtt://HOST:PORT`.
+    #[arg(long, value_name = "mqtt://HOST:PORT")]
+    pub url: String,
+    /// Topic to publish to (default: a fresh `iotctl-bench/<run>`).
+    #[arg(long, value_name = "TOPIC")]
+    pub pub_topic: Option<String>,
+    /// Topic to subscribe to (default: the publish topic); a different one measures a peer
+    /// that forwards from one to the other.
+    #[arg(long, value_name = "TOPIC")]
+    pub sub_topic: Option<String>,
+    /// Subscriber connections, each receiving every message.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub subscribers: usize,
+    /// Pid of the broker (or forwarding peer) for CPU and memory figures, when it runs here.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Serialize)]
+struct BrokerReport {
+    bench: &'static str,
+    url: String,
+    pub_topic: String,
+    sub_topic: String,
+    publishers: usize,
+    subscribers: usize,
+    qos: u8,
+    payload_bytes: usize,
+    rate: u64,
+    batch: u64,
+    max_inflight: u64,
+    #[serde(flatten)]
+    result: LoadResult,
+}
+
+/// `(host, port)` of `mqtt://HOST:PORT` (or `tcp://`, or a bare `HOST:PORT`).
+fn parse_url(url: &str) -> Result<(String, u16)> {
+    if url.starts_with("mqtts://") || url.starts_with("ws://") || url.starts_with("wss://") {
+        bail!("--url {url}: only plain MQTT over TCP (mqtt://HOST:PORT) is supported");
+    }
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => Ok((
+            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            p.parse()
+                .with_context(|| format!("--url {url}: bad port `{p}`"))?,
+        )),
+        None if !rest.is_empty() => Ok((rest.to_owned(), 1883)),
+        _ => bail!("--url {url}: expected mqtt://HOST:PORT"),
+    }
+}
+
+fn check_topic(what: &str, t: &str) -> Result<()> {
+    if t.is_empty() || t.contains(['+', '#']) {
+        bail!("--{what} `{t}` must be a topic name without wildcards");
+    }
+    Ok(())
+}
+
+pub async fn run(args: BrokerArgs) -> Result<()> {
+    let (host, port) = parse_url(&args.url)?;
+    if args.subscribers == 0 || args.subscribers > 1024 {
+        bail!("--subscribers must be between 1 and 1024");
+    }
+    let run = run_id();
+    let pub_topic = args
+        .pub_topic
+        .clone()
+        .unwrap_or_else(|| format!("iotctl-bench/{run}"));
+    let sub_topic = args.sub_topic.clone().unwrap_or_else(|| pub_topic.clone());
+    check_topic("pub-topic", &pub_topic)?;
+    check_topic("sub-topic", &sub_topic)?;
+    let publishers = args.load.publishers(1)?;
+    let spec = LoadSpec {
+        qos: qos(args.load.qos)?,
+        payload_bytes: args.load.payload_bytes,
+        rate: args.load.rate,
+        warmup: args.load.warmup()?,
+        duration: args.load.duration()?,
+        fanout: args.subscribers as u64,
+        max_drain: Duration::from_secs(30),
+        batch: usize::try_from(args.load.batch).unwrap_or(1),
+        max_inflight: args.load.max_inflight,
+    };
+    let progress = Progress::new(args.load.json);
+    let mut subs: Vec<Conn> = Vec::new();
+    let mut pubs: Vec<Publisher> = Vec::new();
+    let outcome = tokio::select! {
+        r = measure(&args, &host, port, &run, &pub_topic, &sub_topic, publishers, &spec, &progress, &mut subs, &mut pubs) => r,
+        e = super::ctrl_c() => Err(e),
+    };
+    progress.phase("disconnecting");
+    for p in pubs {
+        p.disconnect().await;
+    }
+    for s in subs {
+        s.disconnect().await;
+    }
+    progress.finish();
+    let result = outcome?;
+    let title = format!(
+        "bench broker: {} -> {} on {}:{}, {} publishers, {} subscribers, QoS {}, {} B payloads, rate {}",
+        pub_topic,
+        sub_topic,
+        host,
+        port,
+        publishers,
+        args.subscribers,
+        args.load.qos,
+        args.load.payload_bytes,
+        report::rate(args.load.rate, args.load.max_inflight)
+    );
+    let report = BrokerReport {
+        bench: "broker",
+        url: args.url.clone(),
+        pub_topic,
+        sub_topic,
+        publishers,
+        subscribers: args.subscribers,
+        qos: args.load.qos,
+        payload_bytes: args.load.payload_bytes,
+        rate: args.load.rate,
+        batch: args.load.batch,
+        max_inflight: args.load.max_inflight,
+        result,
+    };
+    let mut rows = report::load_rows(&report.result);
+    if args.pid.is_some() {
+        if let Some(r) = rows.iter_mut().find(|(k, _)| k == "controller") {
+            r.0 = "broker".into();
+        }
+    }
+    report::print(args.load.json, &report, &title, &rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    args: &BrokerArgs,
+    host: &str,
+    port: u16,
+    run: &str,
+    pub_topic: &str,
+    sub_topic: &str,
+    publishers: usize,
+    spec: &LoadSpec,
+    progress: &Progress,
+    subs: &mut Vec<Conn>,
+    pubs: &mut Vec<Publisher>,
+) -> Result<LoadResult> {
+    let clock = Clock::new();
+    let counters = Arc::new(ConnCounters::default());
+    let seen = Arc::new(AtomicU64::new(0));
+    progress.phase(format!("connecting {} subscribers", args.subscribers));
+    let mut recorders: Vec<SharedRecorder> = Vec::new();
+    for k in 0..args.subscribers {
+        let r = Arc::new(Mutex::new(Recorder::new(clock, seen.clone())?));
+        let mut spec = ConnSpec::new(host, port, format!("iotctl-bench-{run}-sub{k}"));
+        spec.recorder = Some(r.clone());
+        let mut conn = Conn::connect(spec, counters.clone()).await?;
+        let qos = qos(args.load.qos)?;
+        conn.subscribe(sub_topic, qos).await?;
+        subs.push(conn);
+        recorders.push(r);
+    }
+    progress.phase(format!("connecting {publishers} publishers"));
+    let topics = vec![pub_topic.to_owned()];
+    *pubs =
+        load::connect_publishers(host, port, publishers, &topics, spec.qos, run, &counters).await?;
+    progress.phase(format!(
+        "checking that messages on {pub_topic} arrive on {sub_topic}"
+    ));
+    load::prime(
+        &mut pubs[0],
+        &topics,
+        &recorders,
+        clock,
+        spec.payload_bytes,
+        Duration::from_secs(15),
+    )
+    .await
+    .with_context(|| format!("nothing published on {pub_topic} arrived on {sub_topic}"))?;
+    load::run(
+        spec, pubs, &recorders, seen, clock, args.pid, &counters, progress,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(parse_url("localhost").unwrap(), ("localhost".into(), 1883));
+        assert_eq!(parse_url("mqtt://[::1]:9/").unwrap(), ("::1".into(), 9));
+        assert!(parse_url("mqtts://h:1").is_err());
+        assert!(parse_url("mqtt://h:x").is_err());
+        assert!(parse_url("mqtt://").is_err());
+    }
+}

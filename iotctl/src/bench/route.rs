@@ -1,0 +1,351 @@
+//! `iotctl bench route`: N IDF DAs -> one graph (join none, Rhai or Python) -> M ODF DAs,
+//! all set up through the public protocol: registration over HTTP, control channels over
+//! MQTT, the graph through the graph API. Every IDF message yields one output per ODF, so
+//! `expected = sent × M`. Everything the run created is removed at the end (the graph is
+//! detached, the DAs deleted), also after an error or Ctrl-C.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use futures::StreamExt;
+use iot_proto::wire::Direction;
+use iot_proto::{DaId, Rev};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::da::{self, BenchDa, DaConnect, LinkUp};
+use super::graph::{digest, GraphClient, Join};
+use super::load::{self, LoadResult, LoadSpec, Publisher};
+use super::mqtt::{qos, ConnCounters};
+use super::progress::Progress;
+use super::report;
+use super::stats::{Clock, Recorder, SharedRecorder};
+use super::target::{self, TargetArgs};
+use super::{run_id, LoadArgs};
+use crate::config::Config;
+
+/// How long the controller may take to connect every link and to carry the first message.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Args)]
+pub struct RouteArgs {
+    /// The join function of the graph.
+    #[arg(long, value_enum, default_value_t = Join::Rhai)]
+    pub join: Join,
+    /// IDF DAs (one input feature each), each fed by the publishers.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub idfs: usize,
+    /// ODF DAs (one output feature each), each receiving every output.
+    #[arg(long, default_value_t = 1, value_name = "M")]
+    pub odfs: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Debug, Serialize)]
+struct RouteReport {
+    bench: &'static str,
+    csm: String,
+    mqtt: String,
+    join: &'static str,
+    idfs: usize,
+    odfs: usize,
+    publishers: usize,
+    qos: u8,
+    payload_bytes: usize,
+    /// Requested rate, msgs/s (0 = max).
+    rate: u64,
+    batch: u64,
+    max_inflight: u64,
+    #[serde(flatten)]
+    result: LoadResult,
+}
+
+/// What the run created, to be removed at the end.
+#[derive(Debug, Default)]
+struct Created {
+    registered: Vec<(DaId, Rev)>,
+    das: Vec<BenchDa>,
+    graph: Option<GraphClient>,
+    attached: bool,
+    publishers: Vec<Publisher>,
+}
+
+impl Created {
+    /// Detaches the graph, disconnects everything and deletes the DAs; returns what failed.
+    async fn cleanup(self, http: &reqwest::Client, csm: &str) -> Vec<String> {
+        let mut failed = Vec::new();
+        if let Some(mut g) = self.graph {
+            if self.attached {
+                if let Err(e) = g.request(json!({"op": "detach"})).await {
+                    failed.push(format!("{e:#}"));
+                }
+            }
+            g.close().await;
+        }
+        for p in self.publishers {
+            p.disconnect().await;
+        }
+        futures::future::join_all(self.das.into_iter().map(BenchDa::close)).await;
+        let results: Vec<Result<()>> = futures::stream::iter(self.registered)
+            .map(|(id, rev)| async move { da::deregister(http, csm, &id, &rev).await })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        failed.extend(
+            results
+                .into_iter()
+                .filter_map(|r| r.err().map(|e| format!("{e:#}"))),
+        );
+        failed
+    }
+}
+
+pub async fn run(cfg: &Config, args: RouteArgs) -> Result<()> {
+    if args.idfs == 0 || args.odfs == 0 {
+        bail!("--idfs and --odfs must be at least 1");
+    }
+    if args.idfs > 64 || args.odfs > 1024 {
+        bail!("--idfs must be at most 64 and --odfs at most 1024");
+    }
+    let duration = args.load.duration()?;
+    let warmup = args.load.warmup()?;
+    let publishers = args.load.publishers(args.idfs)?;
+    let target = target::resolve(cfg, &args.target)?;
+    let progress = Progress::new(args.load.json);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("cannot create an HTTP client")?;
+    target::check_csm(&http, &target.csm).await?;
+
+    let spec = LoadSpec {
+        qos: qos(args.load.qos)?,
+        payload_bytes: args.load.payload_bytes,
+        rate: args.load.rate,
+        warmup,
+        duration,
+        fanout: args.odfs as u64,
+        max_drain: Duration::from_secs(30),
+        batch: usize::try_from(args.load.batch).unwrap_or(1),
+        max_inflight: args.load.max_inflight,
+    };
+    let mut created = Created::default();
+    let outcome = tokio::select! {
+        r = measure(&args, &target, &spec, publishers, &http, &progress, &mut created) => r,
+        e = super::ctrl_c() => Err(e),
+    };
+    progress.phase("cleaning up: detaching the graph, deleting the bench DAs");
+    // A second Ctrl-C stops the cleanup too.
+    let failed = tokio::select! {
+        f = created.cleanup(&http, &target.csm) => f,
+        _ = tokio::signal::ctrl_c() => {
+            progress.finish();
+            eprintln!("iotctl bench: interrupted again: cleanup stopped; graph bench-* and DAs of model {} may remain", da::MODEL);
+            return Err(super::Interrupted.into());
+        }
+    };
+    progress.finish();
+    for f in &failed {
+        eprintln!("iotctl bench: cleanup: {f}");
+    }
+    let result = outcome?;
+    let report = RouteReport {
+        bench: "route",
+        csm: target.csm.clone(),
+        mqtt: target.mqtt(),
+        join: args.join.as_str(),
+        idfs: args.idfs,
+        odfs: args.odfs,
+        publishers,
+        qos: args.load.qos,
+        payload_bytes: args.load.payload_bytes,
+        rate: args.load.rate,
+        batch: args.load.batch,
+        max_inflight: args.load.max_inflight,
+        result,
+    };
+    let title = format!(
+        "bench route: {} IDF -> join {} -> {} ODF, QoS {}, {} B payloads, rate {}, {} publishers\n  controller {} (mqtt {})",
+        args.idfs,
+        args.join.as_str(),
+        args.odfs,
+        args.load.qos,
+        args.load.payload_bytes,
+        report::rate(args.load.rate, args.load.max_inflight),
+        publishers,
+        target.csm,
+        target.mqtt()
+    );
+    report::print(
+        args.load.json,
+        &report,
+        &title,
+        &report::load_rows(&report.result),
+    )
+}
+
+async fn measure(
+    args: &RouteArgs,
+    target: &target::Target,
+    spec: &LoadSpec,
+    publishers: usize,
+    http: &reqwest::Client,
+    progress: &Progress,
+    created: &mut Created,
+) -> Result<LoadResult> {
+    let run = run_id();
+    let clock = Clock::new();
+    let counters = Arc::new(ConnCounters::default());
+    let seen = Arc::new(AtomicU64::new(0));
+    let (n, m) = (args.idfs, args.odfs);
+
+    progress.phase(format!("registering {n} IDF and {m} ODF DAs"));
+    for i in 0..n + m {
+        let idf = i < n;
+        let name = if idf {
+            format!("bench-{run}-in{i}")
+        } else {
+            format!("bench-{run}-out{}", i - n)
+        };
+        let id = DaId::new_v4();
+        let reply =
+            da::register(http, &target.csm, &id, &da::register_body(&name, idf, !idf)).await?;
+        created.registered.push((id, reply.rev));
+    }
+
+    progress.phase("connecting the DAs");
+    let (links_tx, mut links) = mpsc::channel::<LinkUp>(n + m + 16);
+    let how = DaConnect {
+        host: target.mqtt_host.clone(),
+        port: target.mqtt_port,
+        data_qos: spec.qos,
+        keep_alive: Duration::from_secs(60),
+    };
+    let mut recorders: Vec<SharedRecorder> = Vec::new();
+    for (i, (id, rev)) in created.registered.clone().into_iter().enumerate() {
+        let recorder = if i >= n {
+            let r = Arc::new(Mutex::new(Recorder::new(clock, seen.clone())?));
+            recorders.push(r.clone());
+            Some(r)
+        } else {
+            None
+        };
+        let d = BenchDa::connect(
+            i,
+            id,
+            rev,
+            &how,
+            recorder,
+            links_tx.clone(),
+            counters.clone(),
+        )
+        .await?;
+        created.das.push(d);
+    }
+
+    progress.phase("building the graph");
+    let gid = format!("bench-{run}");
+    let graph = GraphClient::connect(
+        &target.mqtt_host,
+        target.mqtt_port,
+        &format!("bench-{run}"),
+        &gid,
+        counters.clone(),
+    )
+    .await?;
+    let g = created.graph.insert(graph);
+    g.request(json!({"op": "attach"})).await?;
+    created.attached = true;
+    let join_digest = match args.join.code(n) {
+        Some(code) => {
+            let d = digest(&code);
+            g.request(json!({"op": "add_funcs", "codes": [code], "digests": [d]}))
+                .await?;
+            Some(d)
+        }
+        None => None,
+    };
+    for (i, (id, _)) in created.registered.iter().enumerate() {
+        let req = if i < n {
+            json!({"op": "add_link", "da_id": id, "idf": da::IDF, "func": null})
+        } else {
+            json!({"op": "add_link", "da_id": id, "odf": da::ODF, "func": null})
+        };
+        g.request(req).await?;
+    }
+    if let Some(d) = &join_digest {
+        g.request(json!({"op": "set_join", "prev": null, "new": d}))
+            .await?;
+    }
+
+    progress.phase(format!(
+        "waiting for the controller to connect {} links",
+        n + m
+    ));
+    let mut idf_topics: Vec<Option<String>> = vec![None; n];
+    let mut up = 0;
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    while up < n + m {
+        let link = tokio::time::timeout_at(deadline, links.recv())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the controller connected {up} of {} links within {} s (CONNECT signals on <id>/ctrl/o)",
+                    n + m,
+                    SETUP_TIMEOUT.as_secs()
+                )
+            })?
+            .context("the bench DAs stopped")?;
+        if link.direction == Direction::Idf && link.da < n {
+            idf_topics[link.da] = Some(link.topic);
+        }
+        up += 1;
+    }
+    let idf_topics: Vec<String> = idf_topics
+        .into_iter()
+        .collect::<Option<_>>()
+        .context("an IDF link was connected without a topic")?;
+
+    progress.phase(format!("connecting {publishers} publishers"));
+    created.publishers = load::connect_publishers(
+        &target.mqtt_host,
+        target.mqtt_port,
+        publishers,
+        &idf_topics,
+        spec.qos,
+        &run,
+        &counters,
+    )
+    .await?;
+
+    progress.phase("checking that data flows from every IDF to every ODF");
+    load::prime(
+        &mut created.publishers[0],
+        &idf_topics,
+        &recorders,
+        clock,
+        spec.payload_bytes,
+        SETUP_TIMEOUT,
+    )
+    .await
+    .context("the graph does not route: check `iotctl status` and the controller's log")?;
+
+    load::run(
+        spec,
+        &mut created.publishers,
+        &recorders,
+        seen,
+        clock,
+        target.pid,
+        &counters,
+        progress,
+    )
+    .await
+}

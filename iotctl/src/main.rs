@@ -1,0 +1,155 @@
+//! `iotctl`: the one command line of the controller. This binary is the only place with clap,
+//! the tracing subscriber and `anyhow`; the servers live in library crates.
+//!
+//! Layout: [`config`] (typed settings), [`run`] (start: wiring broker + CSM, pidfile, state
+//! file, signals), [`service`] (stop, restart, status), [`shell`] (interactive console),
+//! [`bench`] (load tests against a running controller or any broker).
+
+mod bench;
+mod config;
+mod run;
+mod service;
+mod shell;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// IoTtalk-compatible IoT controller: an MQTT broker, device registration, and routing.
+#[derive(Debug, Parser)]
+#[command(name = "iotctl", version, about)]
+struct Cli {
+    /// Debug logging.
+    #[arg(short, long, global = true)]
+    debug: bool,
+    /// Configuration file (TOML; `iotctl genconf FILE` writes a documented one).
+    #[arg(short, long, global = true, value_name = "FILE", env = "IOTCTL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write the documented default configuration to DEST.
+    Genconf {
+        dest: PathBuf,
+        /// Overwrite DEST if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create the database or migrate it to the current schema.
+    Initdb,
+    /// Start the controller in the foreground (Ctrl-C or `iotctl stop` to stop).
+    Start {
+        #[arg(value_enum, default_value_t = Component::All)]
+        component: Component,
+    },
+    /// Stop the controller started with this configuration.
+    Stop,
+    /// Stop the running controller, then start it again in the foreground.
+    Restart {
+        #[arg(value_enum, default_value_t = Component::All)]
+        component: Component,
+    },
+    /// Show whether each component is up, with registered and online DA counts.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interactive console with the database and a broker connection ready.
+    Shell,
+    /// Measure a controller (or any MQTT broker): throughput, loss, latency, CPU, memory.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+/// What `start` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Component {
+    /// Broker and CSM in one process.
+    All,
+    /// Only the embedded MQTT broker.
+    Broker,
+    /// Only the CSM, using the broker of `broker.external` or `broker.listen`.
+    Csm,
+    /// The Configuration and Control Manager (not built yet).
+    Ccm,
+    /// The web GUI (not built yet).
+    Gui,
+}
+
+fn init_tracing(cfg: &Config, debug: bool) {
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::EnvFilter;
+    let mut level = if debug {
+        "debug".to_owned()
+    } else {
+        cfg.log.level.clone()
+    };
+    // rmqtt and ntex log a lot at info; keep them quiet unless asked for by name.
+    if !level.contains("rmqtt") {
+        level.push_str(",rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn,rmqtt_shared_subscription=warn,ntex=warn,ntex_mqtt=warn,ntex_io=warn,rumqttc=warn");
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .finish()
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("iotctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    if let Command::Genconf { dest, force } = &cli.command {
+        if dest.exists() && !force {
+            anyhow::bail!("{} exists; pass --force to overwrite it", dest.display());
+        }
+        std::fs::write(dest, DEFAULT_CONFIG)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        println!("wrote the default configuration to {}", dest.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = Config::load(cli.config.as_deref())?;
+    init_tracing(&cfg, cli.debug);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Genconf { .. } => Ok(ExitCode::SUCCESS),
+            Command::Initdb => run::initdb(&cfg).await.map(|()| ExitCode::SUCCESS),
+            Command::Start { component } => {
+                run::start(cfg, component).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Stop => service::stop(&cfg).await,
+            Command::Restart { component } => {
+                service::stop(&cfg).await?;
+                run::start(cfg, component).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Status { json } => service::status(&cfg, json).await,
+            Command::Shell => shell::run(&cfg).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench { command } => bench::run(&cfg, command).await,
+        }
+    })
+}

@@ -1,0 +1,157 @@
+//! `iotctl stop` and `iotctl status`: find the running controller through its pidfile and
+//! state file in the data dir, signal it, or ask each component how it is.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::config::Config;
+use crate::run::RunState;
+
+/// The pid in `pidfile` if that process is alive.
+pub fn running_pid(pidfile: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+fn alive(pid: i32) -> bool {
+    pid > 0 && kill(Pid::from_raw(pid), None).is_ok() && !zombie(pid)
+}
+
+/// Whether `pid` has exited but not been reaped by its parent yet (Linux `/proc`).
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+pub async fn stop(cfg: &Config) -> Result<ExitCode> {
+    let pidfile = cfg.pidfile();
+    let Some(pid) = running_pid(&pidfile) else {
+        let _ = std::fs::remove_file(&pidfile);
+        println!("iotctl is not running");
+        return Ok(ExitCode::SUCCESS);
+    };
+    kill(Pid::from_raw(pid), Signal::SIGTERM)
+        .with_context(|| format!("cannot signal pid {pid}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while alive(pid) {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("pid {pid} did not stop within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("iotctl stopped (pid {pid})");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit code when the controller is not running (as LSB init scripts do).
+const NOT_RUNNING: u8 = 3;
+
+pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let state: Option<RunState> = running_pid(&cfg.pidfile())
+        .and_then(|_| std::fs::read_to_string(cfg.statefile()).ok())
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let Some(state) = state else {
+        if json {
+            println!("{}", serde_json::json!({"running": false}));
+        } else {
+            println!(
+                "iotctl is not running (data dir {})",
+                cfg.data_dir().display()
+            );
+        }
+        return Ok(ExitCode::from(NOT_RUNNING));
+    };
+    let broker_up = match &state.mqtt {
+        Some(addr) => {
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false)
+        }
+        None => false,
+    };
+    let csm = match &state.csm {
+        Some(base) => csm_status(base).await.ok(),
+        None => None,
+    };
+    let embedded = state.components.iter().any(|c| c == "broker");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "running": true, "pid": state.pid, "components": state.components,
+                "broker": {"up": broker_up, "address": state.mqtt, "ws": state.ws, "embedded": embedded},
+                "csm": {"up": csm.is_some(), "url": state.csm, "status": csm},
+            })
+        );
+    } else {
+        println!("iotctl running (pid {})", state.pid);
+        let updown = |b: bool| if b { "up" } else { "down" };
+        let kind = if embedded { "embedded" } else { "external" };
+        println!(
+            "  broker  {:<5} {kind} mqtt://{}{}",
+            updown(broker_up),
+            state.mqtt.as_deref().unwrap_or("-"),
+            state
+                .ws
+                .as_deref()
+                .map(|w| format!("  ws://{w}/mqtt"))
+                .unwrap_or_default()
+        );
+        match (&state.csm, &csm) {
+            (Some(url), Some(s)) => {
+                println!(
+                    "  csm     up    {url}  registered {}, online {}, failed links {}",
+                    s["registered"],
+                    s["online"],
+                    s["failed_links"].as_array().map_or(0, Vec::len)
+                );
+                let graphs = s["graphs"].as_object().cloned().unwrap_or_default();
+                let total = |k: &str| graphs.values().filter_map(|g| g[k].as_u64()).sum::<u64>();
+                println!(
+                    "  graphs  {}     messages in {}, out {}, dropped {}",
+                    graphs.len(),
+                    total("msgs_in"),
+                    total("msgs_out"),
+                    total("errors")
+                );
+                println!(
+                    "  mqtt    sessions {}, dropped {} (broker) + {} (controller queues)",
+                    s["broker"]["sessions"], s["broker"]["dropped"], s["broker"]["host_dropped"]
+                );
+            }
+            (Some(url), None) => println!("  csm     down  {url}"),
+            (None, _) => println!("  csm     not started"),
+        }
+        println!("  ccm     not built yet");
+    }
+    let all_up = broker_up && (state.csm.is_none() || csm.is_some());
+    Ok(if all_up {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn csm_status(base: &str) -> Result<serde_json::Value> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    Ok(client
+        .get(format!("{base}/status"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}

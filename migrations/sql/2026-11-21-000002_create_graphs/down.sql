@@ -1,0 +1,2 @@
+DROP TABLE graphs;
+DROP TABLE functions;

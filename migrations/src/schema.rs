@@ -1,0 +1,32 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    das (id) {
+        id -> Text,
+        rev -> Text,
+        name -> Text,
+        register_time -> Double,
+        accept_protos -> Text,
+        idf_list -> Text,
+        odf_list -> Text,
+        profile -> Text,
+        username -> Nullable<Text>,
+        password_hash -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    functions (digest) {
+        digest -> Text,
+        code -> Text,
+    }
+}
+
+diesel::table! {
+    graphs (gid) {
+        gid -> Text,
+        doc -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(das, functions, graphs,);

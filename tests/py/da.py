@@ -1,0 +1,75 @@
+"""Drive one unmodified iottalk-py (dan.Client) device application from a test.
+
+Usage: da.py API_URL ID NAME IDF_LIST_JSON ODF_LIST_JSON
+
+Prints one JSON object per line on stdout for each event:
+  {"event": "registered", "rev": ..., "name": ...}
+  {"event": "signal", "command": "CONNECT", "df": "Dummy_Sensor"}
+  {"event": "data", "df": "Dummy_Control", "data": [1]}
+  {"event": "pushed", "ok": true}
+  {"event": "deregistered"}
+  {"event": "error", "reason": ...}
+Reads commands on stdin, one per line:
+  push IDF JSON      push a value (iottalk-py wraps scalars into a list)
+  deregister         offline + DELETE, as the SDK does on Ctrl-C
+  exit               leave without deregistering (the will fires when the socket closes)
+"""
+import json
+import sys
+
+from iottalkpy.dan import Client
+from iottalkpy.exceptions import RegistrationError
+
+
+def emit(**kw):
+    sys.stdout.write(json.dumps(kw) + "\n")
+    sys.stdout.flush()
+
+
+def main():
+    api_url, id_, name, idf_list, odf_list = sys.argv[1:6]
+    client = Client()
+
+    def on_signal(command, df_list):
+        for df in df_list:
+            emit(event="signal", command=command, df=df)
+        return True
+
+    def on_data(df, data):
+        emit(event="data", df=df, data=data)
+
+    try:
+        ctx = client.register(
+            api_url,
+            on_signal=on_signal,
+            on_data=on_data,
+            id_=id_,
+            name=name or None,
+            idf_list=json.loads(idf_list),
+            odf_list=json.loads(odf_list),
+            profile={"model": "Dummy_Device", "u_name": None},
+        )
+    except (RegistrationError, Exception) as e:  # noqa: BLE001 - report anything to the test
+        emit(event="error", reason=str(e))
+        return 1
+    emit(event="registered", rev=ctx.rev, name=ctx.name)
+
+    for line in sys.stdin:
+        words = line.strip().split(" ", 2)
+        if words[0] == "push":
+            ok = client.push(words[1], json.loads(words[2]), block=True)
+            emit(event="pushed", ok=ok)
+        elif words[0] == "deregister":
+            try:
+                client.deregister()
+                emit(event="deregistered")
+            except Exception as e:  # noqa: BLE001
+                emit(event="error", reason=str(e))
+            return 0
+        elif words[0] == "exit":
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

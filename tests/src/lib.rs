@@ -1,0 +1,743 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![doc = include_str!("../README.md")]
+//!
+//! Layout: [`App`] (the controller under test), [`Mqtt`] (a rumqttc test client that
+//! collects what it receives), [`PyDa`] (an iottalk-py DA in a child process).
+//! Every wait is on a condition with a deadline, never a fixed sleep.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// How long any single expected event may take.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_owned()
+}
+
+/// The `iotctl` binary under test: `$IOTCTL_BIN`, else the one of this workspace, built (once
+/// per test process; a no-op when up to date) in the profile of the tests so it is never stale.
+pub fn iotctl_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("IOTCTL_BIN") {
+            return PathBuf::from(p);
+        }
+        // target/<profile>/deps/<test-exe> -> target/<profile>/iotctl
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_owned();
+        let mut build =
+            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        // The same selection as `.ci/run`'s build step, so that the binary is not rebuilt
+        // with another feature set (which would relink it on every switch).
+        build
+            .args(["build", "--quiet", "--workspace", "--all-targets"])
+            .current_dir(workspace());
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build failed");
+        let bin = profile_dir.join("iotctl");
+        assert!(
+            bin.exists(),
+            "{} is missing after the build (set IOTCTL_BIN)",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// Python with iottalk-py: `$IOTTALK_PYTHON`, else `.venv/bin/python` in the workspace.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("IOTTALK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    assert!(p.exists(), "{} is missing: run .ci/run once, or create it with `python3 -m venv .venv && .venv/bin/pip install iottalk-py==2.3.1`", p.display());
+    p
+}
+
+/// PostgreSQL for tests: `$IOT_TEST_PG_URL`, default the local server's `test` database.
+pub fn pg_url() -> String {
+    std::env::var("IOT_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh lowercase UUID string.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Options for [`App::start`].
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// Extra TOML appended to the generated config (sections and keys).
+    pub extra_toml: String,
+    /// Database URL; default an SQLite file in the data dir.
+    pub db_url: Option<String>,
+    /// Reuse this data dir (to restart a controller on its own state).
+    pub data_dir: Option<PathBuf>,
+    /// Offline expiry; default 300 s.
+    pub offline_expiry_seconds: Option<u64>,
+    /// Use this broker instead of the embedded one.
+    pub external: Option<String>,
+    /// Fixed `host:port` for the CSM's HTTP API instead of a free port (e.g. from
+    /// [`free_addr`]), so that a restarted controller keeps the address DAs were given.
+    pub csm_listen: Option<String>,
+    /// Fixed `host:port` for the embedded broker's MQTT listener instead of a free port.
+    pub mqtt_listen: Option<String>,
+    /// Extra environment for `iotctl`, e.g. `IOTCTL__BROKER__SCHEME=mqtts` to change a key
+    /// of a section the generated config already has.
+    pub env: Vec<(String, String)>,
+}
+
+/// A `127.0.0.1:<port>` that was free a moment ago: binds port 0, reads the port, closes it.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").to_string()
+}
+
+/// The controller under test: the real `iotctl start` in a child process.
+#[derive(Debug)]
+pub struct App {
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    /// Base URL of the CSM API.
+    pub csm: String,
+    /// `host:port` of the MQTT broker DAs use.
+    pub mqtt: String,
+    pub ws: Option<String>,
+    pub opts: AppOptions,
+    pub http: reqwest::Client,
+}
+
+impl App {
+    pub async fn spawn() -> App {
+        Self::start(AppOptions::default()).await
+    }
+
+    pub async fn start(opts: AppOptions) -> App {
+        let (tmp, data_dir) = match &opts.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().to_owned();
+                (Some(t), d)
+            }
+        };
+        let db = opts
+            .db_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/iotctl.db", data_dir.display()));
+        let mut config = format!(
+            "[paths]\ndata_dir = \"{}\"\n[database]\nurl = \"{db}\"\n[broker]\nlisten = \"{}\"\nws_listen = \"127.0.0.1:0\"\nexternal = \"{}\"\n[csm]\nlisten = \"{}\"\noffline_expiry_seconds = {}\n",
+            data_dir.display(),
+            opts.mqtt_listen.as_deref().unwrap_or("127.0.0.1:0"),
+            opts.external.clone().unwrap_or_default(),
+            opts.csm_listen.as_deref().unwrap_or("127.0.0.1:0"),
+            opts.offline_expiry_seconds.unwrap_or(300),
+        );
+        config.push_str(&opts.extra_toml);
+        let config_path = data_dir.join("test-config.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = data_dir.join("iotctl.log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut child = Command::new(iotctl_bin())
+            .arg("-c")
+            .arg(&config_path)
+            .arg("start")
+            .env(
+                "RUST_LOG",
+                "info,iot_csm=debug,rmqtt=warn,rmqtt_net=warn,ntex=warn",
+            )
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn iotctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("iotctl ready:") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(ready) = ready else {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("iotctl did not start:\n{log}");
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let field = |k: &str| {
+            ready
+                .split(' ')
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .filter(|v| *v != "-")
+                .map(str::to_owned)
+        };
+        App {
+            child: Some(child),
+            _tmp: tmp,
+            data_dir,
+            config: config_path,
+            log,
+            csm: field("csm").expect("csm url"),
+            mqtt: field("mqtt").expect("mqtt addr"),
+            ws: field("ws"),
+            opts,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the controller with SIGTERM and waits for it to exit; returns its exit status.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .expect("iotctl stops in time")
+            .expect("wait")
+    }
+
+    /// Waits for a controller stopped from outside (e.g. `iotctl stop`) to exit.
+    pub async fn stop_waited(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .expect("iotctl exits in time")
+            .expect("wait")
+    }
+
+    /// Stops (unless already stopped with [`App::stop`]) and starts the controller again on
+    /// the same data dir and database.
+    pub async fn restart(mut self) -> App {
+        if self.child.is_some() {
+            self.stop().await;
+        }
+        let mut opts = self.opts.clone();
+        opts.data_dir = Some(self.data_dir.clone());
+        let mut next = App::start(opts).await;
+        next._tmp = self._tmp.take();
+        next
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, id: &str) -> String {
+        format!("{}/{id}", self.csm)
+    }
+
+    /// `PUT /{id}` with a JSON body; returns status and JSON reply.
+    pub async fn put(&self, id: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.url(id))
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put_raw(&self, id: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .http
+            .put(self.url(id))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("PUT");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, id: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(id)).send().await.expect("GET");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, id: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .delete(self.url(id))
+            .json(body)
+            .send()
+            .await
+            .expect("DELETE");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `/status` of the CSM.
+    pub async fn status(&self) -> Value {
+        self.http
+            .get(format!("{}/status", self.csm))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Registers a DA with one IDF and one ODF by HTTP; returns the reply.
+    pub async fn register(&self, id: &str) -> Value {
+        let (code, body) = self.put(id, &register_body()).await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// A test MQTT client connected to this controller's broker.
+    pub async fn mqtt(&self, will: Option<(String, Value)>) -> Mqtt {
+        Mqtt::connect(&self.mqtt, will).await
+    }
+
+    /// Attaches to the device API as `client`: the subscription (announcements follow on it)
+    /// and the `da_list` of the attach reply.
+    pub async fn attach_device_api(&self, client: &str) -> (Mqtt, Value) {
+        let mut m = self.mqtt(None).await;
+        m.subscribe(
+            &format!("iottalk/api/res/{client}/device"),
+            QoS::ExactlyOnce,
+        )
+        .await;
+        m.publish_json(
+            &format!("iottalk/api/req/{client}/device"),
+            &json!({"op": "attach"}),
+            false,
+        )
+        .await;
+        let reply = m
+            .recv_until("attach reply", |r| r.json()["op"] == "attach")
+            .await
+            .json();
+        assert_eq!(reply["state"], "ok", "{reply}");
+        (m, reply["da_list"].clone())
+    }
+
+    /// Waits until every link's DA acknowledged its CONNECT (an ODF DA subscribes to its data
+    /// topic before it acks, so from then on nothing sent to it is lost).
+    pub async fn wait_links_acked(&self) {
+        self.wait_status("links acknowledged", |s| {
+            s["unacked_links"] == 0 && s["failed_links"] == json!([])
+        })
+        .await;
+    }
+
+    /// Polls `/status` until `f` holds.
+    pub async fn wait_status(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = self.status().await;
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last status {s}\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- iotctl log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// A typical registration body (one IDF, one ODF).
+pub fn register_body() -> Value {
+    json!({
+        "idf_list": [["Dummy_Sensor", ["dB"]]],
+        "odf_list": [["Dummy_Control", [null]]],
+        "accept_protos": ["mqtt"],
+        "profile": {"model": "Dummy_Device"},
+    })
+}
+
+/// What a [`Mqtt`] client receives.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+    pub qos: QoS,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+    }
+}
+
+/// A rumqttc client for tests: its event loop runs in a task that forwards publishes and
+/// SUBACKs; [`Mqtt::kill`] drops the socket without DISCONNECT, so the will fires.
+#[derive(Debug)]
+pub struct Mqtt {
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Received>,
+    subacks: mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Mqtt {
+    pub async fn connect(addr: &str, will: Option<(String, Value)>) -> Mqtt {
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let mut opts = MqttOptions::new(
+            format!("test-{}", new_id()),
+            host,
+            port.parse().expect("port"),
+        );
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        if let Some((topic, payload)) = will {
+            opts.set_last_will(LastWill::new(
+                topic,
+                payload.to_string(),
+                QoS::AtMostOnce,
+                true,
+            ));
+        }
+        let (client, mut ev) = AsyncClient::new(opts, 100);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stx, subacks) = mpsc::unbounded_channel();
+        let (ctx, mut connected) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(Received {
+                            topic: p.topic.clone(),
+                            payload: p.payload.clone(),
+                            retain: p.retain,
+                            qos: p.qos,
+                        });
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = stx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = ctx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, connected.recv())
+            .await
+            .expect("CONNACK in time");
+        Mqtt {
+            client,
+            rx,
+            subacks,
+            task,
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        tokio::time::timeout(WAIT, self.subacks.recv())
+            .await
+            .expect("SUBACK in time");
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, qos: QoS, retain: bool) {
+        self.client
+            .publish(topic, qos, retain, payload.into())
+            .await
+            .expect("publish");
+    }
+
+    pub async fn publish_json(&self, topic: &str, v: &Value, retain: bool) {
+        self.publish(topic, v.to_string(), QoS::ExactlyOnce, retain)
+            .await;
+    }
+
+    /// The next message matching `pred`, skipping others.
+    pub async fn recv_until(&mut self, what: &str, pred: impl Fn(&Received) -> bool) -> Received {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) if pred(&m) => return m,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("connection closed while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// The next device API announcement `kind` (`register`, `online`, ...) about DA `id`.
+    pub async fn announcement(&mut self, kind: &str, id: &str) -> Value {
+        self.recv_until(&format!("{kind} announcement of {id}"), |r| {
+            let v = r.json();
+            v["op"] == "anno" && v["type"] == kind && (v["da"]["id"] == id || v["da"] == id)
+        })
+        .await
+        .json()
+    }
+
+    /// The retained messages currently stored for `filter`: subscribes to it, then to a
+    /// marker topic with a retained message of its own; once the marker arrives, every
+    /// retained message of `filter` has been delivered before it.
+    pub async fn retained(&mut self, filter: &str) -> Vec<Received> {
+        let marker = format!("test-marker/{}", new_id());
+        self.publish(&marker, "m", QoS::AtLeastOnce, true).await;
+        self.subscribe(filter, QoS::AtLeastOnce).await;
+        self.subscribe(&marker, QoS::AtLeastOnce).await;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) if m.topic == marker => break,
+                Ok(Some(m)) if m.retain => out.push(m),
+                Ok(Some(_)) => {}
+                _ => panic!("marker not received"),
+            }
+        }
+        let _ = self.client.unsubscribe(filter).await;
+        let _ = self.client.unsubscribe(&marker).await;
+        self.publish(&marker, "", QoS::AtLeastOnce, true).await;
+        out
+    }
+
+    /// Drops the connection without DISCONNECT: the broker publishes the will.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.task.abort();
+    }
+}
+
+/// An unmodified iottalk-py DA (`py/da.py`) in a child process.
+#[derive(Debug)]
+pub struct PyDa {
+    child: Child,
+    stdin: ChildStdin,
+    events: mpsc::UnboundedReceiver<Value>,
+    pub id: String,
+}
+
+impl PyDa {
+    /// Starts a DA registering at `api_url` with the given features (JSON lists as the SDK
+    /// takes them, e.g. `[["Dummy_Sensor", ["int"]]]`).
+    pub async fn spawn(api_url: &str, id: &str, name: &str, idf: Value, odf: Value) -> PyDa {
+        let mut child = Command::new(python())
+            .arg(workspace().join("tests/py/da.py"))
+            .args([api_url, id, name, &idf.to_string(), &odf.to_string()])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn python DA");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        PyDa {
+            child,
+            stdin,
+            events,
+            id: id.to_owned(),
+        }
+    }
+
+    /// The next event named `name` (others are skipped); panics on an `error` event.
+    pub async fn expect(&mut self, name: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(v)) if v["event"] == name => return v,
+                Ok(Some(v)) if v["event"] == "error" && name != "error" => panic!("DA error: {v}"),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("DA exited while waiting for {name}"),
+                Err(_) => panic!("timed out waiting for DA event {name}"),
+            }
+        }
+    }
+
+    /// Every event up to and including the first one named `name`.
+    pub async fn events_until(&mut self, name: &str) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(v)) => {
+                    let done = v["event"] == name;
+                    seen.push(v);
+                    if done {
+                        return seen;
+                    }
+                }
+                Ok(None) => panic!("DA exited while waiting for {name}; saw {seen:?}"),
+                Err(_) => panic!("timed out waiting for DA event {name}; saw {seen:?}"),
+            }
+        }
+    }
+
+    pub async fn send(&mut self, cmd: &str) {
+        self.stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .expect("write to DA");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    /// Deregisters as the SDK does on Ctrl-C (offline, then DELETE) and waits for the exit.
+    pub async fn deregister(mut self) {
+        self.send("deregister").await;
+        self.expect("deregistered").await;
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+
+    /// Exits without deregistering.
+    pub async fn exit(mut self) {
+        self.send("exit").await;
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}
+
+/// A graph API client: publishes requests for one graph and waits for each reply.
+#[derive(Debug)]
+pub struct GraphClient {
+    pub mqtt: Mqtt,
+    pub client: String,
+    pub gid: String,
+}
+
+impl GraphClient {
+    /// A client of a fresh name for graph `gid` (not attached yet).
+    pub async fn new(app: &App, gid: &str) -> GraphClient {
+        let client = format!("t{}", &new_id()[..8]);
+        let mut mqtt = app.mqtt(None).await;
+        mqtt.subscribe(
+            &format!("iottalk/api/res/{client}/graph/{gid}"),
+            QoS::ExactlyOnce,
+        )
+        .await;
+        GraphClient {
+            mqtt,
+            client,
+            gid: gid.to_owned(),
+        }
+    }
+
+    /// A fresh graph, attached.
+    pub async fn attached(app: &App) -> GraphClient {
+        let mut g = Self::new(app, &new_id()).await;
+        g.ok(json!({"op": "attach"})).await;
+        g
+    }
+
+    /// Sends a request and returns its reply (any state); a `nonce` field matches them.
+    pub async fn send(&mut self, req: Value) -> Value {
+        let nonce = new_id();
+        let mut req = req;
+        req["nonce"] = json!(nonce);
+        let topic = format!("iottalk/api/req/{}/graph/{}", self.client, self.gid);
+        self.mqtt
+            .publish(&topic, req.to_string(), QoS::ExactlyOnce, false)
+            .await;
+        self.mqtt
+            .recv_until(&format!("reply to {req}"), |m| {
+                m.json()["nonce"] == nonce.as_str()
+            })
+            .await
+            .json()
+    }
+
+    /// Sends a request that must succeed.
+    pub async fn ok(&mut self, req: Value) -> Value {
+        let r = self.send(req.clone()).await;
+        assert_eq!(r["state"], "ok", "request {req} failed: {r}");
+        r
+    }
+
+    /// Sends a request that must fail; returns the reason.
+    pub async fn err(&mut self, req: Value) -> String {
+        let r = self.send(req.clone()).await;
+        assert_eq!(r["state"], "error", "request {req} should fail: {r}");
+        r["reason"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Adds functions (digests computed here).
+    pub async fn add_funcs(&mut self, codes: &[&str]) {
+        let digests: Vec<String> = codes.iter().map(|c| digest(c)).collect();
+        let r = self
+            .ok(json!({"op": "add_funcs", "codes": codes, "digests": digests}))
+            .await;
+        assert_eq!(r["digests"], json!(digests));
+    }
+
+    /// Links a DA's feature (`side` is `idf` or `odf`) with no function.
+    pub async fn link(&mut self, da: &str, side: &str, feature: &str) {
+        let mut body = json!({"op": "add_link", "da_id": da, "func": null});
+        body[side] = json!(feature);
+        self.ok(body).await;
+    }
+}
+
+/// `sha256(code)` in hex: a function's digest.
+pub fn digest(code: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(code.as_bytes()))
+}

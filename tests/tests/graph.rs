@@ -1,0 +1,571 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The graph API and the execution engine end to end: unmodified iottalk-py DAs (the DAI
+//! runner and `dan.Client`), graph requests over MQTT (`mosquitto_pub` and rumqttc), and the
+//! real controller, with Rhai and Python functions.
+
+use std::process::Stdio;
+
+use iot_tests::*;
+use rumqttc::QoS;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// An iottalk-py DA driven by `dan.Client` (tests/py/da.py) that is registered and online.
+async fn py_da(app: &App, name: &str, idf: Value, odf: Value) -> PyDa {
+    let mut da = PyDa::spawn(&app.csm, &new_id(), name, idf, odf).await;
+    da.expect("registered").await;
+    da
+}
+
+async fn wait_online(app: &App, n: u64) {
+    app.wait_status(&format!("{n} DAs online"), |s| {
+        s["online"].as_u64() >= Some(n)
+    })
+    .await;
+}
+
+/// The next data event of `da`, as its list.
+async fn data(da: &mut PyDa) -> Value {
+    da.expect("data").await["data"].clone()
+}
+
+/// Pushes `value` on `idf` until the DA's push succeeds (the IDF is connected).
+async fn push(da: &mut PyDa, idf: &str, value: Value) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        da.send(&format!("push {idf} {value}")).await;
+        if da.expect("pushed").await["ok"] == true {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "IDF {idf} never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+// ---- The spec's walkthrough (section 6): DAI runner + mosquitto_pub ----
+
+/// `python -m iottalkpy.dai SA` in its own process group, so SIGINT reaches it like Ctrl-C.
+struct Dai {
+    child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Dai {
+    fn spawn(sa: &std::path::Path) -> Dai {
+        let mut child = tokio::process::Command::new(python())
+            .arg("-m")
+            .arg("iottalkpy.dai")
+            .arg(sa)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn DAI");
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = out.next_line().await {
+                let _ = tx.send(l);
+            }
+        });
+        Dai { child, lines }
+    }
+
+    async fn line_starting(&mut self, prefix: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) if l.starts_with(prefix) => return l,
+                Ok(Some(_)) => {}
+                _ => panic!("no line starting with {prefix}"),
+            }
+        }
+    }
+
+    /// Ctrl-C: the DAI deregisters (offline, then DELETE) and exits.
+    async fn interrupt(mut self) {
+        let pid = self.child.id().unwrap() as i32;
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("DAI exits after Ctrl-C");
+        assert!(status.is_ok());
+    }
+}
+
+async fn mosquitto_pub(app: &App, topic: &str, msg: &str) {
+    let (host, port) = app.mqtt.rsplit_once(':').unwrap();
+    let out = tokio::process::Command::new("mosquitto_pub")
+        .args(["-h", host, "-p", port, "-q", "2", "-t", topic, "-m", msg])
+        .output()
+        .await
+        .expect("mosquitto_pub (apt-get install mosquitto-clients)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn walkthrough(idf_code: &str, join_code: &str) {
+    let app = App::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (idf_id, odf_id) = (new_id(), new_id());
+    let flag = dir.path().join("go");
+    std::fs::write(
+        dir.path().join("sa_odf.py"),
+        format!(
+            "import json\napi_url = '{}'\ndevice_model = 'Dummy_Device'\ndevice_addr = '{odf_id}'\ndevice_name = 'ODF_DA'\nodf_list = ['Dummy_Control']\n\ndef Dummy_Control(data):\n    print('ODF', json.dumps(data), flush=True)\n",
+            app.csm
+        ),
+    )
+    .unwrap();
+    // The IDF pushes 1, 2, 3, ... once the graph is ready (the test creates the flag file).
+    std::fs::write(
+        dir.path().join("sa_idf.py"),
+        format!(
+            "import os\nfrom iottalkpy.dan import NoData\napi_url = '{}'\ndevice_model = 'Dummy_Device'\ndevice_addr = '{idf_id}'\ndevice_name = 'IDF_DA'\nidf_list = ['Dummy_Sensor']\npush_interval = 0.1\nn = 0\n\ndef Dummy_Sensor():\n    global n\n    if not os.path.exists({:?}):\n        return NoData\n    n += 1\n    return n\n",
+            app.csm,
+            flag.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut odf = Dai::spawn(&dir.path().join("sa_odf.py"));
+    let idf = Dai::spawn(&dir.path().join("sa_idf.py"));
+    wait_online(&app, 2).await;
+
+    // Replies are read by a subscriber; the requests go out with mosquitto_pub -q 2.
+    let mut res = app.mqtt(None).await;
+    res.subscribe("iottalk/api/res/gui/graph/1", QoS::ExactlyOnce)
+        .await;
+    let topic = "iottalk/api/req/gui/graph/1";
+    let (idf_sig, join_sig) = (digest(idf_code), digest(join_code));
+    let ops = [
+        json!({"op": "attach"}),
+        json!({"op": "add_funcs", "codes": [idf_code, join_code], "digests": [idf_sig, join_sig]}),
+        json!({"op": "add_link", "da_id": idf_id, "idf": "Dummy_Sensor", "func": idf_sig}),
+        json!({"op": "add_link", "da_id": odf_id, "odf": "Dummy_Control", "func": null}),
+        json!({"op": "set_join", "prev": null, "new": join_sig}),
+    ];
+    for op in &ops {
+        mosquitto_pub(&app, topic, &op.to_string()).await;
+        let name = op["op"].as_str().unwrap();
+        let reply = res
+            .recv_until(&format!("{name} reply"), |m| m.json()["op"] == name)
+            .await
+            .json();
+        assert_eq!(reply["state"], "ok", "{op} -> {reply}");
+    }
+    app.wait_links_acked().await;
+    std::fs::write(&flag, "").unwrap();
+    for want in ["[1]", "[4]", "[9]"] {
+        assert_eq!(odf.line_starting("ODF").await, format!("ODF {want}"));
+    }
+
+    // Ctrl-C both DAIs: both DAs gone, no link left in the graph, nothing retained.
+    idf.interrupt().await;
+    odf.interrupt().await;
+    let s = app
+        .wait_status("both DAs gone", |s| s["registered"] == 0)
+        .await;
+    assert_eq!(s["graphs"]["1"]["links"], 0, "{s}");
+    assert_eq!(app.get(&idf_id).await.0, 404);
+    assert_eq!(app.get(&odf_id).await.0, 404);
+    let mut m = app.mqtt(None).await;
+    for filter in [
+        format!("{idf_id}/#"),
+        format!("{odf_id}/#"),
+        "iottalk/esm/#".to_owned(),
+    ] {
+        assert!(
+            m.retained(&filter).await.is_empty(),
+            "retained messages left on {filter}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn spec_walkthrough_with_python_functions() {
+    walkthrough("def run(x): return int(x)\n", "def run(x): return x ** 2\n").await;
+}
+
+#[tokio::test]
+async fn spec_walkthrough_with_rhai_functions() {
+    walkthrough(
+        "fn run(x) { if type_of(x) == \"f64\" { x.to_int() } else { x } }\n",
+        "fn run(x) { x * x }\n",
+    )
+    .await;
+}
+
+// ---- Routing ----
+
+#[tokio::test]
+async fn join_over_two_idfs_two_odfs_variant_and_tags() {
+    let app = App::spawn().await;
+    let mut a = py_da(&app, "A", json!([["Temp", ["C"]]]), json!([])).await;
+    let mut b = py_da(&app, "B", json!([["Level", ["int", "tag"]]]), json!([])).await;
+    let mut out1 = py_da(&app, "O1", json!([]), json!([["Show", ["x"]]])).await;
+    let mut out2 = py_da(&app, "O2", json!([]), json!([["Show", ["x"]]])).await;
+    wait_online(&app, 4).await;
+    let mut g = GraphClient::new(&app, "sum").await;
+    g.ok(json!({"op": "attach"})).await;
+    let sum = "fn run(a, b) { if a == () || b == () { \"waiting\" } else { a + b } }";
+    let double = "fn run(x) { [x, x] }";
+    g.add_funcs(&[sum, double]).await;
+    g.ok(json!({"op": "add_link", "da_id": a.id, "idf": "Temp", "func": null}))
+        .await;
+    // B sends [value, tag]: one data value, one tag, as a variant (difference) input.
+    g.ok(json!({"op": "add_link", "da_id": b.id, "idf": "Level", "func": null, "param_no": 1, "tag_param_no": 1, "input_type": ["variant"]})).await;
+    g.ok(json!({"op": "add_link", "da_id": out1.id, "odf": "Show", "func": null}))
+        .await;
+    g.ok(json!({"op": "add_link", "da_id": out2.id, "odf": "Show", "func": digest(double)}))
+        .await;
+    g.ok(json!({"op": "set_join", "prev": null, "new": digest(sum)}))
+        .await;
+    app.wait_links_acked().await;
+
+    push(&mut a, "Temp", json!(20)).await;
+    assert_eq!(data(&mut out1).await, json!(["waiting"]));
+    assert_eq!(data(&mut out2).await, json!(["waiting", "waiting"]));
+    push(&mut b, "Level", json!([100, "first"])).await; // variant: 0 on the first sample
+    assert_eq!(data(&mut out1).await, json!([20, "first"]));
+    assert_eq!(data(&mut out2).await, json!([20, 20, "first"]));
+    push(&mut b, "Level", json!([105, "second"])).await; // +5
+    assert_eq!(data(&mut out1).await, json!([25, "second"]));
+    push(&mut a, "Temp", json!(1)).await;
+    assert_eq!(data(&mut out1).await, json!([6]));
+}
+
+#[tokio::test]
+async fn shared_links_disconnect_only_when_the_last_graph_lets_go() {
+    let app = App::spawn().await;
+    let mut src = py_da(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
+    let mut d1 = py_da(&app, "D1", json!([]), json!([["In", ["x"]]])).await;
+    let mut d2 = py_da(&app, "D2", json!([]), json!([["In", ["x"]]])).await;
+    wait_online(&app, 3).await;
+    let mut g1 = GraphClient::new(&app, "g1").await;
+    let mut g2 = GraphClient::new(&app, "g2").await;
+    for (g, d) in [(&mut g1, &d1), (&mut g2, &d2)] {
+        g.ok(json!({"op": "attach"})).await;
+        g.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": null}))
+            .await;
+        g.ok(json!({"op": "add_link", "da_id": d.id, "odf": "In", "func": null}))
+            .await;
+    }
+    app.wait_links_acked().await;
+    // One CONNECT for the shared IDF link.
+    let seen = src.events_until("signal").await;
+    assert_eq!(seen.last().unwrap()["command"], "CONNECT");
+    push(&mut src, "Out", json!(1)).await;
+    assert_eq!(data(&mut d1).await, json!([1]));
+    assert_eq!(data(&mut d2).await, json!([1]));
+
+    // g1 drops the link: g2 still uses it, so no DISCONNECT and data still flows to d2.
+    g1.ok(json!({"op": "rm_link", "da_id": src.id, "idf": "Out"}))
+        .await;
+    assert_eq!(
+        g1.err(json!({"op": "rm_link", "da_id": src.id, "idf": "Out"}))
+            .await,
+        "link unknown"
+    );
+    src.send("push Out 2").await;
+    let seen = src.events_until("pushed").await;
+    assert!(
+        seen.iter().all(|e| e["command"] != "DISCONNECT"),
+        "early DISCONNECT: {seen:?}"
+    );
+    assert_eq!(data(&mut d2).await, json!([2]));
+
+    // g2 lets go: now the DA is told.
+    g2.ok(json!({"op": "rm_link", "da_id": src.id, "idf": "Out"}))
+        .await;
+    let seen = src.events_until("signal").await;
+    assert_eq!(seen.last().unwrap()["command"], "DISCONNECT");
+    assert_eq!(seen.last().unwrap()["df"], "Out");
+    // The ODF link of d1 goes with detach.
+    g1.ok(json!({"op": "detach"})).await;
+    let seen = d1.events_until("signal").await;
+    assert_eq!(seen.last().unwrap()["command"], "DISCONNECT");
+    assert_eq!(
+        g1.err(json!({"op": "add_link", "da_id": d1.id, "odf": "In"}))
+            .await,
+        "Unknown graph id g1"
+    );
+}
+
+#[tokio::test]
+async fn graph_api_errors_are_replies_and_change_nothing() {
+    let app = App::spawn().await;
+    let da = py_da(&app, "E", json!([["Out", ["x"]]]), json!([["In", ["x"]]])).await;
+    wait_online(&app, 1).await;
+    let mut g = GraphClient::new(&app, "err").await;
+    assert_eq!(
+        g.err(json!({"op": "add_link", "da_id": da.id, "idf": "Out"}))
+            .await,
+        "Unknown graph id err"
+    );
+    g.ok(json!({"op": "attach"})).await;
+    assert_eq!(
+        g.err(json!({"op": "frobnicate"})).await,
+        "unknown op: `frobnicate`"
+    );
+    // Wrong digest, count mismatch, unknown language, syntax errors: nothing added.
+    let code = "fn run(x) { x }";
+    let reason = g
+        .err(json!({"op": "add_funcs", "codes": [code], "digests": ["00"]}))
+        .await;
+    assert!(reason.contains("digest mismatch"), "{reason}");
+    let reason = g
+        .err(json!({"op": "add_funcs", "codes": [code], "digests": []}))
+        .await;
+    assert!(reason.contains("entries"), "{reason}");
+    let reason = g.err(json!({"op": "add_funcs", "codes": ["function run() {}"], "digests": [digest("function run() {}")]})).await;
+    assert!(reason.contains("cannot tell the language"), "{reason}");
+    let bad_rhai = "fn run(x) { x + }";
+    let reason = g.err(json!({"op": "add_funcs", "codes": [code, bad_rhai], "digests": [digest(code), digest(bad_rhai)]})).await;
+    assert!(reason.contains("Rhai syntax error"), "{reason}");
+    let bad_py = "def run(x) return x\n";
+    let reason = g
+        .err(json!({"op": "add_funcs", "codes": [bad_py], "digests": [digest(bad_py)]}))
+        .await;
+    assert!(reason.contains("SyntaxError"), "{reason}");
+    // The valid function of the refused batch was not added either.
+    assert_eq!(
+        g.err(json!({"op": "add_link", "da_id": da.id, "idf": "Out", "func": digest(code)}))
+            .await,
+        "Function unknown. Please add it first."
+    );
+    // Links: bad shapes, unknown DA and feature, unknown dependency, duplicates.
+    assert!(g
+        .err(json!({"op": "add_link", "da_id": da.id, "idf": "Out", "odf": "In"}))
+        .await
+        .contains("exactly one"));
+    assert!(g
+        .err(json!({"op": "add_link", "da_id": new_id(), "idf": "Out"}))
+        .await
+        .contains("not found"));
+    assert!(g
+        .err(json!({"op": "add_link", "da_id": da.id, "idf": "Nope"}))
+        .await
+        .contains("has no idf"));
+    assert!(g
+        .err(json!({"op": "add_link", "da_id": da.id, "idf": "Out", "param_no": 0}))
+        .await
+        .contains("param_no"));
+    g.add_funcs(&[code]).await;
+    assert_eq!(
+        g.err(json!({"op": "add_link", "da_id": da.id, "idf": "Out", "func": digest(code), "depends": {"f": "beef"}})).await,
+        "dependency f not found"
+    );
+    g.ok(json!({"op": "add_link", "da_id": da.id, "idf": "Out", "func": digest(code)}))
+        .await;
+    assert_eq!(
+        g.err(json!({"op": "add_link", "da_id": da.id, "idf": "Out"}))
+            .await,
+        "link already exists"
+    );
+    // Joins and link functions with a stale prev.
+    assert_eq!(
+        g.err(json!({"op": "set_join", "prev": digest(code), "new": null}))
+            .await,
+        "`prev` field mismatch"
+    );
+    let r = g
+        .ok(json!({"op": "set_join", "prev": null, "new": digest(code)}))
+        .await;
+    assert_eq!(
+        (r["prev"].clone(), r["new"].clone(), r["depends"].clone()),
+        (Value::Null, json!(digest(code)), json!({}))
+    );
+    assert_eq!(
+        g.err(json!({"op": "set_join", "prev": null, "new": null}))
+            .await,
+        "`prev` field mismatch"
+    );
+    assert_eq!(
+        g.err(
+            json!({"op": "set_df_func", "da_id": da.id, "idf": "Out", "prev": null, "new": null})
+        )
+        .await,
+        "`prev` field mismatch"
+    );
+    g.ok(json!({"op": "set_df_func", "da_id": da.id, "idf": "Out", "prev": digest(code), "new": null})).await;
+    assert!(g
+        .err(json!({"op": "rm_funcs", "digests": [digest(code)]}))
+        .await
+        .contains("in use"));
+    // Malformed JSON still gets a reply.
+    let topic = format!("iottalk/api/req/{}/graph/err", g.client);
+    g.mqtt
+        .publish(&topic, "{not json", QoS::ExactlyOnce, false)
+        .await;
+    let r = g
+        .mqtt
+        .recv_until("error reply", |m| {
+            m.json()["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("malformed JSON"))
+        })
+        .await;
+    assert_eq!(r.json()["state"], "error");
+    // The controller still serves the graph.
+    let s = app.status().await;
+    assert_eq!(s["graphs"]["err"]["links"], 1, "{s}");
+}
+
+#[tokio::test]
+async fn runaway_functions_are_bounded_and_other_graphs_keep_flowing() {
+    let app = App::start(AppOptions {
+        extra_toml: "[functions]\nrhai_max_operations = 100000\npython_timeout_ms = 1500\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut src = py_da(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
+    let mut good_in = py_da(&app, "GOODIN", json!([["Out", ["x"]]]), json!([])).await;
+    let mut sink = py_da(&app, "SINK", json!([]), json!([["In", ["x"]]])).await;
+    wait_online(&app, 3).await;
+
+    let mut bad = GraphClient::new(&app, "bad").await;
+    bad.ok(json!({"op": "attach"})).await;
+    let rhai_loop = "fn run(x) { loop { } }";
+    let py_loop = "def run(x):\n    while True:\n        pass\n";
+    bad.add_funcs(&[rhai_loop, py_loop]).await;
+    let monitor = bad.ok(json!({"op": "start_monitor"})).await["monitor_topics"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut mon = app.mqtt(None).await;
+    mon.subscribe(&monitor, QoS::AtLeastOnce).await;
+    bad.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": digest(rhai_loop)}))
+        .await;
+
+    let mut good = GraphClient::new(&app, "good").await;
+    good.ok(json!({"op": "attach"})).await;
+    good.ok(json!({"op": "add_link", "da_id": good_in.id, "idf": "Out", "func": null}))
+        .await;
+    good.ok(json!({"op": "add_link", "da_id": sink.id, "odf": "In", "func": null}))
+        .await;
+    app.wait_links_acked().await;
+
+    for (func, what) in [(rhai_loop, "operations"), (py_loop, "timed out")] {
+        if func == py_loop {
+            bad.ok(json!({"op": "set_df_func", "da_id": src.id, "idf": "Out", "prev": digest(rhai_loop), "new": digest(py_loop)})).await;
+        }
+        push(&mut src, "Out", json!(1)).await;
+        let e = mon
+            .recv_until("esm_error", |m| m.json()["op"] == "esm_error")
+            .await
+            .json();
+        assert!(e["data"]["msg"].as_str().unwrap().contains(what), "{e}");
+        assert!(
+            e["data"]["src"].as_str().unwrap().starts_with("idf "),
+            "{e}"
+        );
+        // The other graph keeps flowing.
+        push(&mut good_in, "Out", json!(7)).await;
+        assert_eq!(data(&mut sink).await, json!([7]));
+    }
+    let s = app.status().await;
+    assert!(s["graphs"]["bad"]["errors"].as_u64().unwrap() >= 2, "{s}");
+    assert!(s["python_restarts"].as_u64().unwrap() >= 1, "{s}");
+}
+
+#[tokio::test]
+async fn a_killed_python_worker_is_replaced_and_routing_resumes() {
+    let app = App::start(AppOptions {
+        extra_toml: "[functions]\npython_workers = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut src = py_da(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
+    let mut sink = py_da(&app, "SINK", json!([]), json!([["In", ["x"]]])).await;
+    wait_online(&app, 2).await;
+    let mut g = GraphClient::new(&app, "py").await;
+    g.ok(json!({"op": "attach"})).await;
+    let sq = "def run(x): return x * x\n";
+    g.add_funcs(&[sq]).await;
+    g.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": null}))
+        .await;
+    g.ok(json!({"op": "add_link", "da_id": sink.id, "odf": "In", "func": null}))
+        .await;
+    g.ok(json!({"op": "set_join", "prev": null, "new": digest(sq)}))
+        .await;
+    app.wait_links_acked().await;
+    push(&mut src, "Out", json!(3)).await;
+    assert_eq!(data(&mut sink).await, json!([9]));
+
+    let pid = app.status().await["python_workers"][0].as_u64().unwrap();
+    assert!(pid > 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Routing resumes on a new worker (a message racing the kill may be lost, not more).
+    let mut n = 4;
+    let got = loop {
+        push(&mut src, "Out", json!(n)).await;
+        let v = tokio::time::timeout(std::time::Duration::from_secs(3), data(&mut sink)).await;
+        if let Ok(v) = v {
+            break v;
+        }
+        n += 1;
+        assert!(n < 10, "routing did not resume");
+    };
+    assert_eq!(got, json!([n * n]));
+    let s = app.status().await;
+    assert_ne!(s["python_workers"][0].as_u64().unwrap(), pid, "{s}");
+}
+
+#[tokio::test]
+async fn graphs_survive_a_controller_restart_mid_stream() {
+    let opts = AppOptions {
+        csm_listen: Some(free_addr()),
+        mqtt_listen: Some(free_addr()),
+        ..Default::default()
+    };
+    let app = App::start(opts).await;
+    let mut src = py_da(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
+    let mut sink = py_da(&app, "SINK", json!([]), json!([["In", ["x"]]])).await;
+    wait_online(&app, 2).await;
+    let mut g = GraphClient::new(&app, "persist").await;
+    g.ok(json!({"op": "attach"})).await;
+    let inc = "fn run(x) { x + 1 }";
+    g.add_funcs(&[inc]).await;
+    g.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": digest(inc)}))
+        .await;
+    g.ok(json!({"op": "add_link", "da_id": sink.id, "odf": "In", "func": null}))
+        .await;
+    app.wait_links_acked().await;
+    push(&mut src, "Out", json!(1)).await;
+    assert_eq!(data(&mut sink).await, json!([2]));
+    drop(g);
+
+    // Restart: same ports, same database. The DAs reconnect by themselves (paho), go online,
+    // CONNECT is re-sent, and routing resumes without any graph op being sent again.
+    let app = app.restart().await;
+    wait_online(&app, 2).await;
+    let s = app.status().await;
+    assert_eq!(s["graphs"]["persist"]["links"], 2, "{s}");
+    let mut n = 10;
+    let got = loop {
+        push(&mut src, "Out", json!(n)).await;
+        match tokio::time::timeout(std::time::Duration::from_secs(2), data(&mut sink)).await {
+            Ok(v) => break v,
+            Err(_) => n += 1,
+        }
+        assert!(n < 20, "routing did not resume after the restart");
+    };
+    assert_eq!(got, json!([n + 1]));
+}
