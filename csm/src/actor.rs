@@ -297,11 +297,14 @@ impl Actor {
         let mut persisted = None;
         // Routing first: a graph's IDF topics are subscribed before the CONNECT that makes
         // its DAs publish there goes out.
-        let (plans, fx): (Vec<Effect>, Vec<Effect>) =
-            fx.into_iter().partition(|e| matches!(e, Effect::Plan(..)));
+        let (plans, fx): (Vec<Effect>, Vec<Effect>) = fx
+            .into_iter()
+            .partition(|e| matches!(e, Effect::Plan(..) | Effect::OdfGate { .. }));
         for e in plans {
-            if let Effect::Plan(gid, plan) = e {
-                self.engine.apply(gid, plan).await;
+            match e {
+                Effect::Plan(gid, plan) => self.engine.apply(gid, plan).await,
+                Effect::OdfGate { topic, open } => self.engine.gate(&topic, open).await,
+                _ => {}
             }
         }
         for e in fx {
@@ -329,7 +332,7 @@ impl Actor {
                 Effect::ClearAgainLater(id) => {
                     self.timers.insert(Timer::ClearAgain(id), CLEAR_AGAIN_AFTER);
                 }
-                Effect::Plan(..) => {}
+                Effect::Plan(..) | Effect::OdfGate { .. } => {}
                 Effect::Credential {
                     username,
                     password_sha256,

@@ -58,6 +58,12 @@ pub struct CsmConfig {
     /// Issue a broker username/password per DA in the registration reply, checked by the
     /// embedded broker (off with an external broker, which does its own authentication).
     pub da_credentials: bool,
+    /// Outputs held per ODF while its DA is not subscribed (reconnecting, offline, or not yet
+    /// acknowledged CONNECT), delivered in order when it is. 0: publish at once (and lose
+    /// what nobody is subscribed to, like IoTtalk v2).
+    pub odf_hold_max: usize,
+    /// Held outputs older than this are dropped instead of delivered.
+    pub odf_hold_seconds: u64,
 }
 
 impl Default for CsmConfig {
@@ -68,6 +74,8 @@ impl Default for CsmConfig {
             max_body_bytes: 1024 * 1024,
             path_prefix: String::new(),
             da_credentials: true,
+            odf_hold_max: 1000,
+            odf_hold_seconds: 60,
         }
     }
 }
@@ -214,7 +222,11 @@ pub async fn start(
 
     let credentials = Credentials::default();
     let counters = Arc::new(Counters::default());
-    let engine = engine::Engine::new(broker.clone(), shutdown.clone());
+    let hold = engine::Hold {
+        max: cfg.odf_hold_max,
+        ttl: Duration::from_secs(cfg.odf_hold_seconds),
+    };
+    let engine = engine::Engine::new(broker.clone(), shutdown.clone(), hold);
     let (tx, rx) = mpsc::channel(1024);
     let handle = CsmHandle {
         tx,

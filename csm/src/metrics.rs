@@ -130,47 +130,59 @@ pub async fn collect(h: &CsmHandle) -> Result<Vec<Sample>, crate::CsmError> {
         x.labels.push(("reason", reason.into()));
         out.push(x);
     }
-    let per_graph: [(&'static str, &'static str, &str, f64); 6] = [
+    let per_graph: [(&'static str, &'static str, &str, Kind); 8] = [
         (
             "graph_messages_in_total",
             "Messages received on a graph's IDF topics.",
             "msgs_in",
-            1.0,
+            Kind::Counter,
         ),
         (
             "graph_messages_out_total",
             "Messages published on a graph's ODF topics.",
             "msgs_out",
-            1.0,
+            Kind::Counter,
         ),
         (
             "graph_errors_total",
             "Messages dropped by a graph (bad input or failing function).",
             "errors",
-            1.0,
+            Kind::Counter,
         ),
-        ("function_calls_total", "Function calls.", "fn_calls", 1.0),
+        (
+            "function_calls_total",
+            "Function calls.",
+            "fn_calls",
+            Kind::Counter,
+        ),
         (
             "function_errors_total",
             "Function calls that failed.",
             "fn_errors",
-            1.0,
+            Kind::Counter,
         ),
         (
             "function_seconds_total",
             "Time spent in functions.",
             "fn_seconds",
-            1.0,
+            Kind::Counter,
+        ),
+        (
+            "graph_held_messages",
+            "Outputs held for ODFs whose DA is not subscribed yet.",
+            "held",
+            Kind::Gauge,
+        ),
+        (
+            "graph_held_dropped_total",
+            "Held outputs dropped (too many, too old, or their ODF left the graph).",
+            "held_dropped",
+            Kind::Counter,
         ),
     ];
     for (gid, g) in &s.graphs {
-        for (name, help, key, scale) in per_graph {
-            let mut x = sample(
-                name,
-                help,
-                Kind::Counter,
-                g[key].as_f64().unwrap_or(0.0) * scale,
-            );
+        for (name, help, key, kind) in per_graph {
+            let mut x = sample(name, help, kind, g[key].as_f64().unwrap_or(0.0));
             x.labels.push(("graph", gid.clone()));
             out.push(x);
         }

@@ -37,6 +37,13 @@ pub enum Effect {
     /// Publish an empty retained message on `topic` again a little later, in case a
     /// retained message was in flight while the first clear went out.
     ClearAgainLater(DaId),
+    /// An ODF link's data topic opened (the DA acknowledged CONNECT, so it is subscribed)
+    /// or closed (CONNECT re-sent, or the DA went offline): the engine holds what it routes
+    /// to a closed topic and delivers it when the topic opens.
+    OdfGate {
+        topic: String,
+        open: bool,
+    },
     /// Add (`Some(sha256)`) or remove (`None`) broker credentials of a DA.
     Credential {
         username: String,
@@ -291,6 +298,21 @@ impl State {
     }
 
     /// Links not acknowledged yet (CONNECT pending, or waiting for their DA to come online).
+    /// Whether `id`'s ODF `feature` has acknowledged CONNECT (its DA is subscribed).
+    pub(crate) fn odf_open(&self, id: &DaId, feature: &FeatureName) -> bool {
+        self.das
+            .get(id)
+            .and_then(|d| d.links.get(&(Direction::Odf, feature.clone())))
+            .is_some_and(|l| l.status == LinkStatus::Ok)
+    }
+
+    /// The plan effect of graph `gid` as it stands.
+    pub(crate) fn plan_effect(&self, gid: &str) -> Option<Effect> {
+        let g = self.graphs.get(gid)?;
+        let plan = g.plan(gid, &|id, f| self.odf_open(id, f));
+        Some(Effect::Plan(gid.to_owned(), Some(plan)))
+    }
+
     pub fn unacked_links(&self) -> usize {
         self.das
             .values()
@@ -557,6 +579,7 @@ impl State {
                         msg_id.clone(),
                     ));
                     link.status = LinkStatus::Pending(msg_id);
+                    fx.extend(odf_gate(key, link, false));
                 }
                 let record = da.record.clone();
                 self.announce(
@@ -572,8 +595,9 @@ impl State {
                 rev,
             } => {
                 da.presence = PresenceState::Offline;
-                for link in da.links.values_mut() {
+                for (key, link) in da.links.iter_mut() {
                     link.status = LinkStatus::Waiting;
+                    fx.extend(odf_gate(key, link, false));
                 }
                 fx.push(Effect::ArmExpiry { id, rev });
                 let record = da.record.clone();
@@ -598,6 +622,9 @@ impl State {
                             LinkStatus::Error(reason)
                         }
                     };
+                    if link.status == LinkStatus::Ok {
+                        fx.extend(odf_gate(key, link, true));
+                    }
                 }
                 UplinkKind::Reply
             }
@@ -751,6 +778,14 @@ impl State {
             fx.push(publish(topics::device_res(client), &body, false));
         }
     }
+}
+
+/// The gate effect of an ODF link (none for an IDF link).
+fn odf_gate(key: &LinkKey, link: &Link, open: bool) -> Option<Effect> {
+    (key.0 == Direction::Odf).then(|| Effect::OdfGate {
+        topic: link.topic.clone(),
+        open,
+    })
 }
 
 fn signal(id: &DaId, key: &LinkKey, command: Command, topic: &str, msg_id: MsgId) -> Effect {

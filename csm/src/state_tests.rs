@@ -362,3 +362,86 @@ fn restore_round_trips_rows() {
     assert_eq!(restored.record(&id(1)).unwrap().0, record);
     assert!(fx.iter().any(|e| matches!(e, Effect::ArmExpiry { .. })));
 }
+
+fn gates(fx: &[Effect]) -> Vec<(&str, bool)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::OdfGate { topic, open } => Some((topic.as_str(), *open)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
+    let mut st = State::default();
+    let rev = registered(&mut st, 1);
+    let odf: LinkKey = (Direction::Odf, "Dummy_Control".parse().unwrap());
+    let idf: LinkKey = (Direction::Idf, "Dummy_Sensor".parse().unwrap());
+    let topic = st
+        .link_acquire(&id(1), odf.clone(), &mut Vec::new())
+        .unwrap();
+    st.link_acquire(&id(1), idf, &mut Vec::new()).unwrap();
+    assert!(!st.odf_open(&id(1), &odf.1));
+    let online = |st: &mut State| {
+        let mut fx = Vec::new();
+        st.uplink(
+            &topics::ctrl_i(&id(1)),
+            &presence(&rev, "online"),
+            true,
+            1.0,
+            &mut fx,
+        );
+        fx
+    };
+    // Online: CONNECT goes out and the ODF topic (not the IDF one) is closed until the ack.
+    let fx = online(&mut st);
+    assert_eq!(gates(&fx), vec![(topic.as_str(), false)]);
+    let sent = publishes(&fx);
+    let signal = sent
+        .iter()
+        .map(|(_, s, _)| s)
+        .find(|s| s["odf"] == "Dummy_Control")
+        .unwrap();
+    let reply = json!({"msg_id": signal["msg_id"], "state": "ok"}).to_string();
+    let mut fx = Vec::new();
+    st.uplink(
+        &topics::ctrl_i(&id(1)),
+        reply.as_bytes(),
+        false,
+        1.0,
+        &mut fx,
+    );
+    assert_eq!(gates(&fx), vec![(topic.as_str(), true)]);
+    assert!(st.odf_open(&id(1), &odf.1));
+    // Offline closes it.
+    let mut fx = Vec::new();
+    st.uplink(
+        &topics::ctrl_i(&id(1)),
+        &presence(&rev, "offline"),
+        true,
+        1.0,
+        &mut fx,
+    );
+    assert_eq!(gates(&fx), vec![(topic.as_str(), false)]);
+    assert!(!st.odf_open(&id(1), &odf.1));
+    // A refused CONNECT leaves it closed.
+    let fx = online(&mut st);
+    let sent = publishes(&fx);
+    let signal = sent
+        .iter()
+        .map(|(_, s, _)| s)
+        .find(|s| s["odf"] == "Dummy_Control")
+        .unwrap();
+    let reply = json!({"msg_id": signal["msg_id"], "state": "error", "reason": "no"}).to_string();
+    let mut fx = Vec::new();
+    st.uplink(
+        &topics::ctrl_i(&id(1)),
+        reply.as_bytes(),
+        false,
+        1.0,
+        &mut fx,
+    );
+    assert!(gates(&fx).is_empty());
+    assert!(!st.odf_open(&id(1), &odf.1));
+}

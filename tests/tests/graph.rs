@@ -569,3 +569,112 @@ async fn graphs_survive_a_controller_restart_mid_stream() {
     };
     assert_eq!(got, json!([n + 1]));
 }
+
+/// A hand-written ODF DA on raw MQTT (registered over HTTP): it comes online, and on each
+/// CONNECT subscribes to the data topic and acknowledges.
+struct RawOdf {
+    mqtt: Mqtt,
+    id: String,
+}
+
+impl RawOdf {
+    async fn online(app: &App, id: &str, rev: &Value) -> RawOdf {
+        let ctrl_i = format!("{id}/ctrl/i");
+        let offline = json!({"state": "offline", "rev": rev});
+        let mut mqtt = app.mqtt(Some((ctrl_i.clone(), offline))).await;
+        mqtt.subscribe(&format!("{id}/ctrl/o"), QoS::AtLeastOnce)
+            .await;
+        mqtt.publish_json(&ctrl_i, &json!({"state": "online", "rev": rev}), true)
+            .await;
+        RawOdf {
+            mqtt,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Answers the next CONNECT: subscribes to its topic, then acks.
+    async fn accept_connect(&mut self) {
+        let ctrl_o = format!("{}/ctrl/o", self.id);
+        let signal = self
+            .mqtt
+            .recv_until("CONNECT", |r| {
+                r.topic == ctrl_o && r.json()["command"] == "CONNECT"
+            })
+            .await
+            .json();
+        let topic = signal["topic"].as_str().unwrap().to_owned();
+        self.mqtt.subscribe(&topic, QoS::AtLeastOnce).await;
+        self.mqtt
+            .publish_json(
+                &format!("{}/ctrl/i", self.id),
+                &json!({"msg_id": signal["msg_id"], "state": "ok"}),
+                false,
+            )
+            .await;
+    }
+
+    async fn data(&mut self) -> Value {
+        let ctrl = format!("{}/ctrl/", self.id);
+        self.mqtt
+            .recv_until("data", |r| !r.topic.starts_with(&ctrl))
+            .await
+            .json()
+    }
+}
+
+#[tokio::test]
+async fn outputs_to_an_offline_odf_are_held_and_delivered_in_order_when_it_is_back() {
+    let app = App::spawn().await;
+    let mut src = py_da(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
+    let sink_id = new_id();
+    let rev = app.register(&sink_id).await["rev"].clone();
+    let mut sink = RawOdf::online(&app, &sink_id, &rev).await;
+    wait_online(&app, 2).await;
+    let mut g = GraphClient::new(&app, "hold").await;
+    g.ok(json!({"op": "attach"})).await;
+    g.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": null}))
+        .await;
+    g.ok(json!({"op": "add_link", "da_id": sink_id, "odf": "Dummy_Control", "func": null}))
+        .await;
+    sink.accept_connect().await;
+    app.wait_links_acked().await;
+    push(&mut src, "Out", json!(1)).await;
+    assert_eq!(sink.data().await, json!([1]));
+
+    // The sink's connection drops (its will says offline); the source goes on pushing.
+    let RawOdf { mqtt, .. } = sink;
+    mqtt.kill();
+    app.wait_status("sink offline", |s| s["online"] == 1).await;
+    for v in 2..=4 {
+        push(&mut src, "Out", json!(v)).await;
+    }
+    let s = app
+        .wait_status("3 outputs held", |s| s["graphs"]["hold"]["held"] == 3)
+        .await;
+    assert_eq!(s["graphs"]["hold"]["held_dropped"], 0, "{s}");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.csm))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("iotctl_graph_held_messages{graph=\"hold\"} 3\n"),
+        "{metrics}"
+    );
+
+    // Back online: CONNECT again; once acknowledged, the held outputs arrive, in order,
+    // before anything new.
+    let mut sink = RawOdf::online(&app, &sink_id, &rev).await;
+    sink.accept_connect().await;
+    for v in 2..=4 {
+        assert_eq!(sink.data().await, json!([v]));
+    }
+    push(&mut src, "Out", json!(5)).await;
+    assert_eq!(sink.data().await, json!([5]));
+    let s = app.status().await;
+    assert_eq!(s["graphs"]["hold"]["held"], 0, "{s}");
+}

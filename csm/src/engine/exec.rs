@@ -300,6 +300,7 @@ mod tests {
             feature: "Out".parse().unwrap(),
             topic: format!("out/{n}"),
             func,
+            open: true,
         }
     }
 

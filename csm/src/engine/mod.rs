@@ -7,9 +7,13 @@
 
 pub mod exec;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
 
 use futures::{FutureExt, StreamExt};
 use iot_broker::{BrokerHandle, Message, QoS, Subscription};
@@ -62,6 +66,29 @@ pub struct OdfPlan {
     pub feature: FeatureName,
     pub topic: String,
     pub func: Option<Callable>,
+    /// The DA acknowledged CONNECT: it is subscribed to `topic`. Until then (and while it is
+    /// offline or reconnecting) outputs are held, see [`Hold`].
+    pub open: bool,
+}
+
+/// How outputs to an ODF whose DA is not subscribed (not yet acknowledged CONNECT, offline,
+/// reconnecting after a restart) are held and delivered, in order, once it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// Most messages held per ODF; the oldest goes first. 0 disables holding: outputs are
+    /// published at once, and lost if nobody is subscribed (IoTtalk v2's behaviour).
+    pub max: usize,
+    /// Held messages older than this are dropped instead of delivered.
+    pub ttl: Duration,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            max: 1000,
+            ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Counters of one graph.
@@ -75,6 +102,11 @@ pub struct GraphStats {
     pub fn_errors: AtomicU64,
     /// Time spent in functions, in nanoseconds.
     pub fn_time_ns: AtomicU64,
+    /// Outputs held now for ODFs whose DA is not subscribed.
+    pub held: AtomicU64,
+    /// Held outputs dropped: over [`Hold::max`], older than [`Hold::ttl`], or their ODF left
+    /// the graph.
+    pub held_dropped: AtomicU64,
 }
 
 impl GraphStats {
@@ -87,6 +119,8 @@ impl GraphStats {
             "fn_calls": g(&self.fn_calls),
             "fn_errors": g(&self.fn_errors),
             "fn_seconds": g(&self.fn_time_ns) as f64 / 1e9,
+            "held": g(&self.held),
+            "held_dropped": g(&self.held_dropped),
         })
     }
 }
@@ -114,17 +148,24 @@ impl EngineStats {
     }
 }
 
-/// A new plan for a graph task, with subscriptions to the IDF topics it did not have.
-struct Update {
-    plan: Arc<Plan>,
-    subs: Vec<(Arc<str>, Subscription)>,
+/// What a graph task is told, in the order the CSM decided it.
+enum Cmd {
+    /// A new plan, with subscriptions to the IDF topics it did not have.
+    Update {
+        plan: Arc<Plan>,
+        subs: Vec<(Arc<str>, Subscription)>,
+    },
+    /// An ODF topic opened or closed (see [`OdfPlan::open`]).
+    Gate { topic: Arc<str>, open: bool },
 }
 
 struct Runner {
-    updates: mpsc::Sender<Update>,
+    updates: mpsc::Sender<Cmd>,
     cancel: CancellationToken,
     /// IDF topics subscribed for this graph.
     topics: HashSet<Arc<str>>,
+    /// ODF topics of its plan.
+    odfs: HashSet<Arc<str>>,
 }
 
 /// Starts, updates and stops graph tasks as plans arrive. Owned by the CSM actor.
@@ -134,6 +175,7 @@ pub struct Engine {
     runners: HashMap<String, Runner>,
     pub stats: Arc<EngineStats>,
     shutdown: CancellationToken,
+    hold: Hold,
 }
 
 impl std::fmt::Debug for Runner {
@@ -145,12 +187,27 @@ impl std::fmt::Debug for Runner {
 }
 
 impl Engine {
-    pub fn new(broker: BrokerHandle, shutdown: CancellationToken) -> Self {
+    pub fn new(broker: BrokerHandle, shutdown: CancellationToken, hold: Hold) -> Self {
         Self {
             broker,
             runners: HashMap::new(),
             stats: Arc::default(),
             shutdown,
+            hold,
+        }
+    }
+
+    /// Tells every graph routing to ODF `topic` that it opened or closed.
+    pub async fn gate(&mut self, topic: &str, open: bool) {
+        let topic: Arc<str> = Arc::from(topic);
+        for r in self.runners.values().filter(|r| r.odfs.contains(&topic)) {
+            let _ = r
+                .updates
+                .send(Cmd::Gate {
+                    topic: topic.clone(),
+                    open,
+                })
+                .await;
         }
     }
 
@@ -185,10 +242,16 @@ impl Engine {
             }
             topics.insert(topic);
         }
-        let update = Update { plan, subs };
+        let odfs = plan
+            .odfs
+            .iter()
+            .map(|o| Arc::from(o.topic.as_str()))
+            .collect();
+        let update = Cmd::Update { plan, subs };
         match self.runners.get_mut(&gid) {
             Some(r) => {
                 r.topics = topics;
+                r.odfs = odfs;
                 let _ = r.updates.send(update).await;
             }
             None => {
@@ -197,13 +260,15 @@ impl Engine {
                 let stats = Arc::new(GraphStats::default());
                 self.stats.set(&gid, Some(stats.clone()));
                 let _ = tx.send(update).await;
-                tokio::spawn(run(self.broker.clone(), rx, stats, cancel.clone()));
+                let held = Held::new(self.hold, stats.clone());
+                tokio::spawn(run(self.broker.clone(), rx, stats, held, cancel.clone()));
                 self.runners.insert(
                     gid,
                     Runner {
                         updates: tx,
                         cancel,
                         topics,
+                        odfs,
                     },
                 );
             }
@@ -211,31 +276,152 @@ impl Engine {
     }
 }
 
+/// Outputs held for closed ODF topics of one graph.
+struct Held {
+    cfg: Hold,
+    stats: Arc<GraphStats>,
+    /// Closed ODF topics of the plan.
+    closed: HashSet<Arc<str>>,
+    queues: HashMap<Arc<str>, VecDeque<(Instant, Bytes)>>,
+}
+
+impl Held {
+    fn new(cfg: Hold, stats: Arc<GraphStats>) -> Self {
+        Self {
+            cfg,
+            stats,
+            closed: HashSet::new(),
+            queues: HashMap::new(),
+        }
+    }
+
+    /// Takes the gates of a new plan; drops what was held for ODFs it no longer has, and
+    /// returns what was held for ODFs that are open now.
+    fn follow(&mut self, plan: &Plan) -> Vec<(Arc<str>, Vec<Bytes>)> {
+        self.closed = plan
+            .odfs
+            .iter()
+            .filter(|o| !o.open)
+            .map(|o| Arc::from(o.topic.as_str()))
+            .collect();
+        let mut gone = 0;
+        self.queues.retain(|t, q| {
+            let keep = plan.odfs.iter().any(|o| *o.topic == **t);
+            if !keep {
+                gone += q.len() as u64;
+            }
+            keep
+        });
+        self.dropped(gone);
+        let opened: Vec<Arc<str>> = self
+            .queues
+            .keys()
+            .filter(|t| !self.closed.contains(*t))
+            .cloned()
+            .collect();
+        opened
+            .into_iter()
+            .map(|t| (t.clone(), self.gate(t, true)))
+            .collect()
+    }
+
+    fn dropped(&self, n: u64) {
+        if n > 0 {
+            self.stats.held.fetch_sub(n, Ordering::Relaxed);
+            self.stats.held_dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps `payload` for `topic` if the topic is closed; gives it back otherwise.
+    fn hold(&mut self, topic: &str, payload: Bytes) -> Option<Bytes> {
+        if self.cfg.max == 0 || !self.closed.contains(topic) {
+            return Some(payload);
+        }
+        let now = Instant::now();
+        let q = self.queues.entry(Arc::from(topic)).or_default();
+        let mut stale = 0;
+        while q
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > self.cfg.ttl)
+        {
+            q.pop_front();
+            stale += 1;
+        }
+        q.push_back((now, payload));
+        if q.len() > self.cfg.max {
+            q.pop_front();
+            stale += 1;
+        }
+        self.stats.held.fetch_add(1, Ordering::Relaxed);
+        self.dropped(stale);
+        None
+    }
+
+    /// Opens or closes `topic`; on opening, returns what was held for it that is still fresh.
+    fn gate(&mut self, topic: Arc<str>, open: bool) -> Vec<Bytes> {
+        if !open {
+            self.closed.insert(topic);
+            return Vec::new();
+        }
+        self.closed.remove(&topic);
+        let Some(q) = self.queues.remove(&topic) else {
+            return Vec::new();
+        };
+        let total = q.len() as u64;
+        let fresh: Vec<Bytes> = q
+            .into_iter()
+            .filter(|(at, _)| at.elapsed() <= self.cfg.ttl)
+            .map(|(_, p)| p)
+            .collect();
+        self.stats
+            .held
+            .fetch_sub(fresh.len() as u64, Ordering::Relaxed);
+        self.dropped(total - fresh.len() as u64);
+        fresh
+    }
+}
+
 async fn run(
     broker: BrokerHandle,
-    mut updates: mpsc::Receiver<Update>,
+    mut updates: mpsc::Receiver<Cmd>,
     stats: Arc<GraphStats>,
+    mut held: Held,
     cancel: CancellationToken,
 ) {
-    let Some(first) = updates.recv().await else {
+    let Some(Cmd::Update {
+        plan: first,
+        subs: first_subs,
+    }) = updates.recv().await
+    else {
         return;
     };
-    let mut plan = first.plan.clone();
+    let mut plan = first;
     let mut exec = Exec::with_stats(&plan, stats.clone());
     let mut subs: StreamMap<Arc<str>, Subscription> = StreamMap::new();
-    let mut index = follow(&plan, first.subs, &mut subs);
+    let mut index = follow(&plan, first_subs, &mut subs);
+    // A new task holds nothing yet.
+    let _ = held.follow(&plan);
     let mut batch: Vec<(Arc<str>, Message)> = Vec::with_capacity(BATCH);
     tracing::debug!(graph.id = %plan.gid, "graph task started");
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            update = updates.recv() => {
-                let Some(update) = update else { break };
-                plan = update.plan;
-                exec.adapt(&plan);
-                index = follow(&plan, update.subs, &mut subs);
-            }
+            cmd = updates.recv() => match cmd {
+                None => break,
+                Some(Cmd::Update { plan: p, subs: new }) => {
+                    plan = p;
+                    exec.adapt(&plan);
+                    index = follow(&plan, new, &mut subs);
+                    for (topic, release) in held.follow(&plan) {
+                        deliver_held(&broker, &plan, &stats, &topic, release).await;
+                    }
+                }
+                Some(Cmd::Gate { topic, open }) => {
+                    let release = held.gate(topic.clone(), open);
+                    deliver_held(&broker, &plan, &stats, &topic, release).await;
+                }
+            },
             Some((key, msg)) = subs.next() => {
                 // Take what else is already queued too (up to BATCH): one pass through the
                 // functions for all of it.
@@ -247,7 +433,7 @@ async fn run(
                         _ => break,
                     }
                 }
-                handle(&broker, &plan, &mut exec, &stats, &index, &batch).await;
+                handle(&broker, &plan, &mut exec, &stats, &mut held, &index, &batch).await;
             }
         }
     }
@@ -286,6 +472,7 @@ async fn handle(
     plan: &Plan,
     exec: &mut Exec,
     stats: &GraphStats,
+    held: &mut Held,
     index: &HashMap<Arc<str>, usize>,
     batch: &[(Arc<str>, Message)],
 ) {
@@ -303,16 +490,10 @@ async fn handle(
         match result {
             Ok(outs) => {
                 for (j, value) in &outs {
-                    let payload = serde_json::to_vec(value).unwrap_or_default();
-                    let out =
-                        Message::new(plan.odfs[*j].topic.clone(), payload, QoS::AtMostOnce, false);
-                    match broker.publish(out).await {
-                        Ok(()) => {
-                            stats.msgs_out.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            tracing::warn!(graph.id = %plan.gid, error = %e, "publish failed")
-                        }
+                    let topic = &plan.odfs[*j].topic;
+                    let payload = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+                    if let Some(payload) = held.hold(topic, payload) {
+                        publish_out(broker, plan, stats, topic, payload).await;
                     }
                 }
                 if let Some(topic) = &plan.monitor {
@@ -342,9 +523,117 @@ async fn handle(
     }
 }
 
+async fn deliver_held(
+    broker: &BrokerHandle,
+    plan: &Plan,
+    stats: &GraphStats,
+    topic: &str,
+    release: Vec<Bytes>,
+) {
+    if !release.is_empty() {
+        tracing::debug!(graph.id = %plan.gid, mqtt.topic = %topic, msgs = release.len(), "delivering held outputs");
+    }
+    for payload in release {
+        publish_out(broker, plan, stats, topic, payload).await;
+    }
+}
+
+async fn publish_out(
+    broker: &BrokerHandle,
+    plan: &Plan,
+    stats: &GraphStats,
+    topic: &str,
+    payload: Bytes,
+) {
+    let out = Message::new(topic, payload, QoS::AtMostOnce, false);
+    match broker.publish(out).await {
+        Ok(()) => {
+            stats.msgs_out.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(graph.id = %plan.gid, error = %e, "publish failed"),
+    }
+}
+
 async fn monitor(broker: &BrokerHandle, topic: &str, body: &Value) {
     let msg = Message::new(topic, body.to_string(), QoS::AtMostOnce, false);
     if let Err(e) = broker.publish(msg).await {
         tracing::debug!(error = %e, "monitor publish failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(open: bool) -> Plan {
+        Plan {
+            gid: "g".into(),
+            monitor: None,
+            idfs: Vec::new(),
+            join: None,
+            odfs: vec![OdfPlan {
+                da: "00000000-0000-4000-8000-000000000001".parse().unwrap(),
+                feature: "Out".parse().unwrap(),
+                topic: "out".into(),
+                func: None,
+                open,
+            }],
+        }
+    }
+
+    fn held(max: usize, ttl: Duration) -> (Held, Arc<GraphStats>) {
+        let stats = Arc::new(GraphStats::default());
+        (Held::new(Hold { max, ttl }, stats.clone()), stats)
+    }
+
+    fn n(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn closed_odfs_hold_in_order_up_to_max_and_release_on_open() {
+        let (mut h, stats) = held(3, Duration::from_secs(60));
+        assert!(h.follow(&plan(false)).is_empty());
+        for i in 0..5u8 {
+            assert_eq!(h.hold("out", Bytes::from(vec![i])), None);
+        }
+        // Another topic (not in the plan's closed set) passes through.
+        assert!(h.hold("other", Bytes::from_static(b"x")).is_some());
+        assert_eq!((n(&stats.held), n(&stats.held_dropped)), (3, 2));
+        let out = h.gate(Arc::from("out"), true);
+        assert_eq!(out, vec![vec![2u8], vec![3], vec![4]]);
+        assert_eq!((n(&stats.held), n(&stats.held_dropped)), (0, 2));
+        // Open: passes through; closed again: held again.
+        assert!(h.hold("out", Bytes::from_static(b"y")).is_some());
+        assert!(h.gate(Arc::from("out"), false).is_empty());
+        assert_eq!(h.hold("out", Bytes::from_static(b"z")), None);
+        // A plan without the ODF drops what was held for it.
+        let mut other = plan(false);
+        other.odfs.clear();
+        assert!(h.follow(&other).is_empty());
+        assert_eq!((n(&stats.held), n(&stats.held_dropped)), (0, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_held_outputs_are_dropped_not_delivered() {
+        let (mut h, stats) = held(10, Duration::from_secs(5));
+        let _ = h.follow(&plan(false));
+        assert_eq!(h.hold("out", Bytes::from_static(b"old")), None);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(h.hold("out", Bytes::from_static(b"new")), None);
+        assert_eq!(n(&stats.held_dropped), 1);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        // A new plan that finds the ODF open delivers what is fresh.
+        let out = h.follow(&plan(true));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, vec![Bytes::from_static(b"new")]);
+        assert_eq!(n(&stats.held), 0);
+    }
+
+    #[tokio::test]
+    async fn holding_disabled_passes_everything() {
+        let (mut h, _) = held(0, Duration::from_secs(60));
+        let _ = h.follow(&plan(false));
+        assert!(h.hold("out", Bytes::from_static(b"x")).is_some());
     }
 }

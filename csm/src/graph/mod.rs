@@ -113,7 +113,8 @@ impl Graph {
     }
 
     /// The immutable snapshot the engine routes with.
-    pub fn plan(&self, gid: &str) -> Arc<Plan> {
+    /// `open` tells whether an ODF's DA is subscribed to its data topic.
+    pub fn plan(&self, gid: &str, open: &dyn Fn(&DaId, &FeatureName) -> bool) -> Arc<Plan> {
         let idfs = self
             .links
             .iter()
@@ -142,6 +143,7 @@ impl Graph {
                 feature: k.feature.clone(),
                 topic: l.topic.clone(),
                 func: l.callable.clone(),
+                open: open(&k.da_id, &k.feature),
             })
             .collect();
         Arc::new(Plan {
@@ -333,7 +335,7 @@ impl State {
             gid: gid.to_owned(),
             doc,
         })));
-        fx.push(Effect::Plan(gid.to_owned(), Some(g.plan(gid))));
+        fx.extend(self.plan_effect(gid));
     }
 
     /// Binds a function to its depends with the functions this graph knows.
@@ -456,9 +458,7 @@ impl State {
                 );
             }
             self.graphs.insert(gid.clone(), g);
-            if let Some(g) = self.graphs.get(&gid) {
-                fx.push(Effect::Plan(gid.clone(), Some(g.plan(&gid))));
-            }
+            fx.extend(self.plan_effect(&gid));
         }
         Ok(())
     }

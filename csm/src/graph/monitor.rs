@@ -14,7 +14,7 @@ impl State {
             .monitor
             .get_or_insert_with(iot_proto::topics::new_monitor_topic)
             .clone();
-        fx.push(Effect::Plan(gid.to_owned(), Some(g.plan(gid))));
+        fx.extend(self.plan_effect(gid));
         let mut extra = Map::new();
         extra.insert("monitor_topics".into(), Value::String(topic));
         Ok(extra)
@@ -23,7 +23,7 @@ impl State {
     pub(super) fn graph_stop_monitor(&mut self, gid: &str, fx: &mut Vec<Effect>) -> OpResult {
         let g = self.graphs.get_mut(gid).ok_or_else(|| unknown_graph(gid))?;
         g.monitor = None;
-        fx.push(Effect::Plan(gid.to_owned(), Some(g.plan(gid))));
+        fx.extend(self.plan_effect(gid));
         Ok(Map::new())
     }
 }
