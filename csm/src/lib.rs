@@ -62,6 +62,8 @@ pub struct CsmConfig {
     /// acknowledged CONNECT), delivered in order when it is. 0: publish at once (and lose
     /// what nobody is subscribed to, like IoTtalk v2).
     pub odf_hold_max: usize,
+    /// Most payload bytes held per ODF.
+    pub odf_hold_max_bytes: usize,
     /// Held outputs older than this are dropped instead of delivered.
     pub odf_hold_seconds: u64,
 }
@@ -75,6 +77,7 @@ impl Default for CsmConfig {
             path_prefix: String::new(),
             da_credentials: true,
             odf_hold_max: 1000,
+            odf_hold_max_bytes: 1024 * 1024,
             odf_hold_seconds: 60,
         }
     }
@@ -224,6 +227,7 @@ pub async fn start(
     let counters = Arc::new(Counters::default());
     let hold = engine::Hold {
         max: cfg.odf_hold_max,
+        max_bytes: cfg.odf_hold_max_bytes,
         ttl: Duration::from_secs(cfg.odf_hold_seconds),
     };
     let engine = engine::Engine::new(broker.clone(), shutdown.clone(), hold);

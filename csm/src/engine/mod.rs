@@ -78,6 +78,8 @@ pub struct Hold {
     /// Most messages held per ODF; the oldest goes first. 0 disables holding: outputs are
     /// published at once, and lost if nobody is subscribed (IoTtalk v2's behaviour).
     pub max: usize,
+    /// Most payload bytes held per ODF; the oldest goes first.
+    pub max_bytes: usize,
     /// Held messages older than this are dropped instead of delivered.
     pub ttl: Duration,
 }
@@ -86,6 +88,7 @@ impl Default for Hold {
     fn default() -> Self {
         Self {
             max: 1000,
+            max_bytes: 1024 * 1024,
             ttl: Duration::from_secs(60),
         }
     }
@@ -282,7 +285,21 @@ struct Held {
     stats: Arc<GraphStats>,
     /// Closed ODF topics of the plan.
     closed: HashSet<Arc<str>>,
-    queues: HashMap<Arc<str>, VecDeque<(Instant, Bytes)>>,
+    queues: HashMap<Arc<str>, HeldQueue>,
+}
+
+#[derive(Default)]
+struct HeldQueue {
+    msgs: VecDeque<(Instant, Bytes)>,
+    bytes: usize,
+}
+
+impl HeldQueue {
+    fn pop(&mut self) {
+        if let Some((_, p)) = self.msgs.pop_front() {
+            self.bytes -= p.len();
+        }
+    }
 }
 
 impl Held {
@@ -308,7 +325,7 @@ impl Held {
         self.queues.retain(|t, q| {
             let keep = plan.odfs.iter().any(|o| *o.topic == **t);
             if !keep {
-                gone += q.len() as u64;
+                gone += q.msgs.len() as u64;
             }
             keep
         });
@@ -341,15 +358,17 @@ impl Held {
         let q = self.queues.entry(Arc::from(topic)).or_default();
         let mut stale = 0;
         while q
+            .msgs
             .front()
             .is_some_and(|(at, _)| now.duration_since(*at) > self.cfg.ttl)
         {
-            q.pop_front();
+            q.pop();
             stale += 1;
         }
-        q.push_back((now, payload));
-        if q.len() > self.cfg.max {
-            q.pop_front();
+        q.bytes += payload.len();
+        q.msgs.push_back((now, payload));
+        while q.msgs.len() > self.cfg.max || q.bytes > self.cfg.max_bytes {
+            q.pop();
             stale += 1;
         }
         self.stats.held.fetch_add(1, Ordering::Relaxed);
@@ -367,8 +386,9 @@ impl Held {
         let Some(q) = self.queues.remove(&topic) else {
             return Vec::new();
         };
-        let total = q.len() as u64;
+        let total = q.msgs.len() as u64;
         let fresh: Vec<Bytes> = q
+            .msgs
             .into_iter()
             .filter(|(at, _)| at.elapsed() <= self.cfg.ttl)
             .map(|(_, p)| p)
@@ -583,7 +603,12 @@ mod tests {
 
     fn held(max: usize, ttl: Duration) -> (Held, Arc<GraphStats>) {
         let stats = Arc::new(GraphStats::default());
-        (Held::new(Hold { max, ttl }, stats.clone()), stats)
+        let hold = Hold {
+            max,
+            max_bytes: 1000,
+            ttl,
+        };
+        (Held::new(hold, stats.clone()), stats)
     }
 
     fn n(a: &AtomicU64) -> u64 {
@@ -628,6 +653,24 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1, vec![Bytes::from_static(b"new")]);
         assert_eq!(n(&stats.held), 0);
+    }
+
+    #[tokio::test]
+    async fn held_bytes_are_bounded_per_odf() {
+        let (mut h, stats) = held(100, Duration::from_secs(60));
+        let _ = h.follow(&plan(false));
+        for i in 0..5u8 {
+            assert_eq!(h.hold("out", Bytes::from(vec![i; 300])), None);
+        }
+        // 1000 bytes hold three of 300.
+        assert_eq!((n(&stats.held), n(&stats.held_dropped)), (3, 2));
+        let out = h.gate(Arc::from("out"), true);
+        assert_eq!(out.iter().map(|b| b[0]).collect::<Vec<_>>(), vec![2, 3, 4]);
+        // One payload larger than the bound is not held at all.
+        let _ = h.gate(Arc::from("out"), false);
+        assert_eq!(h.hold("out", Bytes::from(vec![9; 2000])), None);
+        assert!(h.gate(Arc::from("out"), true).is_empty());
+        assert_eq!((n(&stats.held), n(&stats.held_dropped)), (0, 3));
     }
 
     #[tokio::test]
