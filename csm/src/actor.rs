@@ -11,7 +11,7 @@ use futures::StreamExt;
 use iot_broker::{BrokerHandle, Message, QoS, Subscription};
 use iot_proto::topics::{self, ApiRequest};
 use iot_proto::wire::{DaRecord, RegisterRequest};
-use iot_proto::{DaId, Rev};
+use iot_proto::{DaId, MsgId, Rev};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
@@ -20,7 +20,7 @@ use crate::credentials::Credentials;
 use crate::engine::Engine;
 use crate::error::CsmError;
 use crate::funcs::Runtimes;
-use crate::state::{now_epoch, Effect, PresenceState, Registered, State, UplinkKind};
+use crate::state::{now_epoch, Effect, LinkKey, PresenceState, Registered, State, UplinkKind};
 use crate::store::{Persisted, Store};
 
 /// A request to the actor; each carries the channel its answer goes to.
@@ -97,8 +97,16 @@ impl Counters {
 }
 
 pub(crate) enum Timer {
-    Expire { id: DaId, rev: Rev },
+    Expire {
+        id: DaId,
+        rev: Rev,
+    },
     ClearAgain(DaId),
+    AckWait {
+        id: DaId,
+        key: LinkKey,
+        msg_id: MsgId,
+    },
 }
 
 /// How long after a first clear of a stale retained uplink the second one goes out.
@@ -112,6 +120,8 @@ pub(crate) struct Actor {
     pub counters: Arc<Counters>,
     /// `None` disables expiry.
     pub offline_expiry: Option<Duration>,
+    /// How long an ODF's outputs wait for its DA's reply to CONNECT (`None`: for ever).
+    pub odf_ack_wait: Option<Duration>,
     pub timers: DelayQueue<Timer>,
     pub expiry_keys: HashMap<DaId, delay_queue::Key>,
     pub engine: Engine,
@@ -209,6 +219,9 @@ impl Actor {
                 if self.state.expire(&id, &rev, now_epoch(), fx) {
                     self.counters.expirations.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            Timer::AckWait { id, key, msg_id } => {
+                self.state.ack_wait_over(&id, &key, &msg_id, fx);
             }
             Timer::ClearAgain(id) => {
                 if !self.state.contains(&id) {
@@ -333,6 +346,12 @@ impl Actor {
                     self.timers.insert(Timer::ClearAgain(id), CLEAR_AGAIN_AFTER);
                 }
                 Effect::Plan(..) | Effect::OdfGate { .. } => {}
+                Effect::AwaitAck { id, key, msg_id } => {
+                    if let Some(after) = self.odf_ack_wait {
+                        self.timers
+                            .insert(Timer::AckWait { id, key, msg_id }, after);
+                    }
+                }
                 Effect::Credential {
                     username,
                     password_sha256,

@@ -66,6 +66,10 @@ pub struct CsmConfig {
     pub odf_hold_max_bytes: usize,
     /// Held outputs older than this are dropped instead of delivered.
     pub odf_hold_seconds: u64,
+    /// How long an ODF's outputs wait for its DA's reply to CONNECT before they go out
+    /// anyway (IoTtalk v2 ignored replies; a DA that never sends one still gets its data).
+    /// 0: wait for the reply however long it takes.
+    pub odf_ack_wait_ms: u64,
 }
 
 impl Default for CsmConfig {
@@ -79,6 +83,7 @@ impl Default for CsmConfig {
             odf_hold_max: 1000,
             odf_hold_max_bytes: 1024 * 1024,
             odf_hold_seconds: 60,
+            odf_ack_wait_ms: 3000,
         }
     }
 }
@@ -250,6 +255,7 @@ pub async fn start(
         counters,
         offline_expiry: (cfg.offline_expiry_seconds > 0)
             .then(|| Duration::from_secs(cfg.offline_expiry_seconds)),
+        odf_ack_wait: (cfg.odf_ack_wait_ms > 0).then(|| Duration::from_millis(cfg.odf_ack_wait_ms)),
         timers: DelayQueue::new(),
         expiry_keys: HashMap::new(),
         engine,

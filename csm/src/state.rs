@@ -44,6 +44,13 @@ pub enum Effect {
         topic: String,
         open: bool,
     },
+    /// CONNECT `msg_id` went out for an ODF link: if no reply comes in time, open its topic
+    /// anyway (see [`State::ack_wait_over`]).
+    AwaitAck {
+        id: DaId,
+        key: LinkKey,
+        msg_id: MsgId,
+    },
     /// Add (`Some(sha256)`) or remove (`None`) broker credentials of a DA.
     Credential {
         username: String,
@@ -90,6 +97,9 @@ pub struct Link {
     /// How many users (graphs) hold the link.
     pub refs: u32,
     pub status: LinkStatus,
+    /// For an ODF: outputs go out (the DA acked CONNECT, or did not answer in time);
+    /// otherwise the engine holds them.
+    pub open: bool,
 }
 
 /// Identifies a link: a DA's feature on one side.
@@ -298,12 +308,30 @@ impl State {
     }
 
     /// Links not acknowledged yet (CONNECT pending, or waiting for their DA to come online).
-    /// Whether `id`'s ODF `feature` has acknowledged CONNECT (its DA is subscribed).
+    /// Whether outputs to `id`'s ODF `feature` go out now (see [`Link::open`]).
     pub(crate) fn odf_open(&self, id: &DaId, feature: &FeatureName) -> bool {
         self.das
             .get(id)
             .and_then(|d| d.links.get(&(Direction::Odf, feature.clone())))
-            .is_some_and(|l| l.status == LinkStatus::Ok)
+            .is_some_and(|l| l.open)
+    }
+
+    /// No reply to CONNECT `msg_id` of an ODF link came in time: IoTtalk v2 ignored replies
+    /// and some DAs never send one, so its topic opens anyway (the link stays unacked).
+    pub fn ack_wait_over(
+        &mut self,
+        id: &DaId,
+        key: &LinkKey,
+        msg_id: &MsgId,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(link) = self.das.get_mut(id).and_then(|d| d.links.get_mut(key)) else {
+            return;
+        };
+        if matches!(&link.status, LinkStatus::Pending(m) if m == msg_id) && !link.open {
+            tracing::info!(da.id = %id, link.feature = %key.1, "no reply to CONNECT: delivering to the ODF without one");
+            fx.extend(odf_gate(key, link, true));
+        }
     }
 
     /// The plan effect of graph `gid` as it stands.
@@ -391,13 +419,12 @@ impl State {
             self.release_name(&prev.record.name);
             for (key, link) in prev.links {
                 if record.feature(key.0 == Direction::Idf, &key.1).is_some() {
-                    links.insert(
-                        key,
-                        Link {
-                            status: LinkStatus::Waiting,
-                            ..link
-                        },
-                    );
+                    let mut link = Link {
+                        status: LinkStatus::Waiting,
+                        ..link
+                    };
+                    fx.extend(odf_gate(&key, &mut link, false));
+                    links.insert(key, link);
                 } else {
                     fx.push(clear_retained(link.topic));
                 }
@@ -578,8 +605,8 @@ impl State {
                         &link.topic,
                         msg_id.clone(),
                     ));
-                    link.status = LinkStatus::Pending(msg_id);
-                    fx.extend(odf_gate(key, link, false));
+                    link.status = LinkStatus::Pending(msg_id.clone());
+                    fx.extend(odf_close(&id, key, link, msg_id));
                 }
                 let record = da.record.clone();
                 self.announce(
@@ -622,7 +649,7 @@ impl State {
                             LinkStatus::Error(reason)
                         }
                     };
-                    if link.status == LinkStatus::Ok {
+                    if link.status == LinkStatus::Ok && !link.open {
                         fx.extend(odf_gate(key, link, true));
                     }
                 }
@@ -664,6 +691,7 @@ impl State {
             topic: topic.map_or_else(topics::new_data_topic, str::to_owned),
             refs: 0,
             status: LinkStatus::Waiting,
+            open: false,
         });
         link.refs += 1;
         if link.refs == 1 && online {
@@ -675,7 +703,14 @@ impl State {
                 &link.topic,
                 msg_id.clone(),
             ));
-            link.status = LinkStatus::Pending(msg_id);
+            link.status = LinkStatus::Pending(msg_id.clone());
+            if key.0 == Direction::Odf {
+                fx.push(Effect::AwaitAck {
+                    id: *id,
+                    key: key.clone(),
+                    msg_id,
+                });
+            }
         }
         Ok(link.topic.clone())
     }
@@ -780,12 +815,26 @@ impl State {
     }
 }
 
-/// The gate effect of an ODF link (none for an IDF link).
-fn odf_gate(key: &LinkKey, link: &Link, open: bool) -> Option<Effect> {
+/// Opens or closes an ODF link's topic (nothing for an IDF link).
+fn odf_gate(key: &LinkKey, link: &mut Link, open: bool) -> Option<Effect> {
+    link.open = open;
     (key.0 == Direction::Odf).then(|| Effect::OdfGate {
         topic: link.topic.clone(),
         open,
     })
+}
+
+/// Closes an ODF link's topic for a CONNECT that just went out, and waits for its reply.
+fn odf_close(id: &DaId, key: &LinkKey, link: &mut Link, msg_id: MsgId) -> Vec<Effect> {
+    let mut fx: Vec<Effect> = odf_gate(key, link, false).into_iter().collect();
+    if key.0 == Direction::Odf {
+        fx.push(Effect::AwaitAck {
+            id: *id,
+            key: key.clone(),
+            msg_id,
+        });
+    }
+    fx
 }
 
 fn signal(id: &DaId, key: &LinkKey, command: Command, topic: &str, msg_id: MsgId) -> Effect {

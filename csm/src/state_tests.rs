@@ -427,6 +427,15 @@ fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
     assert!(!st.odf_open(&id(1), &odf.1));
     // A refused CONNECT leaves it closed.
     let fx = online(&mut st);
+    let waits: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::AwaitAck { key, msg_id, .. } => Some((key.clone(), msg_id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waits.len(), 1, "only the ODF link waits for its ack");
+    assert_eq!(waits[0].0, odf);
     let sent = publishes(&fx);
     let signal = sent
         .iter()
@@ -444,4 +453,51 @@ fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
     );
     assert!(gates(&fx).is_empty());
     assert!(!st.odf_open(&id(1), &odf.1));
+}
+
+#[test]
+fn an_odf_whose_da_never_replies_to_connect_opens_after_the_wait() {
+    let mut st = State::default();
+    let rev = registered(&mut st, 1);
+    let odf: LinkKey = (Direction::Odf, "Dummy_Control".parse().unwrap());
+    let topic = st
+        .link_acquire(&id(1), odf.clone(), &mut Vec::new())
+        .unwrap();
+    let mut fx = Vec::new();
+    st.uplink(
+        &topics::ctrl_i(&id(1)),
+        &presence(&rev, "online"),
+        true,
+        1.0,
+        &mut fx,
+    );
+    let msg_id = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::AwaitAck { msg_id, .. } => Some(msg_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // A wait for an older CONNECT changes nothing.
+    let mut fx = Vec::new();
+    st.ack_wait_over(&id(1), &odf, &MsgId::generate(), &mut fx);
+    assert!(gates(&fx).is_empty());
+    assert!(!st.odf_open(&id(1), &odf.1));
+    // The wait for this one opens the topic; the link is still reported unacked.
+    st.ack_wait_over(&id(1), &odf, &msg_id, &mut fx);
+    assert_eq!(gates(&fx), vec![(topic.as_str(), true)]);
+    assert!(st.odf_open(&id(1), &odf.1));
+    assert_eq!(st.unacked_links(), 1);
+    // A late ok reply does not open it twice.
+    let reply = json!({"msg_id": msg_id, "state": "ok"}).to_string();
+    let mut fx = Vec::new();
+    st.uplink(
+        &topics::ctrl_i(&id(1)),
+        reply.as_bytes(),
+        false,
+        1.0,
+        &mut fx,
+    );
+    assert!(gates(&fx).is_empty());
+    assert_eq!(st.unacked_links(), 0);
 }

@@ -594,6 +594,11 @@ impl RawOdf {
 
     /// Answers the next CONNECT: subscribes to its topic, then acks.
     async fn accept_connect(&mut self) {
+        self.take_connect(true).await;
+    }
+
+    /// Takes the next CONNECT: subscribes to its topic, and acks if `reply`.
+    async fn take_connect(&mut self, reply: bool) {
         let ctrl_o = format!("{}/ctrl/o", self.id);
         let signal = self
             .mqtt
@@ -604,6 +609,9 @@ impl RawOdf {
             .json();
         let topic = signal["topic"].as_str().unwrap().to_owned();
         self.mqtt.subscribe(&topic, QoS::AtLeastOnce).await;
+        if !reply {
+            return;
+        }
         self.mqtt
             .publish_json(
                 &format!("{}/ctrl/i", self.id),
@@ -677,4 +685,33 @@ async fn outputs_to_an_offline_odf_are_held_and_delivered_in_order_when_it_is_ba
     assert_eq!(sink.data().await, json!([5]));
     let s = app.status().await;
     assert_eq!(s["graphs"]["hold"]["held"], 0, "{s}");
+}
+
+#[tokio::test]
+async fn an_odf_da_that_never_replies_to_connect_still_gets_its_data() {
+    let app = App::start(AppOptions {
+        env: vec![("IOTCTL__CSM__ODF_ACK_WAIT_MS".into(), "300".into())],
+        ..Default::default()
+    })
+    .await;
+    let mut src = py_da(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
+    let sink_id = new_id();
+    let rev = app.register(&sink_id).await["rev"].clone();
+    let mut sink = RawOdf::online(&app, &sink_id, &rev).await;
+    wait_online(&app, 2).await;
+    let mut g = GraphClient::new(&app, "silent").await;
+    g.ok(json!({"op": "attach"})).await;
+    g.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": null}))
+        .await;
+    g.ok(json!({"op": "add_link", "da_id": sink_id, "odf": "Dummy_Control", "func": null}))
+        .await;
+    // Like a DA written for IoTtalk v2, which ignored replies: it subscribes, never acks.
+    sink.take_connect(false).await;
+    push(&mut src, "Out", json!(1)).await;
+    push(&mut src, "Out", json!(2)).await;
+    assert_eq!(sink.data().await, json!([1]));
+    assert_eq!(sink.data().await, json!([2]));
+    // The link is still reported as not acknowledged.
+    let s = app.status().await;
+    assert_eq!(s["unacked_links"], 1, "{s}");
 }
