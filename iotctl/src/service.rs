@@ -119,11 +119,12 @@ pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
                 let graphs = s["graphs"].as_object().cloned().unwrap_or_default();
                 let total = |k: &str| graphs.values().filter_map(|g| g[k].as_u64()).sum::<u64>();
                 println!(
-                    "  graphs  {}     messages in {}, out {}, dropped {}",
+                    "  graphs  {}     messages in {}, out {}, dropped {}, held for offline ODFs {}",
                     graphs.len(),
                     total("msgs_in"),
                     total("msgs_out"),
-                    total("errors")
+                    total("errors"),
+                    total("held")
                 );
                 println!(
                     "  mqtt    sessions {}, dropped {} (broker) + {} (controller queues)",
