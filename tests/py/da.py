@@ -15,10 +15,16 @@ Reads commands on stdin, one per line:
   exit               leave without deregistering (the will fires when the socket closes)
 """
 import json
+import logging
 import sys
 
 from iottalkpy.dan import Client
 from iottalkpy.exceptions import RegistrationError
+from iottalkpy import dan
+
+# The SDK hands paho its logger: at debug level every MQTT packet goes to stderr, which the
+# test prints when it fails.
+dan.log.setLevel(logging.DEBUG)
 
 
 def emit(**kw):

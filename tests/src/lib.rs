@@ -567,19 +567,23 @@ pub struct PyDa {
     stdin: ChildStdin,
     events: mpsc::UnboundedReceiver<Value>,
     pub id: String,
+    /// The SDK's log (paho's packets at debug level), printed when a test fails.
+    log: tempfile::NamedTempFile,
 }
 
 impl PyDa {
     /// Starts a DA registering at `api_url` with the given features (JSON lists as the SDK
     /// takes them, e.g. `[["Dummy_Sensor", ["int"]]]`).
     pub async fn spawn(api_url: &str, id: &str, name: &str, idf: Value, odf: Value) -> PyDa {
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let stderr = log.reopen().expect("log file");
         let mut child = Command::new(python())
             .arg(workspace().join("tests/py/da.py"))
             .args([api_url, id, name, &idf.to_string(), &odf.to_string()])
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn python DA");
@@ -598,6 +602,7 @@ impl PyDa {
             stdin,
             events,
             id: id.to_owned(),
+            log,
         }
     }
 
@@ -653,6 +658,15 @@ impl PyDa {
     pub async fn exit(mut self) {
         self.send("exit").await;
         let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}
+
+impl Drop for PyDa {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+            eprintln!("---- iottalk-py DA {} log ----\n{text}", self.id);
+        }
     }
 }
 
