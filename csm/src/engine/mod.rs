@@ -351,11 +351,15 @@ impl Held {
 
     /// Keeps `payload` for `topic` if the topic is closed; gives it back otherwise.
     fn hold(&mut self, topic: &str, payload: Bytes) -> Option<Bytes> {
-        if self.cfg.max == 0 || !self.closed.contains(topic) {
+        if self.cfg.max == 0 || self.closed.is_empty() || !self.closed.contains(topic) {
             return Some(payload);
         }
         let now = Instant::now();
-        let q = self.queues.entry(Arc::from(topic)).or_default();
+        if !self.queues.contains_key(topic) {
+            self.queues.insert(Arc::from(topic), HeldQueue::default());
+        }
+        // Present: inserted just above if it was not.
+        let q = self.queues.get_mut(topic)?;
         let mut stale = 0;
         while q
             .msgs
