@@ -372,6 +372,32 @@ fn gates(fx: &[Effect]) -> Vec<(&str, bool)> {
         .collect()
 }
 
+/// DA 1 sends `body` on its ctrl/i; the effects.
+fn uplink1(st: &mut State, body: &[u8], retained: bool) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    st.uplink(&topics::ctrl_i(&id(1)), body, retained, 1.0, &mut fx);
+    fx
+}
+
+/// The msg_id of the CONNECT for ODF `Dummy_Control` among `fx`.
+fn odf_connect_id(fx: &[Effect]) -> Value {
+    publishes(fx)
+        .into_iter()
+        .map(|(_, s, _)| s)
+        .find(|s| s["odf"] == "Dummy_Control")
+        .expect("CONNECT for the ODF")["msg_id"]
+        .clone()
+}
+
+/// A reply to CONNECT: `ok`, or `error` with a reason.
+fn reply(msg_id: &Value, state: &str) -> Vec<u8> {
+    let mut body = json!({"msg_id": msg_id, "state": state});
+    if state == "error" {
+        body["reason"] = json!("no");
+    }
+    body.to_string().into_bytes()
+}
+
 #[test]
 fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
     let mut st = State::default();
@@ -383,50 +409,18 @@ fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
         .unwrap();
     st.link_acquire(&id(1), idf, &mut Vec::new()).unwrap();
     assert!(!st.odf_open(&id(1), &odf.1));
-    let online = |st: &mut State| {
-        let mut fx = Vec::new();
-        st.uplink(
-            &topics::ctrl_i(&id(1)),
-            &presence(&rev, "online"),
-            true,
-            1.0,
-            &mut fx,
-        );
-        fx
-    };
     // Online: CONNECT goes out and the ODF topic (not the IDF one) is closed until the ack.
-    let fx = online(&mut st);
+    let fx = uplink1(&mut st, &presence(&rev, "online"), true);
     assert_eq!(gates(&fx), vec![(topic.as_str(), false)]);
-    let sent = publishes(&fx);
-    let signal = sent
-        .iter()
-        .map(|(_, s, _)| s)
-        .find(|s| s["odf"] == "Dummy_Control")
-        .unwrap();
-    let reply = json!({"msg_id": signal["msg_id"], "state": "ok"}).to_string();
-    let mut fx = Vec::new();
-    st.uplink(
-        &topics::ctrl_i(&id(1)),
-        reply.as_bytes(),
-        false,
-        1.0,
-        &mut fx,
-    );
+    let fx = uplink1(&mut st, &reply(&odf_connect_id(&fx), "ok"), false);
     assert_eq!(gates(&fx), vec![(topic.as_str(), true)]);
     assert!(st.odf_open(&id(1), &odf.1));
     // Offline closes it.
-    let mut fx = Vec::new();
-    st.uplink(
-        &topics::ctrl_i(&id(1)),
-        &presence(&rev, "offline"),
-        true,
-        1.0,
-        &mut fx,
-    );
+    let fx = uplink1(&mut st, &presence(&rev, "offline"), true);
     assert_eq!(gates(&fx), vec![(topic.as_str(), false)]);
     assert!(!st.odf_open(&id(1), &odf.1));
     // A refused CONNECT leaves it closed.
-    let fx = online(&mut st);
+    let fx = uplink1(&mut st, &presence(&rev, "online"), true);
     let waits: Vec<_> = fx
         .iter()
         .filter_map(|e| match e {
@@ -436,21 +430,7 @@ fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
         .collect();
     assert_eq!(waits.len(), 1, "only the ODF link waits for its ack");
     assert_eq!(waits[0].0, odf);
-    let sent = publishes(&fx);
-    let signal = sent
-        .iter()
-        .map(|(_, s, _)| s)
-        .find(|s| s["odf"] == "Dummy_Control")
-        .unwrap();
-    let reply = json!({"msg_id": signal["msg_id"], "state": "error", "reason": "no"}).to_string();
-    let mut fx = Vec::new();
-    st.uplink(
-        &topics::ctrl_i(&id(1)),
-        reply.as_bytes(),
-        false,
-        1.0,
-        &mut fx,
-    );
+    let fx = uplink1(&mut st, &reply(&odf_connect_id(&fx), "error"), false);
     assert!(gates(&fx).is_empty());
     assert!(!st.odf_open(&id(1), &odf.1));
 }
@@ -463,14 +443,7 @@ fn an_odf_whose_da_never_replies_to_connect_opens_after_the_wait() {
     let topic = st
         .link_acquire(&id(1), odf.clone(), &mut Vec::new())
         .unwrap();
-    let mut fx = Vec::new();
-    st.uplink(
-        &topics::ctrl_i(&id(1)),
-        &presence(&rev, "online"),
-        true,
-        1.0,
-        &mut fx,
-    );
+    let fx = uplink1(&mut st, &presence(&rev, "online"), true);
     let msg_id = fx
         .iter()
         .find_map(|e| match e {
@@ -489,15 +462,7 @@ fn an_odf_whose_da_never_replies_to_connect_opens_after_the_wait() {
     assert!(st.odf_open(&id(1), &odf.1));
     assert_eq!(st.unacked_links(), 1);
     // A late ok reply does not open it twice.
-    let reply = json!({"msg_id": msg_id, "state": "ok"}).to_string();
-    let mut fx = Vec::new();
-    st.uplink(
-        &topics::ctrl_i(&id(1)),
-        reply.as_bytes(),
-        false,
-        1.0,
-        &mut fx,
-    );
+    let fx = uplink1(&mut st, &reply(&json!(msg_id), "ok"), false);
     assert!(gates(&fx).is_empty());
     assert_eq!(st.unacked_links(), 0);
 }

@@ -317,6 +317,20 @@ impl App {
             .expect("json")
     }
 
+    /// `/metrics` of the CSM (Prometheus text), checked to be served as text.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.csm))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(r.status(), 200);
+        let kind = r.headers()["content-type"].to_str().unwrap_or_default();
+        assert!(kind.starts_with("text/plain"), "{kind}");
+        r.text().await.expect("metrics text")
+    }
+
     /// Registers a DA with one IDF and one ODF by HTTP; returns the reply.
     pub async fn register(&self, id: &str) -> Value {
         let (code, body) = self.put(id, &register_body()).await;

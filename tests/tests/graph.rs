@@ -627,27 +627,34 @@ impl RawOdf {
     }
 }
 
-#[tokio::test]
-async fn outputs_to_an_offline_odf_are_held_and_delivered_in_order_when_it_is_back() {
-    let app = App::spawn().await;
-    let mut src = py_da(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
+/// Graph `gid`: an iottalk-py IDF `Out` linked to the ODF `Dummy_Control` of a [`RawOdf`]
+/// (online, its CONNECT not yet answered). Returns both and the sink's rev.
+async fn py_to_raw_odf(app: &App, gid: &str) -> (PyDa, RawOdf, Value) {
+    let src = py_da(app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
     let sink_id = new_id();
     let rev = app.register(&sink_id).await["rev"].clone();
-    let mut sink = RawOdf::online(&app, &sink_id, &rev).await;
-    wait_online(&app, 2).await;
-    let mut g = GraphClient::new(&app, "hold").await;
+    let sink = RawOdf::online(app, &sink_id, &rev).await;
+    wait_online(app, 2).await;
+    let mut g = GraphClient::new(app, gid).await;
     g.ok(json!({"op": "attach"})).await;
     g.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": null}))
         .await;
     g.ok(json!({"op": "add_link", "da_id": sink_id, "odf": "Dummy_Control", "func": null}))
         .await;
+    (src, sink, rev)
+}
+
+#[tokio::test]
+async fn outputs_to_an_offline_odf_are_held_and_delivered_in_order_when_it_is_back() {
+    let app = App::spawn().await;
+    let (mut src, mut sink, rev) = py_to_raw_odf(&app, "hold").await;
     sink.accept_connect().await;
     app.wait_links_acked().await;
     push(&mut src, "Out", json!(1)).await;
     assert_eq!(sink.data().await, json!([1]));
 
     // The sink's connection drops (its will says offline); the source goes on pushing.
-    let RawOdf { mqtt, .. } = sink;
+    let RawOdf { mqtt, id: sink_id } = sink;
     mqtt.kill();
     app.wait_status("sink offline", |s| s["online"] == 1).await;
     for v in 2..=4 {
@@ -657,15 +664,7 @@ async fn outputs_to_an_offline_odf_are_held_and_delivered_in_order_when_it_is_ba
         .wait_status("3 outputs held", |s| s["graphs"]["hold"]["held"] == 3)
         .await;
     assert_eq!(s["graphs"]["hold"]["held_dropped"], 0, "{s}");
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.csm))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("iotctl_graph_held_messages{graph=\"hold\"} 3\n"),
         "{metrics}"
@@ -691,17 +690,7 @@ async fn an_odf_da_that_never_replies_to_connect_still_gets_its_data() {
         ..Default::default()
     })
     .await;
-    let mut src = py_da(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
-    let sink_id = new_id();
-    let rev = app.register(&sink_id).await["rev"].clone();
-    let mut sink = RawOdf::online(&app, &sink_id, &rev).await;
-    wait_online(&app, 2).await;
-    let mut g = GraphClient::new(&app, "silent").await;
-    g.ok(json!({"op": "attach"})).await;
-    g.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": null}))
-        .await;
-    g.ok(json!({"op": "add_link", "da_id": sink_id, "odf": "Dummy_Control", "func": null}))
-        .await;
+    let (mut src, mut sink, _) = py_to_raw_odf(&app, "silent").await;
     // Like a DA written for IoTtalk v2, which ignored replies: it subscribes, never acks.
     sink.take_connect(false).await;
     push(&mut src, "Out", json!(1)).await;

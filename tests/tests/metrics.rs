@@ -16,21 +16,6 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap()
 }
 
-async fn scrape(app: &App) -> String {
-    let r = app
-        .http
-        .get(format!("{}/metrics", app.csm))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    r.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn metrics_and_varz_move_with_traffic() {
     let app = App::spawn().await;
@@ -45,7 +30,7 @@ async fn metrics_and_varz_move_with_traffic() {
             .unwrap(),
         "ok"
     );
-    let before = scrape(&app).await;
+    let before = app.metrics().await;
     assert_eq!(value(&before, "iotctl_das_registered"), 0.0);
     assert!(
         before.contains("# TYPE iotctl_registrations_total counter"),
@@ -130,7 +115,7 @@ async fn metrics_and_varz_move_with_traffic() {
     app.wait_status("error counted", |s| s["graphs"]["m"]["errors"] == 1)
         .await;
 
-    let after = scrape(&app).await;
+    let after = app.metrics().await;
     assert_eq!(value(&after, "iotctl_das_registered"), 2.0);
     assert_eq!(value(&after, "iotctl_das_online"), 2.0);
     assert_eq!(value(&after, "iotctl_registrations_total"), 2.0);
