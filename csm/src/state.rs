@@ -307,7 +307,6 @@ impl State {
         self.das.get(id).map(|d| &d.links)
     }
 
-    /// Links not acknowledged yet (CONNECT pending, or waiting for their DA to come online).
     /// Whether outputs to `id`'s ODF `feature` go out now (see [`Link::open`]).
     pub(crate) fn odf_open(&self, id: &DaId, feature: &FeatureName) -> bool {
         self.das
@@ -341,6 +340,7 @@ impl State {
         Some(Effect::Plan(gid.to_owned(), Some(plan)))
     }
 
+    /// Links not acknowledged yet (CONNECT pending, or waiting for their DA to come online).
     pub fn unacked_links(&self) -> usize {
         self.das
             .values()
@@ -606,7 +606,8 @@ impl State {
                         msg_id.clone(),
                     ));
                     link.status = LinkStatus::Pending(msg_id.clone());
-                    fx.extend(odf_close(&id, key, link, msg_id));
+                    fx.extend(odf_gate(key, link, false));
+                    fx.extend(await_ack(&id, key, msg_id));
                 }
                 let record = da.record.clone();
                 self.announce(
@@ -704,13 +705,7 @@ impl State {
                 msg_id.clone(),
             ));
             link.status = LinkStatus::Pending(msg_id.clone());
-            if key.0 == Direction::Odf {
-                fx.push(Effect::AwaitAck {
-                    id: *id,
-                    key: key.clone(),
-                    msg_id,
-                });
-            }
+            fx.extend(await_ack(id, &key, msg_id));
         }
         Ok(link.topic.clone())
     }
@@ -824,17 +819,13 @@ fn odf_gate(key: &LinkKey, link: &mut Link, open: bool) -> Option<Effect> {
     })
 }
 
-/// Closes an ODF link's topic for a CONNECT that just went out, and waits for its reply.
-fn odf_close(id: &DaId, key: &LinkKey, link: &mut Link, msg_id: MsgId) -> Vec<Effect> {
-    let mut fx: Vec<Effect> = odf_gate(key, link, false).into_iter().collect();
-    if key.0 == Direction::Odf {
-        fx.push(Effect::AwaitAck {
-            id: *id,
-            key: key.clone(),
-            msg_id,
-        });
-    }
-    fx
+/// For an ODF link whose CONNECT `msg_id` just went out: wait for its reply.
+fn await_ack(id: &DaId, key: &LinkKey, msg_id: MsgId) -> Option<Effect> {
+    (key.0 == Direction::Odf).then(|| Effect::AwaitAck {
+        id: *id,
+        key: key.clone(),
+        msg_id,
+    })
 }
 
 fn signal(id: &DaId, key: &LinkKey, command: Command, topic: &str, msg_id: MsgId) -> Effect {
