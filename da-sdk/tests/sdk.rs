@@ -679,8 +679,9 @@ async fn a_call_to_a_missing_target_fails_at_its_deadline() {
             timeout_ms: 700
         }
     );
+    // It waited for its deadline, and gave up then, not after some other, much longer wait.
     assert!(
-        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(700) && took < Duration::from_secs(25),
         "{took:?}"
     );
     assert!(matches!(
@@ -756,8 +757,9 @@ async fn bad_urls_and_rejections_give_clear_errors() {
         "{err}"
     );
     assert!(err.to_string().contains("refused"), "{err}");
+    // Retrying (which is not asked for here) would go on for minutes.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(25),
         "no retry unless asked"
     );
 

@@ -19,6 +19,26 @@ use tokio::sync::mpsc;
 /// How long any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// `functions.python_timeout_ms` in every test controller's configuration: a loaded CI machine
+/// can take seconds for a call that takes milliseconds when idle. A test about timeouts sets
+/// its own in [`AppOptions::extra_toml`], which wins.
+pub const TEST_PYTHON_TIMEOUT_MS: u64 = 20_000;
+
+/// `base` with the sections and keys of `extra` added, `extra` winning on a key both have.
+fn merge_toml(base: &str, extra: &str) -> String {
+    let mut base: toml::Table = base.parse().expect("generated test config is TOML");
+    let extra: toml::Table = extra.parse().expect("AppOptions::extra_toml is TOML");
+    for (section, value) in extra {
+        match (base.get_mut(&section), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => b.extend(e),
+            (_, value) => {
+                base.insert(section, value);
+            }
+        }
+    }
+    toml::to_string(&base).expect("TOML")
+}
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -149,15 +169,15 @@ impl App {
             .db_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}/iotctl.db", data_dir.display()));
-        let mut config = format!(
-            "[paths]\ndata_dir = \"{}\"\n[database]\nurl = \"{db}\"\n[broker]\nlisten = \"{}\"\nws_listen = \"127.0.0.1:0\"\nexternal = \"{}\"\n[csm]\nlisten = \"{}\"\noffline_expiry_seconds = {}\n",
+        let base = format!(
+            "[paths]\ndata_dir = \"{}\"\n[database]\nurl = \"{db}\"\n[broker]\nlisten = \"{}\"\nws_listen = \"127.0.0.1:0\"\nexternal = \"{}\"\n[csm]\nlisten = \"{}\"\noffline_expiry_seconds = {}\n[functions]\npython_timeout_ms = {TEST_PYTHON_TIMEOUT_MS}\n",
             data_dir.display(),
             opts.mqtt_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.external.clone().unwrap_or_default(),
             opts.csm_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.offline_expiry_seconds.unwrap_or(300),
         );
-        config.push_str(&opts.extra_toml);
+        let config = merge_toml(&base, &opts.extra_toml);
         let config_path = data_dir.join("test-config.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = data_dir.join("iotctl.log");

@@ -29,6 +29,11 @@ async fn bench_json(app: &App, args: &[&str]) -> Value {
     let config = app.config.to_str().unwrap();
     let mut all = vec!["-c", config, "bench"];
     all.extend_from_slice(args);
+    if matches!(args.first(), Some(&"route" | &"broker")) {
+        // On a loaded machine a message can take seconds: only a silence this long ends the
+        // drain, so what is slow is not mistaken for loss.
+        all.extend_from_slice(&["--drain-idle", "20"]);
+    }
     all.push("--json");
     let o = iotctl(&all).await;
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -53,7 +58,8 @@ fn f(v: &Value, k: &str) -> f64 {
         .unwrap_or_else(|| panic!("`{k}` missing in {v}"))
 }
 
-/// Every message sent in the window arrived at every receiver, with a latency.
+/// Every message sent in the window arrived at every receiver, once, and the report has its
+/// figures. Rates and latencies are reported, not checked: they depend on the machine's load.
 fn assert_all_delivered(r: &Value, fanout: u64) {
     let sent = u(r, "sent");
     assert!(sent > 0, "nothing sent: {r}");
@@ -61,16 +67,14 @@ fn assert_all_delivered(r: &Value, fanout: u64) {
     assert_eq!(u(r, "received"), sent * fanout, "{r}");
     assert_eq!(u(r, "lost"), 0, "{r}");
     assert_eq!(u(r, "duplicates") + u(r, "malformed"), 0, "{r}");
+    // A latency was measured for the messages (quantiles are ordered).
     assert!(
         f(r, "p50_ms") > 0.0 && f(r, "p99_ms") >= f(r, "p50_ms"),
         "{r}"
     );
-    let (i, o) = (f(r, "in_msgs_per_s"), f(r, "out_msgs_per_s"));
-    let want = i * fanout as f64;
-    assert!(
-        (o - want).abs() <= want * 0.1 + 5.0,
-        "out rate {o} should be about {want}: {r}"
-    );
+    for k in ["in_msgs_per_s", "out_msgs_per_s"] {
+        assert!(f(r, k) > 0.0, "`{k}`: {r}");
+    }
 }
 
 /// The controller is back to where it was: no DA, no graph.
@@ -102,8 +106,11 @@ async fn route_with_a_rhai_join_delivers_everything_and_cleans_up() {
     assert_eq!(r["bench"], "route");
     assert_eq!(r["join"], "rhai");
     assert_all_delivered(&r, 1);
-    // 500 msgs/s for 2 s.
-    assert!((900..=1100).contains(&u(&r, "sent")), "{r}");
+    assert_eq!(
+        (u(&r, "rate"), u(&r, "idfs"), u(&r, "odfs")),
+        (500, 1, 1),
+        "{r}"
+    );
     // The controller is local (its state file has the pid): CPU and memory are measured.
     assert!(u(&r, "controller_pid") > 0, "{r}");
     assert!(f(&r, "controller_rss_mb") > 1.0, "{r}");

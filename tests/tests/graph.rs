@@ -427,7 +427,9 @@ async fn graph_api_errors_are_replies_and_change_nothing() {
 #[tokio::test]
 async fn runaway_functions_are_bounded_and_other_graphs_keep_flowing() {
     let app = App::start(AppOptions {
-        extra_toml: "[functions]\nrhai_max_operations = 100000\npython_timeout_ms = 1500\n".into(),
+        // Short enough for the runaway loop to be cut soon; a worker's start-up is not counted,
+        // so compiling and calling the good functions fit it even on a loaded machine.
+        extra_toml: "[functions]\nrhai_max_operations = 100000\npython_timeout_ms = 3000\n".into(),
         ..Default::default()
     })
     .await;
@@ -512,20 +514,18 @@ async fn a_killed_python_worker_is_replaced_and_routing_resumes() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    // Routing resumes on a new worker (a message racing the kill may be lost, not more).
-    let mut n = 4;
-    let got = loop {
-        push(&mut src, "Out", json!(n)).await;
-        let v = tokio::time::timeout(std::time::Duration::from_secs(3), data(&mut sink)).await;
-        if let Ok(v) = v {
-            break v;
-        }
-        n += 1;
-        assert!(n < 10, "routing did not resume");
-    };
-    assert_eq!(got, json!([n * n]));
+    // Once the controller has seen the worker die, the next message starts a new worker and
+    // is routed through it.
+    app.wait_status("the killed worker noticed", |s| {
+        s["python_workers"][0].as_u64() != Some(pid)
+    })
+    .await;
+    push(&mut src, "Out", json!(4)).await;
+    assert_eq!(data(&mut sink).await, json!([16]));
     let s = app.status().await;
-    assert_ne!(s["python_workers"][0].as_u64().unwrap(), pid, "{s}");
+    let now = s["python_workers"][0].as_u64().unwrap();
+    assert!(now > 0 && now != pid, "{s}");
+    assert!(s["python_restarts"].as_u64().unwrap() >= 1, "{s}");
 }
 
 #[tokio::test]

@@ -27,6 +27,9 @@ const SHUTTING_DOWN: &str = "shutting down";
 const MAX_BATCH: usize = 512;
 /// Requests queued per worker before callers wait.
 const QUEUE: usize = 4096;
+/// How long a new worker process may take to say it is ready (the interpreter's start-up,
+/// which is not counted against any call: a loaded machine can take seconds for it).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A Python function bound to its dependencies.
 #[derive(Debug, Clone)]
@@ -199,6 +202,13 @@ impl Worker {
                     continue;
                 }
             };
+            if let Err(e) = ready(&mut proc).await {
+                let _ = proc.child.start_kill();
+                let _ = proc.child.wait().await;
+                tracing::warn!(python.worker = self.index, reason = %e, "Python worker did not start");
+                fail(job, &e);
+                continue;
+            }
             self.pids[self.index].store(proc.child.id().unwrap_or(0).into(), Ordering::Relaxed);
             let why = self.serve(&mut proc, job, &mut rx).await;
             let _ = proc.child.start_kill();
@@ -313,6 +323,25 @@ impl Worker {
                 p.pending.insert(p.next_id, (Some(reply), deadline));
             }
         }
+    }
+}
+
+/// Waits for a new process's `{"ready": true}` line, so that the interpreter's start-up is
+/// not counted against the first calls' deadlines.
+async fn ready(p: &mut Process) -> Result<(), String> {
+    match tokio::time::timeout(STARTUP_TIMEOUT, p.stdout.next_line()).await {
+        Ok(Ok(Some(line)))
+            if serde_json::from_str::<Value>(&line)
+                .is_ok_and(|v| v.get("ready") == Some(&Value::Bool(true))) =>
+        {
+            Ok(())
+        }
+        Ok(Ok(Some(_))) => Err("the Python worker did not start: unexpected first line".into()),
+        Ok(Ok(None) | Err(_)) => Err("the Python worker exited while starting".into()),
+        Err(_) => Err(format!(
+            "the Python worker did not start within {} s",
+            STARTUP_TIMEOUT.as_secs()
+        )),
     }
 }
 

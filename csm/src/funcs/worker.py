@@ -1,6 +1,7 @@
 """Python function worker of the controller (started as `python3 -c <this file>`).
 
-Reads one JSON request per line on stdin, answers one JSON line per request on stdout:
+Says {"ready": true} once started (the controller starts each call's deadline only then, so
+the interpreter's own start-up never counts against a function), then reads one JSON request per line on stdin, answers one JSON line per request on stdout:
   {"id": N, "op": "check", "code": "..."}                       compile only
   {"id": N, "op": "load", "digest": "...", "code": "..."}       compile and keep `run`
   {"id": N, "op": "call", "digest": "...", "deps": {"alias": "digest"}, "args": [...]}
@@ -72,6 +73,8 @@ def dumps(out, replies):
 
 
 def main():
+    proto_out.write('{"ready": true}\n')
+    proto_out.flush()
     for line in sys.stdin.buffer:
         try:
             req = json.loads(line)

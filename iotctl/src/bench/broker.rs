@@ -105,7 +105,8 @@ pub async fn run(args: BrokerArgs) -> Result<()> {
         warmup: args.load.warmup()?,
         duration: args.load.duration()?,
         fanout: args.subscribers as u64,
-        max_drain: Duration::from_secs(30),
+        drain_idle: args.load.drain_idle()?,
+        max_drain: args.load.max_drain()?,
         batch: usize::try_from(args.load.batch).unwrap_or(1),
         max_inflight: args.load.max_inflight,
     };

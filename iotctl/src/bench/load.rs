@@ -31,7 +31,9 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Messages expected at the receivers per message sent (number of ODFs or subscribers).
     pub fanout: u64,
-    /// How long to wait for stragglers after the last publish, at most.
+    /// After the last publish, the drain ends when nothing arrived for this long...
+    pub drain_idle: Duration,
+    /// ... or after this, at most.
     pub max_drain: Duration,
     /// Messages per write of a QoS 0 publisher.
     pub batch: usize,
@@ -297,13 +299,13 @@ pub async fn run(
         "draining: waiting for the last of {expected} messages"
     ));
     // Wait until every expected message arrived, or nothing at all (not even a message sent
-    // during the warm-up, still queued somewhere) arrived for a second, or `max_drain`.
+    // during the warm-up, still queued somewhere) arrived for `drain_idle`, or `max_drain`.
     let drain_start = tokio::time::Instant::now();
     let received_sum = || recorders.iter().map(|r| lock(r).received).sum::<u64>();
     let mut last_seen = seen.load(Ordering::Relaxed);
     let mut last_change = tokio::time::Instant::now();
     while received_sum() < expected
-        && last_change.elapsed() < Duration::from_secs(1)
+        && last_change.elapsed() < spec.drain_idle
         && drain_start.elapsed() < spec.max_drain
     {
         tokio::time::sleep(Duration::from_millis(20)).await;

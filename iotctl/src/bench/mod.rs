@@ -85,6 +85,11 @@ pub struct LoadArgs {
     /// publishers; they wait for the rest. Bounds the backlog, hence the latency, at full rate.
     #[arg(long, default_value_t = 5000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_inflight: u64,
+    /// After the last publish, the drain ends once every expected message has arrived, or
+    /// when nothing arrived for this long (what is missing then is counted lost), or after
+    /// 30 s (or this, if longer). Raise it on a loaded machine where a slow path is not loss.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub drain_idle: f64,
     /// Print one JSON object on stdout instead of the table (no progress display).
     #[arg(long)]
     pub json: bool,
@@ -108,6 +113,19 @@ impl LoadArgs {
 
     pub fn warmup(&self) -> Result<Duration> {
         Self::seconds("warmup", self.warmup)
+    }
+
+    pub fn drain_idle(&self) -> Result<Duration> {
+        let d = Self::seconds("drain-idle", self.drain_idle)?;
+        if d < Duration::from_millis(100) {
+            bail!("--drain-idle must be at least 0.1 seconds");
+        }
+        Ok(d)
+    }
+
+    /// The longest drain: 30 s, or `--drain-idle` if longer.
+    pub fn max_drain(&self) -> Result<Duration> {
+        Ok(self.drain_idle()?.max(Duration::from_secs(30)))
     }
 
     /// The publisher count: as given, else one per topic, at least 2 at full rate (one

@@ -132,7 +132,8 @@ pub async fn run(cfg: &Config, args: RouteArgs) -> Result<()> {
         warmup,
         duration,
         fanout: args.odfs as u64,
-        max_drain: Duration::from_secs(30),
+        drain_idle: args.load.drain_idle()?,
+        max_drain: args.load.max_drain()?,
         batch: usize::try_from(args.load.batch).unwrap_or(1),
         max_inflight: args.load.max_inflight,
     };
