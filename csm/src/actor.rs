@@ -1,6 +1,9 @@
-//! The task that owns the [`State`]: it takes requests from HTTP handlers, uplink messages and
-//! device API requests from the broker, and timer expiries, one at a time, and carries out the
-//! effects the state machine returns (publish, persist, timers, credentials).
+//! The task that owns the [`Coordinator`] (registry and graphs): it takes requests from HTTP
+//! handlers, uplink messages, device and graph API requests from the broker, timer expiries and
+//! finished function checks, one at a time, and carries out the effects they return (publish,
+//! persist, timers, credentials, plans). It never waits on a graph: plans and gates reach the
+//! engine without blocking, and `add_funcs` compiles its functions in a task of its own (later
+//! requests for that graph wait for it, other graphs and DAs do not).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,17 +13,21 @@ use std::time::Duration;
 use futures::StreamExt;
 use iot_broker::{BrokerHandle, Message, QoS, Subscription};
 use iot_proto::topics::{self, ApiRequest};
+use iot_proto::wire::graph_api::LinkRef;
 use iot_proto::wire::{DaRecord, RegisterRequest};
 use iot_proto::{DaId, MsgId, Rev};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 
+use crate::checks::Checks;
+use crate::coordinator::Coordinator;
 use crate::credentials::Credentials;
+use crate::effect::Effect;
 use crate::engine::Engine;
 use crate::error::CsmError;
-use crate::funcs::Runtimes;
-use crate::state::{now_epoch, Effect, LinkKey, PresenceState, Registered, State, UplinkKind};
+use crate::now_epoch;
+use crate::registry::{PresenceState, Registered, UplinkKind};
 use crate::store::{Persisted, Store};
 
 /// A request to the actor; each carries the channel its answer goes to.
@@ -59,6 +66,8 @@ pub struct Status {
     /// Python worker pids (0: not started) and how many were replaced.
     pub python_workers: Vec<u32>,
     pub python_restarts: u64,
+    /// Graph tasks that died and were started again.
+    pub graph_task_restarts: u64,
 }
 
 /// Event counters kept by the actor.
@@ -97,23 +106,16 @@ impl Counters {
 }
 
 pub(crate) enum Timer {
-    Expire {
-        id: DaId,
-        rev: Rev,
-    },
+    Expire { id: DaId, rev: Rev },
     ClearAgain(DaId),
-    AckWait {
-        id: DaId,
-        key: LinkKey,
-        msg_id: MsgId,
-    },
+    AckWait { link: LinkRef, msg_id: MsgId },
 }
 
 /// How long after a first clear of a stale retained uplink the second one goes out.
 const CLEAR_AGAIN_AFTER: Duration = Duration::from_millis(500);
 
 pub(crate) struct Actor {
-    pub state: State,
+    pub state: Coordinator,
     pub broker: BrokerHandle,
     pub store: Store,
     pub credentials: Credentials,
@@ -125,7 +127,9 @@ pub(crate) struct Actor {
     pub timers: DelayQueue<Timer>,
     pub expiry_keys: HashMap<DaId, delay_queue::Key>,
     pub engine: Engine,
-    pub runtimes: Runtimes,
+    /// `add_funcs` requests whose functions are being checked, and the requests for the same
+    /// graphs that wait for them.
+    pub checks: Checks,
 }
 
 impl Actor {
@@ -152,9 +156,11 @@ impl Actor {
                     None => break,
                 },
                 msg = graph_api.recv() => match msg {
-                    Some(msg) => self.graph_request(&msg, &mut fx).await,
+                    Some(msg) => self.graph_request(msg, &mut fx),
                     None => break,
                 },
+                done = self.checks.next() => self.checks.finish(&mut self.state, done, &mut fx),
+                ended = self.engine.next_exit() => self.engine.task_ended(ended).await,
                 msg = device_api.recv() => match msg {
                     Some(msg) => {
                         if let Some(ApiRequest::Device { client }) = ApiRequest::parse(&msg.topic) {
@@ -170,21 +176,12 @@ impl Actor {
         tracing::debug!("csm actor stopped");
     }
 
-    async fn graph_request(&mut self, msg: &Message, fx: &mut Vec<Effect>) {
+    fn graph_request(&mut self, msg: Message, fx: &mut Vec<Effect>) {
         let Some(ApiRequest::Graph { client, gid }) = ApiRequest::parse(&msg.topic) else {
             return;
         };
-        // add_funcs compiles its functions first (Python needs a worker), outside the state.
-        let is_add_funcs = serde_json::from_slice::<serde_json::Value>(&msg.payload)
-            .ok()
-            .is_some_and(|v| v["op"] == "add_funcs");
-        let checked = if is_add_funcs && self.state.graph_exists(gid) {
-            Some(crate::graph::add_funcs::check(&msg.payload, &self.runtimes).await)
-        } else {
-            None
-        };
-        self.state
-            .graph_request(client, gid, &msg.payload, checked, fx);
+        self.checks
+            .request(&mut self.state, client, gid, msg.payload.clone(), fx);
     }
 
     fn uplink(&mut self, msg: &Message, fx: &mut Vec<Effect>) {
@@ -220,11 +217,11 @@ impl Actor {
                     self.counters.expirations.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Timer::AckWait { id, key, msg_id } => {
-                self.state.ack_wait_over(&id, &key, &msg_id, fx);
+            Timer::AckWait { link, msg_id } => {
+                self.state.ack_wait_over(&link, &msg_id, fx);
             }
             Timer::ClearAgain(id) => {
-                if !self.state.contains(&id) {
+                if !self.state.registry.contains(&id) {
                     fx.push(Effect::Publish(Message::new(
                         topics::ctrl_i(&id),
                         bytes::Bytes::new(),
@@ -264,11 +261,12 @@ impl Actor {
                 let _ = reply.send(result.map(|()| persisted.unwrap_or_else(done)));
             }
             Request::Get { id, reply } => {
-                let _ = reply.send(self.state.record(&id).map(|(r, p)| (r.clone(), p)));
+                let record = self.state.registry.record(&id);
+                let _ = reply.send(record.map(|(r, p)| (r.clone(), p)));
             }
             Request::Status { reply } => {
-                let failed_links = self
-                    .state
+                let registry = &self.state.registry;
+                let failed_links = registry
                     .failed_links()
                     .into_iter()
                     .map(|(id, (dir, feature), reason)| {
@@ -290,12 +288,13 @@ impl Actor {
                         (gid.clone(), v)
                     })
                     .collect();
-                let python = self.runtimes.python.as_ref();
+                let python = self.state.graphs.runtimes().python.as_ref();
                 let _ = reply.send(Status {
-                    registered: self.state.len(),
-                    online: self.state.online_count(),
+                    registered: registry.len(),
+                    online: registry.online_count(),
                     failed_links,
-                    unacked_links: self.state.unacked_links(),
+                    unacked_links: registry.unacked_links(),
+                    graph_task_restarts: self.engine.stats.task_restarts.load(Ordering::Relaxed),
                     counters: self.counters.values(),
                     graphs,
                     python_workers: python.map(|p| p.pids()).unwrap_or_default(),
@@ -316,7 +315,7 @@ impl Actor {
         for e in plans {
             match e {
                 Effect::Plan(gid, plan) => self.engine.apply(gid, plan).await,
-                Effect::OdfGate { topic, open } => self.engine.gate(&topic, open).await,
+                Effect::OdfGate { topic, open } => self.engine.gate(&topic, open),
                 _ => {}
             }
         }
@@ -346,10 +345,9 @@ impl Actor {
                     self.timers.insert(Timer::ClearAgain(id), CLEAR_AGAIN_AFTER);
                 }
                 Effect::Plan(..) | Effect::OdfGate { .. } => {}
-                Effect::AwaitAck { id, key, msg_id } => {
+                Effect::AwaitAck { link, msg_id } => {
                     if let Some(after) = self.odf_ack_wait {
-                        self.timers
-                            .insert(Timer::AckWait { id, key, msg_id }, after);
+                        self.timers.insert(Timer::AckWait { link, msg_id }, after);
                     }
                 }
                 Effect::Credential {

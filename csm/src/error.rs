@@ -1,42 +1,106 @@
-//! The CSM's error type. Each variant maps to one HTTP status and a clear `reason`; the JSON
-//! body is always `{"id", "state": "error", "reason"}` (the Python SDK shows `reason`).
+//! The CSM's errors. [`CsmError`] has a variant per distinct failure; each maps to one HTTP
+//! status and a clear `reason`. [`ApiError`] is a `CsmError` about one id, the error of every
+//! HTTP handler: its body is always `{"id", "state": "error", "reason"}` (the Python SDK shows
+//! `reason`), and no internal detail beyond the reason leaks.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use iot_proto::wire::ErrorBody;
+use iot_proto::wire::{ErrorBody, WireError};
+use iot_proto::IdError;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CsmError {
-    /// Malformed or invalid input; the text says what was wrong.
-    #[error("{0}")]
-    BadRequest(String),
+    /// A request body that is not what the API takes; the text says what was wrong.
+    #[error(transparent)]
+    Body(#[from] WireError),
+    /// A DA id that is not a canonical UUID.
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error("cannot read the request body: {0}")]
+    BodyUnreadable(String),
+    #[error("no such endpoint: use PUT, GET or DELETE /{{id}}")]
+    NoEndpoint,
+    #[error("no figure named `{0}`; GET /varz lists them")]
+    NoFigure(String),
     #[error("id not found")]
     NotFound,
     #[error("revision out-of-date or unknown")]
     StaleRev,
-    #[error("{0}")]
-    Conflict(String),
+    #[error("no free default name for model `{0}`: 00..99 are taken; send a `name`")]
+    NoFreeName(String),
     #[error("request body too large: the limit is {0} bytes")]
     TooLarge(usize),
-    /// The server cannot complete the request now (database down, shutting down).
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("could not store the change: {0}")]
+    Store(String),
+    #[error("the database writer has stopped")]
+    WriterStopped,
+    /// The CSM could not start (not an HTTP answer).
+    #[error("cannot start the CSM: {0}")]
+    Start(#[from] StartError),
+}
+
+/// Why the CSM could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] iot_migrations::DbError),
+    #[error("the database loader stopped: {0}")]
+    Task(String),
+    #[error("stored state: {0}")]
+    Restore(#[from] crate::coordinator::RestoreError),
+    #[error("broker: {0}")]
+    Broker(#[from] iot_broker::BrokerError),
 }
 
 impl CsmError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) | Self::StaleRev => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Body(_) | Self::Id(_) | Self::BodyUnreadable(_) | Self::StaleRev => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::NotFound | Self::NoEndpoint | Self::NoFigure(_) => StatusCode::NOT_FOUND,
+            Self::NoFreeName(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Store(_) | Self::WriterStopped | Self::Start(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
+}
 
-    /// The error as an HTTP response about `id` (as the client wrote it).
-    pub fn respond(self, id: &str) -> Response {
-        (self.status(), Json(ErrorBody::new(id, self.to_string()))).into_response()
+/// A [`CsmError`] about the id a client named (as it wrote it; "" for none).
+#[derive(Debug)]
+pub struct ApiError {
+    pub id: String,
+    pub error: CsmError,
+}
+
+impl ApiError {
+    /// A function turning errors into `ApiError`s about `id`, for `map_err`.
+    pub fn about(id: &str) -> impl Fn(CsmError) -> ApiError + '_ {
+        move |error| ApiError {
+            id: id.to_owned(),
+            error,
+        }
+    }
+}
+
+impl From<CsmError> for ApiError {
+    /// An error about no id in particular.
+    fn from(error: CsmError) -> Self {
+        ApiError {
+            id: String::new(),
+            error,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody::new(self.id, self.error.to_string());
+        (self.error.status(), Json(body)).into_response()
     }
 }

@@ -5,7 +5,6 @@
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,7 +13,7 @@ use iot_proto::wire::{DeregisterRequest, RegisterRequest, RegisterResponse};
 use iot_proto::{topics, DaId};
 use serde_json::Value;
 
-use crate::error::CsmError;
+use crate::error::{ApiError, CsmError};
 use crate::CsmHandle;
 
 /// The router, with the API under `prefix` ("" for none, e.g. "/csm" behind a proxy).
@@ -37,16 +36,12 @@ pub fn router(handle: CsmHandle, prefix: &str) -> Router {
     }
 }
 
-async fn not_found() -> Response {
-    let mut r =
-        CsmError::BadRequest("no such endpoint: use PUT, GET or DELETE /{id}".into()).respond("");
-    *r.status_mut() = StatusCode::NOT_FOUND;
-    r
+async fn not_found() -> ApiError {
+    CsmError::NoEndpoint.into()
 }
 
 fn parse_id(raw: &str) -> Result<DaId, CsmError> {
-    raw.parse()
-        .map_err(|e: iot_proto::IdError| CsmError::BadRequest(e.to_string()))
+    Ok(raw.parse()?)
 }
 
 /// How much of an oversized body is still read (and dropped) before answering 413: a
@@ -60,8 +55,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, CsmError> {
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| CsmError::BadRequest(format!("cannot read the request body: {e}")))?;
+        let frame = frame.map_err(|e| CsmError::BodyUnreadable(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -78,14 +72,17 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, CsmError> {
     Ok(buf.freeze())
 }
 
-async fn put_da(State(h): State<CsmHandle>, Path(raw): Path<String>, b: Body) -> Response {
-    let result = async {
+async fn put_da(
+    State(h): State<CsmHandle>,
+    Path(raw): Path<String>,
+    b: Body,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let register = async {
         let id = parse_id(&raw)?;
         let b = read_body(b, h.max_body_bytes).await?;
-        let req =
-            RegisterRequest::from_json(&b).map_err(|e| CsmError::BadRequest(e.to_string()))?;
+        let req = RegisterRequest::from_json(&b)?;
         let reg = h.register(id, req).await?;
-        Ok::<_, CsmError>(RegisterResponse {
+        Ok(RegisterResponse {
             id,
             state: "ok".into(),
             rev: reg.record.rev,
@@ -95,75 +92,62 @@ async fn put_da(State(h): State<CsmHandle>, Path(raw): Path<String>, b: Body) ->
             username: reg.username,
             password: reg.password,
         })
-    }
-    .await;
-    match result {
-        Ok(r) => Json(r).into_response(),
-        Err(e) => e.respond(&raw),
-    }
+    };
+    register.await.map(Json).map_err(ApiError::about(&raw))
 }
 
-async fn get_da(State(h): State<CsmHandle>, Path(raw): Path<String>) -> Response {
-    let result = async {
+async fn get_da(
+    State(h): State<CsmHandle>,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let get = async {
         let id = parse_id(&raw)?;
         let (record, _) = h.get(id).await?.ok_or(CsmError::NotFound)?;
-        let mut v =
-            serde_json::to_value(&record).map_err(|e| CsmError::Unavailable(e.to_string()))?;
+        let mut v = serde_json::to_value(&record).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut v {
             m.insert("state".into(), "ok".into());
         }
-        Ok::<_, CsmError>(v)
-    }
-    .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.respond(&raw),
-    }
+        Ok(v)
+    };
+    get.await.map(Json).map_err(ApiError::about(&raw))
 }
 
-async fn delete_da(State(h): State<CsmHandle>, Path(raw): Path<String>, b: Body) -> Response {
-    let result = async {
+async fn delete_da(
+    State(h): State<CsmHandle>,
+    Path(raw): Path<String>,
+    b: Body,
+) -> Result<Json<Value>, ApiError> {
+    let delete = async {
         let id = parse_id(&raw)?;
         let b = read_body(b, h.max_body_bytes).await?;
-        let req =
-            DeregisterRequest::from_json(&b).map_err(|e| CsmError::BadRequest(e.to_string()))?;
+        let req = DeregisterRequest::from_json(&b)?;
         h.deregister(id, req.rev).await?;
-        Ok::<_, CsmError>(id)
-    }
-    .await;
-    match result {
-        Ok(id) => Json(serde_json::json!({"id": id, "state": "ok"})).into_response(),
-        Err(e) => e.respond(&raw),
-    }
+        Ok(serde_json::json!({"id": id, "state": "ok"}))
+    };
+    delete.await.map(Json).map_err(ApiError::about(&raw))
 }
 
-async fn status(State(h): State<CsmHandle>) -> Response {
-    match h.status().await {
-        Ok(s) => {
-            let b = h.broker.stats();
-            let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
-            v["broker"] = serde_json::json!({
-                "sessions": b.sessions, "dropped": b.dropped, "host_dropped": b.host_dropped
-            });
-            Json(v).into_response()
-        }
-        Err(e) => e.respond(""),
-    }
+async fn status(State(h): State<CsmHandle>) -> Result<Json<Value>, ApiError> {
+    let s = h.status().await?;
+    let b = h.broker.stats();
+    let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+    v["broker"] = serde_json::json!({
+        "sessions": b.sessions, "dropped": b.dropped, "host_dropped": b.host_dropped
+    });
+    Ok(Json(v))
 }
 
 /// Prometheus text format.
-async fn metrics(State(h): State<CsmHandle>) -> Response {
-    match crate::metrics::collect(&h).await {
-        Ok(samples) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4",
-            )],
-            crate::metrics::prometheus(&samples),
-        )
-            .into_response(),
-        Err(e) => e.respond(""),
-    }
+async fn metrics(State(h): State<CsmHandle>) -> Result<Response, ApiError> {
+    let samples = crate::metrics::collect(&h).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::prometheus(&samples),
+    )
+        .into_response())
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -172,20 +156,12 @@ struct VarzQuery {
 }
 
 /// `name: value` lines; `?name=X` for one value.
-async fn varz(State(h): State<CsmHandle>, q: axum::extract::Query<VarzQuery>) -> Response {
-    match crate::metrics::collect(&h).await {
-        Ok(samples) => match crate::metrics::varz(&samples, q.name.as_deref()) {
-            Some(text) => text.into_response(),
-            None => {
-                let mut r = CsmError::BadRequest(format!(
-                    "no figure named `{}`; GET /varz lists them",
-                    q.name.as_deref().unwrap_or_default()
-                ))
-                .respond("");
-                *r.status_mut() = StatusCode::NOT_FOUND;
-                r
-            }
-        },
-        Err(e) => e.respond(""),
-    }
+async fn varz(
+    State(h): State<CsmHandle>,
+    q: axum::extract::Query<VarzQuery>,
+) -> Result<String, ApiError> {
+    let samples = crate::metrics::collect(&h).await?;
+    let name = q.name.as_deref();
+    crate::metrics::varz(&samples, name)
+        .ok_or_else(|| CsmError::NoFigure(name.unwrap_or_default().to_owned()).into())
 }

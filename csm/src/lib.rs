@@ -1,30 +1,43 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 #![doc = include_str!("../README.md")]
 //!
-//! Layout:
-//! - [`state`]: the protocol rules as a state machine (DAs, presence, links, device API),
-//!   returning effects; no I/O.
-//! - [`actor`]: the one task that owns the state and carries out its effects.
-//! - [`http`]: the axum router of the registration API.
-//! - [`store`]: the database writer thread.
-//! - [`credentials`]: per-DA broker credentials checked by the embedded broker.
-//! - [`error`]: the error type and its HTTP mapping.
+//! Layout (imports point down this list, never up):
+//! - [`http`]: the axum router of the registration API and the operator endpoints; asks the
+//!   actor through [`CsmHandle`].
+//! - [`actor`]: the one task that owns the state and carries out its effects; [`checks`]:
+//!   the `add_funcs` compilations it runs beside itself.
+//! - [`coordinator`]: the state, registry and graph store together, and what concerns both.
+//! - [`registry`]: the protocol rules of DAs (registration, presence, links, device API) as a
+//!   state machine returning effects; knows nothing of graphs.
+//! - [`graphs`]: the graph API ops on the graph store, one file per op; knows nothing of the
+//!   registry (it asks through `graphs::Links`).
+//! - [`engine`]: one task per graph routing data through its functions, following its
+//!   [`plan`]; never touches the state.
+//! - [`funcs`]: Rhai in-process, Python in worker processes.
+//! - [`effect`], [`plan`]: what the state machines hand to the actor and to the engine.
+//! - [`store`]: the database writer thread. [`credentials`]: per-DA broker credentials.
+//!   [`metrics`]: `/metrics` and `/varz`. [`error`]: the error types and their HTTP mapping.
 
 pub mod actor;
+pub mod checks;
+pub mod coordinator;
 pub mod credentials;
+pub mod effect;
 pub mod engine;
 pub mod error;
 pub mod funcs;
-pub mod graph;
+pub mod graphs;
 pub mod http;
 pub mod metrics;
-pub mod state;
+pub mod plan;
+pub mod registry;
 pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use error::StartError;
 use iot_broker::BrokerHandle;
 use iot_migrations::Db;
 use iot_proto::topics;
@@ -36,11 +49,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
 pub use actor::{Counters, Status};
+use coordinator::Coordinator;
 pub use credentials::Credentials;
-pub use error::CsmError;
+pub use error::{ApiError, CsmError};
 pub use funcs::FunctionsConfig;
 use funcs::Runtimes;
-use state::{PresenceState, Registered, State, StateConfig};
+use registry::{PresenceState, Registered, RegistryConfig};
+
+/// Seconds since the Unix epoch.
+pub fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
 
 /// `[csm]` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,9 +136,11 @@ impl CsmHandle {
         make: impl FnOnce(oneshot::Sender<T>) -> actor::Request,
     ) -> Result<T, CsmError> {
         let (reply, rx) = oneshot::channel();
-        let gone = || CsmError::Unavailable("the server is shutting down".into());
-        self.tx.send(make(reply)).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| CsmError::ShuttingDown)?;
+        rx.await.map_err(|_| CsmError::ShuttingDown)
     }
 
     /// Registers (or re-registers) a DA; returns once it is stored.
@@ -149,12 +173,8 @@ impl CsmHandle {
 async fn stored(p: store::Persisted) -> Result<(), CsmError> {
     match p.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(CsmError::Unavailable(format!(
-            "could not store the change: {e}"
-        ))),
-        Err(_) => Err(CsmError::Unavailable(
-            "the database writer has stopped".into(),
-        )),
+        Ok(Err(e)) => Err(CsmError::Store(e)),
+        Err(_) => Err(CsmError::WriterStopped),
     }
 }
 
@@ -171,7 +191,6 @@ pub async fn start(
     broker_url: BrokerUrl,
     shutdown: CancellationToken,
 ) -> Result<(CsmHandle, tokio::task::JoinHandle<()>), CsmError> {
-    let unavailable = |e: &dyn std::fmt::Display| CsmError::Unavailable(e.to_string());
     let (db, rows, funcs, graphs) = tokio::task::spawn_blocking(move || {
         let mut db = db;
         db.migrate()?;
@@ -181,30 +200,29 @@ pub async fn start(
         Ok::<_, iot_migrations::DbError>((db, rows, funcs, graphs))
     })
     .await
-    .map_err(|e| unavailable(&e))?
-    .map_err(|e| unavailable(&e))?;
+    .map_err(|e| CsmError::Start(StartError::Task(e.to_string())))?
+    .map_err(|e| CsmError::Start(StartError::Database(e)))?;
     let runtimes = Runtimes::new(functions);
-    let mut state = State::new(
-        StateConfig {
+    let mut state = Coordinator::new(
+        RegistryConfig {
             credentials: cfg.da_credentials,
         },
-        runtimes.clone(),
+        runtimes,
     );
-    let mut initial = state.restore(rows).map_err(CsmError::Unavailable)?;
-    state
-        .restore_graphs(
+    let mut initial = state
+        .restore(
+            rows,
             funcs.into_iter().map(|f| (f.digest, f.code)).collect(),
             graphs.into_iter().map(|g| (g.gid, g.doc)).collect(),
-            &mut initial,
         )
-        .map_err(CsmError::Unavailable)?;
+        .map_err(|e| CsmError::Start(StartError::Restore(e)))?;
     tracing::info!(
-        das.restored = state.len(),
+        das.restored = state.registry.len(),
         graphs.restored = state.graphs.len(),
         "state loaded"
     );
 
-    let sub_err = |e: iot_broker::BrokerError| CsmError::Unavailable(format!("broker: {e}"));
+    let sub_err = |e: iot_broker::BrokerError| CsmError::Start(StartError::Broker(e));
     let uplinks = broker
         .subscribe(topics::CTRL_I_FILTER, SUBSCRIPTION_CAPACITY)
         .await
@@ -225,7 +243,7 @@ pub async fn start(
         .await
         .map_err(sub_err)?
     {
-        state.uplink(&m.topic, &m.payload, true, state::now_epoch(), &mut initial);
+        state.uplink(&m.topic, &m.payload, true, now_epoch(), &mut initial);
     }
 
     let credentials = Credentials::default();
@@ -244,7 +262,7 @@ pub async fn start(
         credentials: credentials.clone(),
         counters: counters.clone(),
         engine_stats: engine.stats.clone(),
-        python: runtimes.python.clone(),
+        python: state.graphs.runtimes().python.clone(),
         broker: broker.clone(),
     };
     let actor = actor::Actor {
@@ -259,7 +277,7 @@ pub async fn start(
         timers: DelayQueue::new(),
         expiry_keys: HashMap::new(),
         engine,
-        runtimes,
+        checks: checks::Checks::default(),
     };
     let actor_task = tokio::spawn(actor.run(
         rx,

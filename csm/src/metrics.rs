@@ -115,6 +115,12 @@ pub async fn collect(h: &CsmHandle) -> Result<Vec<Sample>, crate::CsmError> {
             Counter,
             s.python_restarts as f64,
         ),
+        sample(
+            "graph_task_restarts_total",
+            "Graph routing tasks that died and were started again from their plan.",
+            Counter,
+            s.graph_task_restarts as f64,
+        ),
     ];
     for (reason, n) in [
         ("stale", c.uplink_stale),

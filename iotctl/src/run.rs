@@ -109,7 +109,7 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
         mqtt: None,
         ws: None,
         csm: None,
-        started: iot_csm::state::now_epoch(),
+        started: iot_csm::now_epoch(),
     };
 
     // The broker: embedded (for `all` and `broker` unless external is set) or a connection.

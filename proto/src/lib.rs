@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`ids`]: `DaId`, `Rev`, `FeatureName`, `MsgId` newtypes, parsed strictly at the edge.
 //! - [`topics`]: every MQTT topic the protocol uses, built and parsed in one place.
-//! - [`wire`]: JSON bodies of the HTTP registration API and of the MQTT control channel.
+//! - [`wire`]: JSON bodies of the HTTP registration API, the MQTT control channel, and the
+//!   graph and device APIs (typed requests and replies).
 //! - [`rpc`]: JSON bodies of request/response between DAs and apps over MQTT.
 
 pub mod ids;

@@ -98,6 +98,11 @@ pub fn graph_res(client: &str, gid: &str) -> String {
     format!("{API_RES_PREFIX}{client}/graph/{gid}")
 }
 
+/// Filter of every graph-API response topic of `client`.
+pub fn graph_res_filter(client: &str) -> String {
+    format!("{API_RES_PREFIX}{client}/graph/+")
+}
+
 /// A fresh opaque data topic for one link.
 pub fn new_data_topic() -> String {
     format!("iottalk/esm/{}", Uuid::new_v4())

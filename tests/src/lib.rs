@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use iot_proto::wire::graph_api::{GraphOk, GraphOp};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -386,6 +387,14 @@ impl App {
         (m, reply["da_list"].clone())
     }
 
+    /// Waits until at least `n` DAs are online.
+    pub async fn wait_online(&self, n: u64) {
+        self.wait_status(&format!("{n} DAs online"), |s| {
+            s["online"].as_u64() >= Some(n)
+        })
+        .await;
+    }
+
     /// Waits until every link's DA acknowledged its CONNECT (an ODF DA subscribes to its data
     /// topic before it acks, so from then on nothing sent to it is lost).
     pub async fn wait_links_acked(&self) {
@@ -640,6 +649,34 @@ impl PyDa {
         }
     }
 
+    /// A DA of a fresh id registered at `app` (see [`PyDa::spawn`]).
+    pub async fn registered(app: &App, name: &str, idf: Value, odf: Value) -> PyDa {
+        let mut da = PyDa::spawn(&app.csm, &new_id(), name, idf, odf).await;
+        da.expect("registered").await;
+        da
+    }
+
+    /// The next data event, as its list.
+    pub async fn data(&mut self) -> Value {
+        self.expect("data").await["data"].clone()
+    }
+
+    /// Pushes `value` on `idf` until the push succeeds (the IDF is connected).
+    pub async fn push(&mut self, idf: &str, value: Value) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.send(&format!("push {idf} {value}")).await;
+            if self.expect("pushed").await["ok"] == true {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "IDF {idf} never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The next event named `name` (others are skipped); panics on an `error` event.
     pub async fn expect(&mut self, name: &str) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -704,27 +741,30 @@ impl Drop for PyDa {
     }
 }
 
-/// A graph API client: publishes requests for one graph and waits for each reply.
+/// A graph API client for one graph: the shared [`iot_client::GraphClient`] under a fresh
+/// client name, with the assertions tests make on replies.
 #[derive(Debug)]
 pub struct GraphClient {
-    pub mqtt: Mqtt,
-    pub client: String,
+    pub api: iot_client::GraphClient,
     pub gid: String,
 }
 
 impl GraphClient {
     /// A client of a fresh name for graph `gid` (not attached yet).
     pub async fn new(app: &App, gid: &str) -> GraphClient {
-        let client = format!("t{}", &new_id()[..8]);
-        let mut mqtt = app.mqtt(None).await;
-        mqtt.subscribe(
-            &format!("iottalk/api/res/{client}/graph/{gid}"),
-            QoS::ExactlyOnce,
-        )
-        .await;
+        let (host, port) = app.mqtt.rsplit_once(':').expect("host:port");
+        let mut opts = iot_client::GraphClientOptions::new(
+            host,
+            port.parse().expect("port"),
+            format!("t{}", &new_id()[..8]),
+        );
+        opts.reply_timeout = WAIT;
+        opts.connect_timeout = WAIT;
+        let api = iot_client::GraphClient::connect(opts)
+            .await
+            .expect("graph API client connects");
         GraphClient {
-            mqtt,
-            client,
+            api,
             gid: gid.to_owned(),
         }
     }
@@ -736,21 +776,22 @@ impl GraphClient {
         g
     }
 
-    /// Sends a request and returns its reply (any state); a `nonce` field matches them.
+    /// The `<client>` level of this client's topics.
+    pub fn client(&self) -> &str {
+        self.api.name()
+    }
+
+    /// Sends a request and returns its reply (any state).
     pub async fn send(&mut self, req: Value) -> Value {
-        let nonce = new_id();
-        let mut req = req;
-        req["nonce"] = json!(nonce);
-        let topic = format!("iottalk/api/req/{}/graph/{}", self.client, self.gid);
-        self.mqtt
-            .publish(&topic, req.to_string(), QoS::ExactlyOnce, false)
-            .await;
-        self.mqtt
-            .recv_until(&format!("reply to {req}"), |m| {
-                m.json()["nonce"] == nonce.as_str()
-            })
+        let Value::Object(body) = req.clone() else {
+            panic!("a request is a JSON object: {req}");
+        };
+        let reply = self
+            .api
+            .send(&self.gid, body)
             .await
-            .json()
+            .unwrap_or_else(|e| panic!("request {req}: {e}"));
+        Value::Object(reply.fields)
     }
 
     /// Sends a request that must succeed.
@@ -767,13 +808,16 @@ impl GraphClient {
         r["reason"].as_str().unwrap_or_default().to_owned()
     }
 
-    /// Adds functions (digests computed here).
+    /// Adds functions (digests computed by the client).
     pub async fn add_funcs(&mut self, codes: &[&str]) {
+        let op = GraphOp::add_funcs(codes.iter().copied());
+        let ok = self
+            .api
+            .request(&self.gid, op)
+            .await
+            .unwrap_or_else(|e| panic!("add_funcs: {e}"));
         let digests: Vec<String> = codes.iter().map(|c| digest(c)).collect();
-        let r = self
-            .ok(json!({"op": "add_funcs", "codes": codes, "digests": digests}))
-            .await;
-        assert_eq!(r["digests"], json!(digests));
+        assert_eq!(ok, GraphOk::Digests(digests));
     }
 
     /// Links a DA's feature (`side` is `idf` or `odf`) with no function.
@@ -784,8 +828,4 @@ impl GraphClient {
     }
 }
 
-/// `sha256(code)` in hex: a function's digest.
-pub fn digest(code: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(code.as_bytes()))
-}
+pub use iot_proto::wire::graph_api::digest;

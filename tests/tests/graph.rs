@@ -406,12 +406,16 @@ async fn graph_api_errors_are_replies_and_change_nothing() {
         .await
         .contains("in use"));
     // Malformed JSON still gets a reply.
-    let topic = format!("iottalk/api/req/{}/graph/err", g.client);
-    g.mqtt
-        .publish(&topic, "{not json", QoS::ExactlyOnce, false)
+    let mut raw = app.mqtt(None).await;
+    raw.subscribe(
+        &format!("iottalk/api/res/{}/graph/err", g.client()),
+        QoS::ExactlyOnce,
+    )
+    .await;
+    let topic = format!("iottalk/api/req/{}/graph/err", g.client());
+    raw.publish(&topic, "{not json", QoS::ExactlyOnce, false)
         .await;
-    let r = g
-        .mqtt
+    let r = raw
         .recv_until("error reply", |m| {
             m.json()["reason"]
                 .as_str()

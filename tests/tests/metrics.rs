@@ -65,10 +65,7 @@ async fn metrics_and_varz_move_with_traffic() {
     g.subscribe("iottalk/api/res/m/graph/m", QoS::ExactlyOnce)
         .await;
     let join = "fn run(x) { x * 2 }";
-    let sig = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(join.as_bytes()))
-    };
+    let sig = digest(join);
     for req in [
         json!({"op": "attach"}),
         json!({"op": "add_funcs", "codes": [join], "digests": [sig]}),

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use futures::future::join_all;
 use std::sync::Arc;
 
-use super::{GraphStats, Plan};
+use super::GraphStats;
 use crate::funcs::Callable;
+use crate::plan::Plan;
 
 /// Why a message produced no output; goes to the monitor topic as `esm_error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,8 +271,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::engine::{IdfPlan, OdfPlan};
     use crate::funcs::{FunctionsConfig, RhaiRuntime};
+    use crate::plan::{IdfPlan, OdfPlan};
 
     fn rhai(code: &str) -> Option<Callable> {
         let rt = Arc::new(RhaiRuntime::new(&FunctionsConfig::default()));

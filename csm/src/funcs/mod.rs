@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
 pub use python::PythonPool;
 pub use rhai_fn::{RhaiFn, RhaiRuntime};
@@ -56,13 +55,7 @@ impl Default for FunctionsConfig {
     }
 }
 
-/// `sha256(code)` in lowercase hex: a function's identity.
-pub type Digest = String;
-
-/// The digest of `code`.
-pub fn digest(code: &str) -> Digest {
-    hex::encode(Sha256::digest(code.as_bytes()))
-}
+pub use iot_proto::wire::graph_api::{digest, Digest};
 
 /// The language of a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +67,7 @@ pub enum Lang {
 
 impl Lang {
     /// Tells the language from the code: a line `def run(` is Python, `fn run(` is Rhai.
-    pub fn detect(code: &str) -> Result<Lang, String> {
+    pub fn detect(code: &str) -> Result<Lang, SetupError> {
         let defines = |kw: &str| {
             code.lines().any(|l| {
                 let l = l.trim_start();
@@ -90,12 +83,35 @@ impl Lang {
         } else if defines("fn") {
             Ok(Lang::Rhai)
         } else {
-            Err(
-                "cannot tell the language: define `fn run(...)` (Rhai) or `def run(...)` (Python)"
-                    .into(),
-            )
+            Err(SetupError::UnknownLanguage)
         }
     }
+}
+
+/// Why a function cannot be added or bound to its dependencies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot tell the language: define `fn run(...)` (Rhai) or `def run(...)` (Python)")]
+    UnknownLanguage,
+    #[error("Rhai syntax error: {0}")]
+    RhaiSyntax(String),
+    #[error("the code defines no `fn run(...)`")]
+    NoRhaiRun,
+    #[error("dependency {alias}: {why}")]
+    RhaiDependency { alias: String, why: String },
+    /// The worker's answer (e.g. `Python: SyntaxError: ...`) or why no worker could run.
+    #[error("{0}")]
+    Python(FnError),
+    #[error("Python functions are disabled on this controller (functions.python_enabled = false)")]
+    PythonDisabled,
+    #[error("function {0} unknown")]
+    Unknown(Digest),
+    #[error("invalid dependency alias `{0}`: use letters, digits and _")]
+    BadAlias(String),
+    #[error("dependency {0} not found")]
+    DependencyNotFound(String),
+    #[error("dependency {0} is written in another language than the function")]
+    LanguageMismatch(String),
 }
 
 /// Why a function call failed; reported on the graph's monitor topic as `esm_error`.
@@ -108,6 +124,9 @@ pub struct FnError(pub String);
 pub enum Callable {
     Rhai(Arc<RhaiFn>),
     Python(python::PyFn),
+    /// Panics when called: how the engine's tests make a graph task die.
+    #[cfg(test)]
+    Panic,
 }
 
 impl Callable {
@@ -116,6 +135,8 @@ impl Callable {
         match self {
             Callable::Rhai(f) => f.call(args),
             Callable::Python(f) => f.call(args).await,
+            #[cfg(test)]
+            Callable::Panic => panic!("a test function panicked"),
         }
     }
 
@@ -123,6 +144,8 @@ impl Callable {
         match self {
             Callable::Rhai(_) => Lang::Rhai,
             Callable::Python(_) => Lang::Python,
+            #[cfg(test)]
+            Callable::Panic => Lang::Rhai,
         }
     }
 }
@@ -155,14 +178,12 @@ impl Runtimes {
     }
 
     /// Compiles `code` to check it (syntax, a `run` function); returns its language.
-    pub async fn check(&self, code: &str) -> Result<Lang, String> {
+    pub async fn check(&self, code: &str) -> Result<Lang, SetupError> {
         let lang = Lang::detect(code)?;
         match lang {
             Lang::Rhai => self.rhai.check(code)?,
             Lang::Python => match &self.python {
-                None => {
-                    return Err("Python functions are disabled on this controller (functions.python_enabled = false)".into())
-                }
+                None => return Err(SetupError::PythonDisabled),
                 Some(p) => p.check(code).await?,
             },
         }
@@ -175,20 +196,16 @@ impl Runtimes {
         digest: &str,
         depends: &BTreeMap<String, Digest>,
         codes: &CodeLookup<'_>,
-    ) -> Result<Callable, String> {
-        let (lang, code) = codes(digest).ok_or_else(|| format!("function {digest} unknown"))?;
+    ) -> Result<Callable, SetupError> {
+        let (lang, code) = codes(digest).ok_or_else(|| SetupError::Unknown(digest.to_owned()))?;
         let mut deps = Vec::with_capacity(depends.len());
         for (alias, d) in depends {
             if !valid_alias(alias) {
-                return Err(format!(
-                    "invalid dependency alias `{alias}`: use letters, digits and _"
-                ));
+                return Err(SetupError::BadAlias(alias.clone()));
             }
-            let (dl, dc) = codes(d).ok_or_else(|| format!("dependency {alias} not found"))?;
+            let (dl, dc) = codes(d).ok_or_else(|| SetupError::DependencyNotFound(alias.clone()))?;
             if dl != lang {
-                return Err(format!(
-                    "dependency {alias} is written in another language than the function"
-                ));
+                return Err(SetupError::LanguageMismatch(alias.clone()));
             }
             deps.push((alias.clone(), d.clone(), dc));
         }
@@ -196,7 +213,7 @@ impl Runtimes {
             Lang::Rhai => Ok(Callable::Rhai(self.rhai.bind(&code, &deps)?)),
             Lang::Python => match &self.python {
                 Some(p) => Ok(Callable::Python(p.bind(digest, &code, &deps))),
-                None => Err("Python functions are disabled on this controller".into()),
+                None => Err(SetupError::PythonDisabled),
             },
         }
     }
@@ -213,18 +230,6 @@ fn valid_alias(a: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spec_digests() {
-        assert_eq!(
-            digest("def run(x): return int(x)\n"),
-            "f87d5c678bdd9e4b1b5f278c29cdf9a0fd01198060d8c6f3a34a6a05ae536e50"
-        );
-        assert_eq!(
-            digest("def run(x): return x ** 2\n"),
-            "70e3d32f1c6abde67d607e3ce77dc286ecf5d0f42fcd18e6336fac5e19a6e07c"
-        );
-    }
 
     #[test]
     fn language_is_told_from_the_code() {

@@ -16,7 +16,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{FnError, FunctionsConfig};
+use super::{FnError, FunctionsConfig, SetupError};
 
 const WORKER_SCRIPT: &str = include_str!("worker.py");
 /// Where a call's result goes.
@@ -120,14 +120,14 @@ impl PythonPool {
     }
 
     /// Compiles `code` in a worker.
-    pub async fn check(&self, code: &str) -> Result<(), String> {
+    pub async fn check(&self, code: &str) -> Result<(), SetupError> {
         self.submit(|reply| Job::Check {
             code: code.to_owned(),
             reply,
         })
         .await
         .map(|_| ())
-        .map_err(|e| e.0)
+        .map_err(SetupError::Python)
     }
 
     pub fn bind(&self, digest: &str, code: &Arc<str>, deps: &[(String, String, Arc<str>)]) -> PyFn {
@@ -442,8 +442,14 @@ mod tests {
             .check("def run(x) return")
             .await
             .unwrap_err()
+            .to_string()
             .contains("SyntaxError"));
-        assert!(p.check("x = 1").await.unwrap_err().contains("no run()"));
+        assert!(p
+            .check("x = 1")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no run()"));
         let sq: Arc<str> = Arc::from("def run(x): return x * x\n");
         let g = p.bind(
             "main",
@@ -488,6 +494,6 @@ mod tests {
             ..Default::default()
         });
         let e = p.check("def run(x): return x\n").await.unwrap_err();
-        assert!(e.contains("cannot start"), "{e}");
+        assert!(e.to_string().contains("cannot start"), "{e}");
     }
 }

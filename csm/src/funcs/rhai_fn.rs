@@ -9,7 +9,7 @@ use rhai::module_resolvers::DummyModuleResolver;
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, FnPtr, Map, Scope, AST};
 use serde_json::Value;
 
-use super::{FnError, FunctionsConfig};
+use super::{FnError, FunctionsConfig, SetupError};
 
 /// The shared, sandboxed Rhai engine.
 pub struct RhaiRuntime {
@@ -63,19 +63,19 @@ impl RhaiRuntime {
         }
     }
 
-    fn compile(&self, code: &str) -> Result<AST, String> {
+    fn compile(&self, code: &str) -> Result<AST, SetupError> {
         let ast = self
             .engine
             .compile(code)
-            .map_err(|e| format!("Rhai syntax error: {e}"))?;
+            .map_err(|e| SetupError::RhaiSyntax(e.to_string()))?;
         if !ast.iter_functions().any(|f| f.name == "run") {
-            return Err("the code defines no `fn run(...)`".into());
+            return Err(SetupError::NoRhaiRun);
         }
         Ok(ast)
     }
 
     /// Compiles `code` to check it.
-    pub fn check(&self, code: &str) -> Result<(), String> {
+    pub fn check(&self, code: &str) -> Result<(), SetupError> {
         self.compile(code).map(|_| ())
     }
 
@@ -85,14 +85,17 @@ impl RhaiRuntime {
         self: &Arc<Self>,
         code: &str,
         deps: &[(String, String, Arc<str>)],
-    ) -> Result<Arc<RhaiFn>, String> {
+    ) -> Result<Arc<RhaiFn>, SetupError> {
         let mut source = code.to_owned();
         let mut iot = Map::new();
         for (alias, _, dep_code) in deps {
             let name = format!("__iot_{alias}");
             source.push('\n');
             source.push_str(&rename_run(dep_code, &name));
-            let ptr = FnPtr::new(name.as_str()).map_err(|e| format!("dependency {alias}: {e}"))?;
+            let ptr = FnPtr::new(name.as_str()).map_err(|e| SetupError::RhaiDependency {
+                alias: alias.clone(),
+                why: e.to_string(),
+            })?;
             iot.insert(alias.as_str().into(), Dynamic::from(ptr));
         }
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -224,10 +227,15 @@ mod tests {
             .unwrap_err()
             .0
             .contains("wrong return type"));
-        assert!(rt.check("fn run(x) { ").unwrap_err().contains("syntax"));
+        assert!(rt
+            .check("fn run(x) { ")
+            .unwrap_err()
+            .to_string()
+            .contains("syntax"));
         assert!(rt
             .check("fn other(x) { x }")
             .unwrap_err()
+            .to_string()
             .contains("no `fn run"));
         assert!(rt.check("fn run(x) { eval(\"1\") }").is_err());
         assert!(rt.check("import \"x\" as y; fn run(x) { x }").is_ok());

@@ -1,4 +1,6 @@
-//! The protocol rules of the state machine, without a network.
+//! The protocol rules of the registry, without a network.
+
+use serde_json::json;
 
 use super::*;
 
@@ -36,7 +38,7 @@ fn presence(rev: &Rev, state: &str) -> Vec<u8> {
     json!({"state": state, "rev": rev}).to_string().into_bytes()
 }
 
-fn registered(st: &mut State, n: u8) -> Rev {
+fn registered(st: &mut Registry, n: u8) -> Rev {
     st.register(id(n), req(None), 1.0, &mut Vec::new())
         .unwrap()
         .record
@@ -45,7 +47,7 @@ fn registered(st: &mut State, n: u8) -> Rev {
 
 #[test]
 fn default_names_are_the_first_free_ones() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let a = st.register(id(1), req(None), 1.0, &mut Vec::new()).unwrap();
     let b = st.register(id(2), req(None), 1.0, &mut Vec::new()).unwrap();
     assert_eq!(a.record.name, "00.Dummy_Device");
@@ -58,19 +60,19 @@ fn default_names_are_the_first_free_ones() {
 
 #[test]
 fn name_pool_exhaustion_is_a_conflict() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     for n in 0..100 {
         st.register(id(n), req(None), 1.0, &mut Vec::new()).unwrap();
     }
     let err = st
         .register(id(200), req(None), 1.0, &mut Vec::new())
         .unwrap_err();
-    assert!(matches!(err, CsmError::Conflict(_)), "{err:?}");
+    assert!(matches!(err, CsmError::NoFreeName(_)), "{err:?}");
 }
 
 #[test]
 fn reput_issues_new_rev_and_updates_record() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let first = registered(&mut st, 1);
     let again = st
         .register(id(1), req(Some("Renamed")), 2.0, &mut Vec::new())
@@ -84,7 +86,7 @@ fn reput_issues_new_rev_and_updates_record() {
 
 #[test]
 fn stale_rev_does_not_flip_presence() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let old = registered(&mut st, 1);
     let new = st
         .register(id(1), req(None), 1.0, &mut Vec::new())
@@ -108,7 +110,7 @@ fn stale_rev_does_not_flip_presence() {
 
 #[test]
 fn offline_arms_expiry_and_expiry_deregisters() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
     let topic = topics::ctrl_i(&id(1));
     let mut fx = Vec::new();
@@ -129,7 +131,7 @@ fn offline_arms_expiry_and_expiry_deregisters() {
 
 #[test]
 fn online_da_does_not_expire() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
     st.uplink(
         &topics::ctrl_i(&id(1)),
@@ -144,16 +146,16 @@ fn online_da_does_not_expire() {
 
 #[test]
 fn deregister_checks_rev_and_clears_retained_uplink() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
-    assert_eq!(
+    assert!(matches!(
         st.deregister(&id(1), &Rev::from("wrong".to_owned()), 1.0, &mut Vec::new()),
         Err(CsmError::StaleRev)
-    );
-    assert_eq!(
+    ));
+    assert!(matches!(
         st.deregister(&id(9), &rev, 1.0, &mut Vec::new()),
         Err(CsmError::NotFound)
-    );
+    ));
     let mut fx = Vec::new();
     st.deregister(&id(1), &rev, 1.0, &mut fx).unwrap();
     let ctrl = topics::ctrl_i(&id(1));
@@ -164,7 +166,7 @@ fn deregister_checks_rev_and_clears_retained_uplink() {
 
 #[test]
 fn offline_after_delete_is_cleared() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
     st.deregister(&id(1), &rev, 1.0, &mut Vec::new()).unwrap();
     let mut fx = Vec::new();
@@ -181,7 +183,7 @@ fn offline_after_delete_is_cleared() {
 
 #[test]
 fn garbage_and_empty_uplinks_are_ignored() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     registered(&mut st, 1);
     let mut fx = Vec::new();
     let topic = topics::ctrl_i(&id(1));
@@ -206,12 +208,12 @@ fn garbage_and_empty_uplinks_are_ignored() {
 
 #[test]
 fn links_connect_when_online_and_acks_are_recorded() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
     let key: LinkKey = (Direction::Odf, "Dummy_Control".parse().unwrap());
     let mut fx = Vec::new();
     // Offline DA: the link waits, nothing is sent.
-    let topic = st.link_acquire(&id(1), key.clone(), &mut fx).unwrap();
+    let topic = st.link_acquire(&id(1), key.clone(), None, &mut fx).unwrap();
     assert!(publishes(&fx).is_empty());
     assert_eq!(st.links(&id(1)).unwrap()[&key].status, LinkStatus::Waiting);
     // Online: CONNECT goes out with a msg_id.
@@ -267,7 +269,7 @@ fn links_connect_when_online_and_acks_are_recorded() {
 
 #[test]
 fn shared_link_disconnects_on_last_release() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
     st.uplink(
         &topics::ctrl_i(&id(1)),
@@ -278,8 +280,8 @@ fn shared_link_disconnects_on_last_release() {
     );
     let key: LinkKey = (Direction::Idf, "Dummy_Sensor".parse().unwrap());
     let mut fx = Vec::new();
-    let t1 = st.link_acquire(&id(1), key.clone(), &mut fx).unwrap();
-    let t2 = st.link_acquire(&id(1), key.clone(), &mut fx).unwrap();
+    let t1 = st.link_acquire(&id(1), key.clone(), None, &mut fx).unwrap();
+    let t2 = st.link_acquire(&id(1), key.clone(), None, &mut fx).unwrap();
     assert_eq!(t1, t2);
     assert_eq!(publishes(&fx).len(), 1, "one CONNECT for a shared link");
     let mut fx = Vec::new();
@@ -296,13 +298,18 @@ fn shared_link_disconnects_on_last_release() {
     assert!(st.links(&id(1)).unwrap().is_empty());
     assert!(st.link_release(&id(1), &key, &mut fx).is_err());
     assert!(st
-        .link_acquire(&id(1), (Direction::Idf, "Nope".parse().unwrap()), &mut fx)
+        .link_acquire(
+            &id(1),
+            (Direction::Idf, "Nope".parse().unwrap()),
+            None,
+            &mut fx
+        )
         .is_err());
 }
 
 #[test]
 fn device_api_attach_lists_and_announces() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
     let mut fx = Vec::new();
     st.device_request("gui", br#"{"op":"attach"}"#, &mut fx);
@@ -336,10 +343,7 @@ fn device_api_attach_lists_and_announces() {
 
 #[test]
 fn credentials_are_issued_when_enabled() {
-    let mut st = State::new(
-        StateConfig { credentials: true },
-        Runtimes::rhai_only(&Default::default()),
-    );
+    let mut st = Registry::new(RegistryConfig { credentials: true });
     let mut fx = Vec::new();
     let r = st.register(id(1), req(None), 1.0, &mut fx).unwrap();
     assert_eq!(r.username.as_deref(), Some(id(1).to_string().as_str()));
@@ -353,11 +357,11 @@ fn credentials_are_issued_when_enabled() {
 
 #[test]
 fn restore_round_trips_rows() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     registered(&mut st, 1);
     let (record, _) = st.record(&id(1)).unwrap();
     let row = to_row(record, None);
-    let mut restored = State::default();
+    let mut restored = Registry::default();
     let fx = restored.restore(vec![row]).unwrap();
     assert_eq!(restored.record(&id(1)).unwrap().0, record);
     assert!(fx.iter().any(|e| matches!(e, Effect::ArmExpiry { .. })));
@@ -373,7 +377,7 @@ fn gates(fx: &[Effect]) -> Vec<(&str, bool)> {
 }
 
 /// DA 1 sends `body` on its ctrl/i; the effects.
-fn uplink1(st: &mut State, body: &[u8], retained: bool) -> Vec<Effect> {
+fn uplink1(st: &mut Registry, body: &[u8], retained: bool) -> Vec<Effect> {
     let mut fx = Vec::new();
     st.uplink(&topics::ctrl_i(&id(1)), body, retained, 1.0, &mut fx);
     fx
@@ -400,14 +404,14 @@ fn reply(msg_id: &Value, state: &str) -> Vec<u8> {
 
 #[test]
 fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
     let odf: LinkKey = (Direction::Odf, "Dummy_Control".parse().unwrap());
     let idf: LinkKey = (Direction::Idf, "Dummy_Sensor".parse().unwrap());
     let topic = st
-        .link_acquire(&id(1), odf.clone(), &mut Vec::new())
+        .link_acquire(&id(1), odf.clone(), None, &mut Vec::new())
         .unwrap();
-    st.link_acquire(&id(1), idf, &mut Vec::new()).unwrap();
+    st.link_acquire(&id(1), idf, None, &mut Vec::new()).unwrap();
     assert!(!st.odf_open(&id(1), &odf.1));
     // Online: CONNECT goes out and the ODF topic (not the IDF one) is closed until the ack.
     let fx = uplink1(&mut st, &presence(&rev, "online"), true);
@@ -424,12 +428,12 @@ fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
     let waits: Vec<_> = fx
         .iter()
         .filter_map(|e| match e {
-            Effect::AwaitAck { key, msg_id, .. } => Some((key.clone(), msg_id.clone())),
+            Effect::AwaitAck { link, msg_id } => Some((link.clone(), msg_id.clone())),
             _ => None,
         })
         .collect();
     assert_eq!(waits.len(), 1, "only the ODF link waits for its ack");
-    assert_eq!(waits[0].0, odf);
+    assert_eq!(waits[0].0, link_ref(&id(1), &odf));
     let fx = uplink1(&mut st, &reply(&odf_connect_id(&fx), "error"), false);
     assert!(gates(&fx).is_empty());
     assert!(!st.odf_open(&id(1), &odf.1));
@@ -437,11 +441,11 @@ fn odf_topics_open_on_ack_and_close_on_reconnect_or_offline() {
 
 #[test]
 fn an_odf_whose_da_never_replies_to_connect_opens_after_the_wait() {
-    let mut st = State::default();
+    let mut st = Registry::default();
     let rev = registered(&mut st, 1);
     let odf: LinkKey = (Direction::Odf, "Dummy_Control".parse().unwrap());
     let topic = st
-        .link_acquire(&id(1), odf.clone(), &mut Vec::new())
+        .link_acquire(&id(1), odf.clone(), None, &mut Vec::new())
         .unwrap();
     let fx = uplink1(&mut st, &presence(&rev, "online"), true);
     let msg_id = fx

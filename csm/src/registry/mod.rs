@@ -1,62 +1,27 @@
-//! The CSM's state machine: registered DAs, their presence, their links, and the device API
-//! clients. Every input (an HTTP request, an uplink message, a timer) is a method that changes
-//! the state and returns [`Effect`]s for the actor to carry out (publish, persist, arm a timer).
-//! Nothing here does I/O, so the protocol rules are tested without a network.
+//! The registry: registered DAs, their presence, their links (one data topic per DA feature in
+//! use, shared by every graph that uses it), and the device API clients. Every input (an HTTP
+//! request, an uplink message, a timer) is a method that changes the registry and returns
+//! [`Effect`]s for the actor to carry out. It knows nothing of graphs: the coordinator takes
+//! and releases links on their behalf. Nothing here does I/O.
+
+mod device_api;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use bytes::Bytes;
-use iot_broker::{Message, QoS};
 use iot_migrations::das::{DaRow, DaWrite, Write};
 use iot_proto::topics;
+use iot_proto::wire::graph_api::LinkRef;
 use iot_proto::wire::{
     Ack, Command, DaRecord, Direction, Feature, Presence, RegisterRequest, Signal, Uplink,
 };
 use iot_proto::{DaId, FeatureName, MsgId, Rev};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::engine::Plan;
+use crate::effect::{clear_retained, publish, Effect};
 use crate::error::CsmError;
-use crate::funcs::{Digest, Runtimes};
-use crate::graph::{FuncEntry, Graph, GraphLinkKey};
 
-/// What the actor must do after a state change.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    Publish(Message),
-    Persist(Write),
-    /// A graph's new execution plan (`None`: the graph is gone).
-    Plan(String, Option<std::sync::Arc<Plan>>),
-    /// (Re)start the DA's expiry timer for this rev.
-    ArmExpiry {
-        id: DaId,
-        rev: Rev,
-    },
-    DisarmExpiry(DaId),
-    /// Publish an empty retained message on `topic` again a little later, in case a
-    /// retained message was in flight while the first clear went out.
-    ClearAgainLater(DaId),
-    /// An ODF link's data topic opened (the DA acknowledged CONNECT, so it is subscribed)
-    /// or closed (CONNECT re-sent, or the DA went offline): the engine holds what it routes
-    /// to a closed topic and delivers it when the topic opens.
-    OdfGate {
-        topic: String,
-        open: bool,
-    },
-    /// CONNECT `msg_id` went out for an ODF link: if no reply comes in time, open its topic
-    /// anyway (see [`State::ack_wait_over`]).
-    AwaitAck {
-        id: DaId,
-        key: LinkKey,
-        msg_id: MsgId,
-    },
-    /// Add (`Some(sha256)`) or remove (`None`) broker credentials of a DA.
-    Credential {
-        username: String,
-        password_sha256: Option<[u8; 32]>,
-    },
-}
+pub use device_api::AnnoKind;
 
 /// A DA's presence as the device API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,9 +78,9 @@ struct Da {
     password_sha256: Option<[u8; 32]>,
 }
 
-/// Settings the state machine needs.
+/// Settings the registry needs.
 #[derive(Debug, Clone, Default)]
-pub struct StateConfig {
+pub struct RegistryConfig {
     /// Issue a username/password per DA in the registration reply.
     pub credentials: bool,
 }
@@ -144,30 +109,15 @@ pub enum UplinkKind {
     Garbage,
 }
 
-/// The registry of DAs, links and graphs.
-#[derive(Debug)]
-pub struct State {
+/// The registry of DAs and their links.
+#[derive(Debug, Default)]
+pub struct Registry {
     das: HashMap<DaId, Da>,
     /// How many DAs use each name, to pick free default names quickly.
     names: HashMap<String, u32>,
     /// Device API clients that attached and receive announcements.
     device_clients: BTreeSet<String>,
-    cfg: StateConfig,
-    /// Graphs by gid.
-    pub(crate) graphs: BTreeMap<String, Graph>,
-    /// Functions by digest, with the number of graphs that added them.
-    pub(crate) functions: HashMap<Digest, FuncEntry>,
-    pub(crate) runtimes: Runtimes,
-}
-
-impl Default for State {
-    /// A state with Rhai functions only (no Python pool), for tests.
-    fn default() -> Self {
-        Self::new(
-            StateConfig::default(),
-            Runtimes::rhai_only(&Default::default()),
-        )
-    }
+    cfg: RegistryConfig,
 }
 
 /// Seconds since the Unix epoch.
@@ -178,65 +128,46 @@ pub fn now_epoch() -> f64 {
         .unwrap_or_default()
 }
 
-pub(crate) fn publish(topic: impl Into<String>, body: &Value, retain: bool) -> Effect {
-    Effect::Publish(Message::new(
-        topic,
-        Bytes::from(body.to_string()),
-        QoS::ExactlyOnce,
-        retain,
-    ))
-}
-
-fn clear_retained(topic: impl Into<String>) -> Effect {
-    Effect::Publish(Message::new(topic, Bytes::new(), QoS::ExactlyOnce, true))
-}
-
-impl State {
-    pub fn new(cfg: StateConfig, runtimes: Runtimes) -> Self {
+impl Registry {
+    pub fn new(cfg: RegistryConfig) -> Self {
         Self {
-            das: HashMap::new(),
-            names: HashMap::new(),
-            device_clients: BTreeSet::new(),
             cfg,
-            graphs: BTreeMap::new(),
-            functions: HashMap::new(),
-            runtimes,
+            ..Self::default()
         }
     }
 
-    /// The registered width of a link's feature, if the DA and feature exist.
-    pub(crate) fn feature_width(&self, key: &GraphLinkKey) -> Option<usize> {
-        let da = self.das.get(&key.da_id)?;
+    /// The registered width of `link`'s feature, or why it cannot be linked.
+    pub fn feature_width(&self, link: &LinkRef) -> Result<usize, LinkError> {
+        let da = self
+            .das
+            .get(&link.da_id)
+            .ok_or(LinkError::NoDa(link.da_id))?;
         da.record
-            .feature(key.direction == Direction::Idf, &key.feature)
+            .feature(link.direction == Direction::Idf, &link.feature)
             .map(Feature::width)
-    }
-
-    /// Like [`feature_width`](Self::feature_width), with the reason when it is missing.
-    pub(crate) fn require_feature(&self, key: &GraphLinkKey) -> Result<usize, String> {
-        if !self.das.contains_key(&key.da_id) {
-            return Err(format!("DA {} not found", key.da_id));
-        }
-        self.feature_width(key).ok_or_else(|| {
-            format!(
-                "DA {} has no {} `{}`",
-                key.da_id,
-                key.direction.as_str(),
-                key.feature
-            )
-        })
+            .ok_or_else(|| LinkError::NoFeature(link.clone()))
     }
 
     /// Restores DAs loaded from the database; each starts as never-online with its expiry armed.
-    pub fn restore(&mut self, rows: Vec<DaRow>) -> Result<Vec<Effect>, String> {
+    pub fn restore(&mut self, rows: Vec<DaRow>) -> Result<Vec<Effect>, RestoreError> {
         let mut fx = Vec::new();
         for row in rows {
-            let id: DaId = row.id.parse().map_err(|e| format!("row {}: {e}", row.id))?;
-            let parse = |what: &str, s: &str| -> Result<Value, String> {
-                serde_json::from_str(s).map_err(|e| format!("DA {id} {what}: {e}"))
+            let id: DaId = row
+                .id
+                .parse()
+                .map_err(|e: iot_proto::IdError| RestoreError {
+                    what: format!("row {}", row.id),
+                    why: e.to_string(),
+                })?;
+            let bad = |what: &str, e: &dyn std::fmt::Display| RestoreError {
+                what: format!("DA {id} {what}"),
+                why: e.to_string(),
             };
-            let feats = |what: &str, s: &str| -> Result<Vec<Feature>, String> {
-                serde_json::from_value(parse(what, s)?).map_err(|e| format!("DA {id} {what}: {e}"))
+            let parse = |what: &str, s: &str| -> Result<Value, RestoreError> {
+                serde_json::from_str(s).map_err(|e| bad(what, &e))
+            };
+            let feats = |what: &str, s: &str| -> Result<Vec<Feature>, RestoreError> {
+                serde_json::from_value(parse(what, s)?).map_err(|e| bad(what, &e))
             };
             let record = DaRecord {
                 id,
@@ -244,12 +175,12 @@ impl State {
                 register_time: row.register_time,
                 name: row.name,
                 accept_protos: serde_json::from_value(parse("accept_protos", &row.accept_protos)?)
-                    .map_err(|e| format!("DA {id} accept_protos: {e}"))?,
+                    .map_err(|e| bad("accept_protos", &e))?,
                 idf_list: feats("idf_list", &row.idf_list)?,
                 odf_list: feats("odf_list", &row.odf_list)?,
                 profile: match parse("profile", &row.profile)? {
                     Value::Object(m) => m,
-                    _ => return Err(format!("DA {id} profile is not an object")),
+                    _ => return Err(bad("profile", &"not an object")),
                 },
             };
             let password_sha256 = match row.password_hash.as_deref().map(hex::decode) {
@@ -333,13 +264,6 @@ impl State {
         }
     }
 
-    /// The plan effect of graph `gid` as it stands.
-    pub(crate) fn plan_effect(&self, gid: &str) -> Option<Effect> {
-        let g = self.graphs.get(gid)?;
-        let plan = g.plan(gid, &|id, f| self.odf_open(id, f));
-        Some(Effect::Plan(gid.to_owned(), Some(plan)))
-    }
-
     /// Links not acknowledged yet (CONNECT pending, or waiting for their DA to come online).
     pub fn unacked_links(&self) -> usize {
         self.das
@@ -389,12 +313,9 @@ impl State {
         let name = match (&req.name, previous) {
             (Some(n), _) => n.clone(),
             (None, Some(p)) => p.record.name.clone(),
-            (None, None) => self.pick_name(req.model()).ok_or_else(|| {
-                CsmError::Conflict(format!(
-                    "no free default name for model `{}`: 00..99 are taken; send a `name`",
-                    req.model()
-                ))
-            })?,
+            (None, None) => self
+                .pick_name(req.model())
+                .ok_or_else(|| CsmError::NoFreeName(req.model().to_owned()))?,
         };
         let (username, password, password_sha256) = if self.cfg.credentials {
             let password = hex::encode(rand::random::<[u8; 16]>());
@@ -446,8 +367,8 @@ impl State {
             });
         }
         self.announce(
-            "register",
-            self.da_json(&record, PresenceState::Nothing),
+            AnnoKind::Register,
+            device_api::da_json(&record, PresenceState::Nothing),
             now,
             fx,
         );
@@ -460,7 +381,6 @@ impl State {
                 password_sha256,
             },
         );
-        self.graphs_refresh_da(&id, fx);
         Ok(Registered {
             record,
             username,
@@ -499,11 +419,6 @@ impl State {
     }
 
     fn remove(&mut self, id: &DaId, now: f64, fx: &mut Vec<Effect>) {
-        if !self.das.contains_key(id) {
-            return;
-        }
-        // Graphs first: a deregistered DA leaves no link behind in any graph.
-        self.graphs_drop_da(id, None, fx);
         let Some(da) = self.das.remove(id) else {
             return;
         };
@@ -521,39 +436,7 @@ impl State {
         for link in da.links.into_values() {
             fx.push(clear_retained(link.topic));
         }
-        self.announce("deregister", Value::String(id.to_string()), now, fx);
-    }
-
-    /// After a re-registration: graph links of features the DA no longer has are dropped,
-    /// and the others take the features' new widths.
-    fn graphs_refresh_da(&mut self, id: &DaId, fx: &mut Vec<Effect>) {
-        let widths: Vec<(GraphLinkKey, Option<usize>)> = self
-            .graphs
-            .values()
-            .flat_map(|g| g.links.keys())
-            .filter(|k| k.da_id == *id)
-            .map(|k| (k.clone(), self.feature_width(k)))
-            .collect();
-        if widths.is_empty() {
-            return;
-        }
-        let gone = |k: &GraphLinkKey| widths.iter().any(|(w, width)| w == k && width.is_none());
-        self.graphs_drop_da(id, Some(&gone), fx);
-        let gids: Vec<String> = self.graphs.keys().cloned().collect();
-        for gid in gids {
-            let mut touched = false;
-            if let Some(g) = self.graphs.get_mut(&gid) {
-                for (k, l) in g.links.iter_mut() {
-                    if let Some((_, Some(w))) = widths.iter().find(|(w, _)| w == k) {
-                        l.width = *w;
-                        touched = true;
-                    }
-                }
-            }
-            if touched {
-                self.graph_changed(&gid, fx);
-            }
-        }
+        self.announce(AnnoKind::Deregister, Value::String(id.to_string()), now, fx);
     }
 
     /// A message on `<id>/ctrl/i`.
@@ -611,8 +494,8 @@ impl State {
                 }
                 let record = da.record.clone();
                 self.announce(
-                    "online",
-                    self.da_json(&record, PresenceState::Online),
+                    AnnoKind::Online,
+                    device_api::da_json(&record, PresenceState::Online),
                     now,
                     fx,
                 );
@@ -630,8 +513,8 @@ impl State {
                 fx.push(Effect::ArmExpiry { id, rev });
                 let record = da.record.clone();
                 self.announce(
-                    "offline",
-                    self.da_json(&record, PresenceState::Offline),
+                    AnnoKind::Offline,
+                    device_api::da_json(&record, PresenceState::Offline),
                     now,
                     fx,
                 );
@@ -660,32 +543,19 @@ impl State {
     }
 
     /// Takes a reference on the link of `id`'s feature, creating it (and sending CONNECT if
-    /// the DA is online) on first use. Returns the link's data topic.
-    pub fn link_acquire(
-        &mut self,
-        id: &DaId,
-        key: LinkKey,
-        fx: &mut Vec<Effect>,
-    ) -> Result<String, CsmError> {
-        self.link_acquire_at(id, key, None, fx)
-    }
-
-    /// [`link_acquire`](Self::link_acquire), reusing `topic` when the link is created (a link
+    /// the DA is online) on first use; `topic` is reused when the link is created (a link
     /// restored after a restart keeps its data topic, so DAs still pushing to it are heard).
-    pub fn link_acquire_at(
+    /// Returns the link's data topic.
+    pub fn link_acquire(
         &mut self,
         id: &DaId,
         key: LinkKey,
         topic: Option<&str>,
         fx: &mut Vec<Effect>,
-    ) -> Result<String, CsmError> {
-        let da = self.das.get_mut(id).ok_or(CsmError::NotFound)?;
+    ) -> Result<String, LinkError> {
+        let da = self.das.get_mut(id).ok_or(LinkError::NoDa(*id))?;
         if da.record.feature(key.0 == Direction::Idf, &key.1).is_none() {
-            return Err(CsmError::BadRequest(format!(
-                "DA {id} has no {} `{}`",
-                key.0.as_str(),
-                key.1
-            )));
+            return Err(LinkError::NoFeature(link_ref(id, &key)));
         }
         let online = da.presence == PresenceState::Online;
         let link = da.links.entry(key.clone()).or_insert_with(|| Link {
@@ -717,12 +587,9 @@ impl State {
         id: &DaId,
         key: &LinkKey,
         fx: &mut Vec<Effect>,
-    ) -> Result<(), CsmError> {
-        let da = self.das.get_mut(id).ok_or(CsmError::NotFound)?;
-        let link = da
-            .links
-            .get_mut(key)
-            .ok_or_else(|| CsmError::BadRequest("link unknown".into()))?;
+    ) -> Result<(), LinkError> {
+        let da = self.das.get_mut(id).ok_or(LinkError::NoDa(*id))?;
+        let link = da.links.get_mut(key).ok_or(LinkError::Unknown)?;
         link.refs = link.refs.saturating_sub(1);
         if link.refs == 0 {
             let topic = link.topic.clone();
@@ -740,74 +607,6 @@ impl State {
         }
         Ok(())
     }
-
-    /// A request on `iottalk/api/req/<client>/device`.
-    pub fn device_request(&mut self, client: &str, payload: &[u8], fx: &mut Vec<Effect>) {
-        let res = topics::device_res(client);
-        let req: Map<String, Value> = match serde_json::from_slice(payload) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => {
-                fx.push(publish(
-                    res,
-                    &json!({"state": "error", "reason": "the request must be a JSON object"}),
-                    false,
-                ));
-                return;
-            }
-            Err(e) => {
-                fx.push(publish(
-                    res,
-                    &json!({"state": "error", "reason": format!("malformed JSON: {e}")}),
-                    false,
-                ));
-                return;
-            }
-        };
-        let mut reply = req.clone();
-        match req.get("op").and_then(Value::as_str) {
-            Some("attach") => {
-                self.device_clients.insert(client.to_owned());
-                let list: Map<String, Value> = self
-                    .das
-                    .values()
-                    .map(|d| (d.record.id.to_string(), self.da_json(&d.record, d.presence)))
-                    .collect();
-                reply.insert("state".into(), "ok".into());
-                reply.insert("da_list".into(), Value::Object(list));
-            }
-            Some("detach") => {
-                self.device_clients.remove(client);
-                reply.insert("state".into(), "ok".into());
-            }
-            Some(other) => {
-                reply.insert("state".into(), "error".into());
-                reply.insert("reason".into(), format!("unknown op: `{other}`").into());
-            }
-            None => {
-                reply.insert("state".into(), "error".into());
-                reply.insert("reason".into(), "missing field `op`".into());
-            }
-        }
-        fx.push(publish(res, &Value::Object(reply), false));
-    }
-
-    fn da_json(&self, record: &DaRecord, presence: PresenceState) -> Value {
-        let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut v {
-            m.insert("state".into(), presence.as_str().into());
-        }
-        v
-    }
-
-    fn announce(&self, kind: &str, da: Value, now: f64, fx: &mut Vec<Effect>) {
-        if self.device_clients.is_empty() {
-            return;
-        }
-        let body = json!({"op": "anno", "type": kind, "timestamp": now, "da": da});
-        for client in &self.device_clients {
-            fx.push(publish(topics::device_res(client), &body, false));
-        }
-    }
 }
 
 /// Opens or closes an ODF link's topic (nothing for an IDF link).
@@ -822,10 +621,37 @@ fn odf_gate(key: &LinkKey, link: &mut Link, open: bool) -> Option<Effect> {
 /// For an ODF link whose CONNECT `msg_id` just went out: wait for its reply.
 fn await_ack(id: &DaId, key: &LinkKey, msg_id: MsgId) -> Option<Effect> {
     (key.0 == Direction::Odf).then(|| Effect::AwaitAck {
-        id: *id,
-        key: key.clone(),
+        link: link_ref(id, key),
         msg_id,
     })
+}
+
+/// The link `key` of DA `id` as the graph API names it.
+pub fn link_ref(id: &DaId, key: &LinkKey) -> LinkRef {
+    LinkRef {
+        da_id: *id,
+        direction: key.0,
+        feature: key.1.clone(),
+    }
+}
+
+/// Why a link cannot be taken or released.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("DA {0} not found")]
+    NoDa(DaId),
+    #[error("DA {} has no {} `{}`", .0.da_id, .0.direction.as_str(), .0.feature)]
+    NoFeature(LinkRef),
+    #[error("link unknown")]
+    Unknown,
+}
+
+/// A stored DA that cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct RestoreError {
+    pub what: String,
+    pub why: String,
 }
 
 fn signal(id: &DaId, key: &LinkKey, command: Command, topic: &str, msg_id: MsgId) -> Effect {
@@ -860,5 +686,4 @@ fn text<T: serde::Serialize>(v: &T) -> String {
 }
 
 #[cfg(test)]
-#[path = "state_tests.rs"]
 mod tests;

@@ -1,0 +1,63 @@
+//! The device API side of the registry: `attach` answers the list of DAs and subscribes the
+//! client to announcements, `detach` stops them; every change of a DA is announced to the
+//! attached clients.
+
+use iot_proto::topics;
+use iot_proto::wire::device_api::{self, DeviceOp, DeviceRequest};
+use iot_proto::wire::DaRecord;
+use serde_json::{Map, Value};
+
+pub use iot_proto::wire::device_api::AnnoKind;
+
+use super::{PresenceState, Registry};
+use crate::effect::{publish, Effect};
+
+impl Registry {
+    /// A request on `iottalk/api/req/<client>/device`.
+    pub fn device_request(&mut self, client: &str, payload: &[u8], fx: &mut Vec<Effect>) {
+        let res = topics::device_res(client);
+        let reply = match DeviceRequest::parse(payload) {
+            Ok(DeviceRequest {
+                fields,
+                op: DeviceOp::Attach,
+            }) => {
+                self.device_clients.insert(client.to_owned());
+                let list: Map<String, Value> = self
+                    .das
+                    .values()
+                    .map(|d| (d.record.id.to_string(), da_json(&d.record, d.presence)))
+                    .collect();
+                device_api::reply_ok(&fields, Some(list))
+            }
+            Ok(DeviceRequest {
+                fields,
+                op: DeviceOp::Detach,
+            }) => {
+                self.device_clients.remove(client);
+                device_api::reply_ok(&fields, None)
+            }
+            Err((fields, e)) => device_api::reply_error(&fields, &e),
+        };
+        fx.push(publish(res, &reply, false));
+    }
+
+    /// Tells every attached client about a change of a DA.
+    pub(super) fn announce(&self, kind: AnnoKind, da: Value, now: f64, fx: &mut Vec<Effect>) {
+        if self.device_clients.is_empty() {
+            return;
+        }
+        let body = device_api::announcement(kind, now, da);
+        for client in &self.device_clients {
+            fx.push(publish(topics::device_res(client), &body, false));
+        }
+    }
+}
+
+/// A DA's record with its presence, as the device API shows it.
+pub(super) fn da_json(record: &DaRecord, presence: PresenceState) -> Value {
+    let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("state".into(), presence.as_str().into());
+    }
+    v
+}
