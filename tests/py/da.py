@@ -16,6 +16,7 @@ Reads commands on stdin, one per line:
 """
 import json
 import logging
+import queue
 import sys
 
 from iottalkpy.dan import Client
@@ -26,6 +27,18 @@ from iottalkpy import dan
 # test prints when it fails.
 dan.log.setLevel(logging.DEBUG)
 
+# register() waits at most 5 s for the broker's CONNACK (``ctx._mqueue.get(timeout=5)``), a
+# time limit a loaded machine can exceed. The SDK stays unmodified; its context gets a queue
+# that waits longer (the test has its own deadline).
+REGISTER_WAIT_S = 60
+
+
+class PatientQueue(queue.Queue):
+    def get(self, block=True, timeout=None):
+        if timeout is not None:
+            timeout = max(timeout, REGISTER_WAIT_S)
+        return super().get(block, timeout)
+
 
 def emit(**kw):
     sys.stdout.write(json.dumps(kw) + "\n")
@@ -35,6 +48,7 @@ def emit(**kw):
 def main():
     api_url, id_, name, idf_list, odf_list = sys.argv[1:6]
     client = Client()
+    client.context._mqueue = PatientQueue()
 
     def on_signal(command, df_list):
         for df in df_list:
