@@ -596,6 +596,20 @@ impl Mqtt {
         }
     }
 
+    /// Everything received from now until the connection closes (e.g. the controller stops),
+    /// at most [`WAIT`]: what reached this client before a restart, read after it.
+    pub async fn until_closed(&mut self) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => return out,
+                Err(_) => panic!("the connection did not close; received {out:?}"),
+            }
+        }
+    }
+
     /// The next device API announcement `kind` (`register`, `online`, ...) about DA `id`.
     pub async fn announcement(&mut self, kind: &str, id: &str) -> Value {
         self.recv_until(&format!("{kind} announcement of {id}"), |r| {
