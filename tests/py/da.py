@@ -72,6 +72,9 @@ def main():
     except (RegistrationError, Exception) as e:  # noqa: BLE001 - report anything to the test
         emit(event="error", reason=str(e))
         return 1
+    # paho's reconnect delay doubles up to 120 s while the broker is away: after a slow
+    # controller restart the DA could come back long after the test's deadline.
+    ctx.mqtt_client.reconnect_delay_set(min_delay=1, max_delay=1)
     emit(event="registered", rev=ctx.rev, name=ctx.name)
 
     for line in sys.stdin:
