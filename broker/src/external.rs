@@ -27,8 +27,10 @@ use crate::local::{valid_topic, LocalGuard, LocalRouter};
 use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
 
 /// How long `subscribe` waits for the broker's SUBACK before returning anyway (the filter stays
-/// registered and is subscribed again after a reconnect).
-const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// registered and is subscribed again after a reconnect). Generous: returning before the
+/// subscription is active breaks the promise that later publishes reach it, and a busy broker
+/// or host can take seconds.
+const SUBACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `subscribe` retries while the request queue is full.
 const QUEUE_FULL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Filters per SUBSCRIBE packet when subscribing again after a reconnect.

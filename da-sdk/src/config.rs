@@ -349,6 +349,13 @@ impl DaBuilder {
         self
     }
 
+    /// How long [`crate::Da::deregister`] and [`crate::Da::shutdown`] wait for the broker to
+    /// confirm the offline message before disconnecting anyway (default 5 s).
+    pub fn stop_timeout(mut self, t: Duration) -> Self {
+        self.opts.stop_timeout = t;
+        self
+    }
+
     /// Samples buffered per ODF consumer before new ones are dropped (default 1024).
     pub fn odf_buffer(mut self, n: usize) -> Self {
         self.opts.odf_buffer = n.max(1);

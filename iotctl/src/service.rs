@@ -56,6 +56,10 @@ pub async fn stop(cfg: &Config) -> Result<ExitCode> {
 /// Exit code when the controller is not running (as LSB init scripts do).
 const NOT_RUNNING: u8 = 3;
 
+/// How long `status` waits for the broker's TCP accept and for the CSM's `/status` before it
+/// reports them down: a busy controller can take seconds to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
     let state: Option<RunState> = running_pid(&cfg.pidfile())
         .and_then(|_| std::fs::read_to_string(cfg.statefile()).ok())
@@ -72,12 +76,10 @@ pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::from(NOT_RUNNING));
     };
     let broker_up = match &state.mqtt {
-        Some(addr) => {
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-                .await
-                .map(|r| r.is_ok())
-                .unwrap_or(false)
-        }
+        Some(addr) => tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false),
         None => false,
     };
     let csm = match &state.csm {
@@ -145,9 +147,7 @@ pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
 }
 
 async fn csm_status(base: &str) -> Result<serde_json::Value> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let client = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build()?;
     Ok(client
         .get(format!("{base}/status"))
         .send()

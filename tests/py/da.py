@@ -16,6 +16,7 @@ Reads commands on stdin, one per line:
 """
 import json
 import logging
+import queue
 import sys
 
 from iottalkpy.dan import Client
@@ -26,6 +27,18 @@ from iottalkpy import dan
 # test prints when it fails.
 dan.log.setLevel(logging.DEBUG)
 
+# register() waits at most 5 s for the broker's CONNACK (``ctx._mqueue.get(timeout=5)``), a
+# time limit a loaded machine can exceed. The SDK stays unmodified; its context gets a queue
+# that waits longer (the test has its own deadline).
+REGISTER_WAIT_S = 60
+
+
+class PatientQueue(queue.Queue):
+    def get(self, block=True, timeout=None):
+        if timeout is not None:
+            timeout = max(timeout, REGISTER_WAIT_S)
+        return super().get(block, timeout)
+
 
 def emit(**kw):
     sys.stdout.write(json.dumps(kw) + "\n")
@@ -35,6 +48,7 @@ def emit(**kw):
 def main():
     api_url, id_, name, idf_list, odf_list = sys.argv[1:6]
     client = Client()
+    client.context._mqueue = PatientQueue()
 
     def on_signal(command, df_list):
         for df in df_list:
@@ -58,6 +72,9 @@ def main():
     except (RegistrationError, Exception) as e:  # noqa: BLE001 - report anything to the test
         emit(event="error", reason=str(e))
         return 1
+    # paho's reconnect delay doubles up to 120 s while the broker is away: after a slow
+    # controller restart the DA could come back long after the test's deadline.
+    ctx.mqtt_client.reconnect_delay_set(min_delay=1, max_delay=1)
     emit(event="registered", rev=ctx.rev, name=ctx.name)
 
     for line in sys.stdin:

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iot_proto::wire::graph_api::{GraphOk, GraphOp};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, NetworkOptions, Outgoing, Packet,
+    QoS,
+};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -24,6 +27,16 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// can take seconds for a call that takes milliseconds when idle. A test about timeouts sets
 /// its own in [`AppOptions::extra_toml`], which wins.
 pub const TEST_PYTHON_TIMEOUT_MS: u64 = 20_000;
+
+/// `csm.odf_ack_wait_ms` in every test controller's configuration: 0, outputs for an ODF wait
+/// for its DA's reply to CONNECT however long it takes. The default (3 s) would let them go
+/// out, to nobody, when a slow DA subscribes late. The test about a DA that never replies
+/// sets its own.
+pub const TEST_ODF_ACK_WAIT_MS: u64 = 0;
+
+/// `broker.host_send_timeout_ms` in every test controller's configuration: a device's publish
+/// waits this long for a busy controller task before it is dropped (default 1 s).
+pub const TEST_HOST_SEND_TIMEOUT_MS: u64 = 30_000;
 
 /// `base` with the sections and keys of `extra` added, `extra` winning on a key both have.
 fn merge_toml(base: &str, extra: &str) -> String {
@@ -171,7 +184,7 @@ impl App {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}/iotctl.db", data_dir.display()));
         let base = format!(
-            "[paths]\ndata_dir = \"{}\"\n[database]\nurl = \"{db}\"\n[broker]\nlisten = \"{}\"\nws_listen = \"127.0.0.1:0\"\nexternal = \"{}\"\n[csm]\nlisten = \"{}\"\noffline_expiry_seconds = {}\n[functions]\npython_timeout_ms = {TEST_PYTHON_TIMEOUT_MS}\n",
+            "[paths]\ndata_dir = \"{}\"\n[database]\nurl = \"{db}\"\n[broker]\nlisten = \"{}\"\nws_listen = \"127.0.0.1:0\"\nexternal = \"{}\"\nhost_send_timeout_ms = {TEST_HOST_SEND_TIMEOUT_MS}\n[csm]\nlisten = \"{}\"\noffline_expiry_seconds = {}\nodf_ack_wait_ms = {TEST_ODF_ACK_WAIT_MS}\n[functions]\npython_timeout_ms = {TEST_PYTHON_TIMEOUT_MS}\n",
             data_dir.display(),
             opts.mqtt_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.external.clone().unwrap_or_default(),
@@ -182,41 +195,57 @@ impl App {
         let config_path = data_dir.join("test-config.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = data_dir.join("iotctl.log");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let mut child = Command::new(iotctl_bin())
-            .arg("-c")
-            .arg(&config_path)
-            .arg("start")
-            .env(
-                "RUST_LOG",
-                "info,iot_csm=debug,rmqtt=warn,rmqtt_net=warn,ntex=warn",
-            )
-            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn iotctl");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("iotctl ready:") {
-                    return Some(line);
+        // A fixed port (a restarted controller's) can be taken for a moment by another test's
+        // free port or outgoing connection: start again while the log says so, a few times.
+        let mut attempts = 0;
+        let (child, ready, mut lines) = loop {
+            attempts += 1;
+            let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
+            let log_file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("log file");
+            let mut child = Command::new(iotctl_bin())
+                .arg("-c")
+                .arg(&config_path)
+                .arg("start")
+                .env(
+                    "RUST_LOG",
+                    "info,iot_csm=debug,rmqtt=warn,rmqtt_net=warn,ntex=warn",
+                )
+                .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdout(Stdio::piped())
+                .stderr(log_file)
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn iotctl");
+            let stdout = child.stdout.take().expect("stdout");
+            let mut lines = BufReader::new(stdout).lines();
+            let ready = tokio::time::timeout(WAIT, async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("iotctl ready:") {
+                        return Some(line);
+                    }
                 }
+                None
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(ready) = ready {
+                break (child, ready, lines);
             }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        let Some(ready) = ready else {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("iotctl did not start:\n{log}");
+            let _ = child.kill().await;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let this_run = text.get(log_start as usize..).unwrap_or_default();
+            let fixed_port = opts.csm_listen.is_some() || opts.mqtt_listen.is_some();
+            if fixed_port && attempts < 20 && this_run.contains("Address already in use") {
+                eprintln!("iotctl: a fixed port is in use; starting again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            panic!("iotctl did not start:\n{text}");
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -472,11 +501,8 @@ pub struct Mqtt {
 impl Mqtt {
     pub async fn connect(addr: &str, will: Option<(String, Value)>) -> Mqtt {
         let (host, port) = addr.rsplit_once(':').expect("host:port");
-        let mut opts = MqttOptions::new(
-            format!("test-{}", new_id()),
-            host,
-            port.parse().expect("port"),
-        );
+        let client_id = format!("test-{}", new_id());
+        let mut opts = MqttOptions::new(client_id.clone(), host, port.parse().expect("port"));
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         if let Some((topic, payload)) = will {
@@ -488,10 +514,16 @@ impl Mqtt {
             ));
         }
         let (client, mut ev) = AsyncClient::new(opts, 100);
+        // rumqttc's default of 5 s for the TCP connect, the CONNACK and each flush is a time
+        // limit a loaded machine can exceed.
+        let mut net = NetworkOptions::new();
+        net.set_connection_timeout(WAIT.as_secs());
+        ev.set_network_options(net);
         let (tx, rx) = mpsc::unbounded_channel();
         let (stx, subacks) = mpsc::unbounded_channel();
         let (ctx, mut connected) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
+            let mut up = false;
             loop {
                 match ev.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -506,10 +538,25 @@ impl Mqtt {
                         let _ = stx.send(());
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        up = true;
                         let _ = ctx.send(());
                     }
+                    // `disconnect` waits for this: everything queued before it is written.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    // Before the first CONNACK nothing is subscribed: trying again is harmless.
+                    Err(e) if !up => {
+                        eprintln!("test MQTT client {client_id}: cannot connect yet ({e})");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(ConnectionError::RequestsDone) => return,
+                    // rumqttc would connect again with a clean session, without the
+                    // subscriptions: the client stops instead, so that a test waiting for a
+                    // message fails with "connection closed" rather than a silent timeout.
+                    Err(e) => {
+                        eprintln!("test MQTT client {client_id}: connection lost ({e}); it stops");
+                        return;
+                    }
                 }
             }
         });
@@ -529,7 +576,8 @@ impl Mqtt {
         self.client.subscribe(filter, qos).await.expect("subscribe");
         tokio::time::timeout(WAIT, self.subacks.recv())
             .await
-            .expect("SUBACK in time");
+            .expect("SUBACK in time")
+            .expect("the connection is up (see the test MQTT client's message above)");
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, qos: QoS, retain: bool) {
@@ -553,6 +601,20 @@ impl Mqtt {
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("connection closed while waiting for {what}"),
                 Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Everything received from now until the connection closes (e.g. the controller stops),
+    /// at most [`WAIT`]: what reached this client before a restart, read after it.
+    pub async fn until_closed(&mut self) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => out.push(m),
+                Ok(None) => return out,
+                Err(_) => panic!("the connection did not close; received {out:?}"),
             }
         }
     }
@@ -591,14 +653,39 @@ impl Mqtt {
         out
     }
 
+    /// Polls [`Mqtt::retained`] until `done` holds for what it returns, at most [`WAIT`]: the
+    /// broker sends each SUBSCRIBE's retained messages from a task of its own, so the marker
+    /// of one call can overtake a message that is stored. For where a message is expected.
+    pub async fn retained_until(
+        &mut self,
+        filter: &str,
+        what: &str,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.retained(filter).await;
+            if done(&got) {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what} retained on {filter}; last {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Drops the connection without DISCONNECT: the broker publishes the will.
     pub fn kill(self) {
         self.task.abort();
     }
 
-    pub async fn disconnect(self) {
-        let _ = self.client.disconnect().await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    /// Sends DISCONNECT (after everything queued before it) and waits until it is written.
+    pub async fn disconnect(mut self) {
+        if self.client.disconnect().await.is_ok() {
+            let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+        }
         self.task.abort();
     }
 }

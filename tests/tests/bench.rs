@@ -77,6 +77,18 @@ fn assert_all_delivered(r: &Value, fanout: u64) {
     }
 }
 
+/// A controller for a bench whose test asserts that nothing is lost: the embedded broker
+/// drops what is queued for a subscriber beyond `broker.max_mqueue_len` (1,000 by default), and
+/// a bench subscriber stalled for a second or two on a loaded machine falls that far behind
+/// while the publishers keep their rate.
+async fn bench_app() -> App {
+    App::start(AppOptions {
+        extra_toml: "[broker]\nmax_mqueue_len = 1000000\n".into(),
+        ..Default::default()
+    })
+    .await
+}
+
 /// The controller is back to where it was: no DA, no graph.
 async fn assert_clean(app: &App) {
     let s = app
@@ -89,7 +101,7 @@ async fn assert_clean(app: &App) {
 
 #[tokio::test]
 async fn route_with_a_rhai_join_delivers_everything_and_cleans_up() {
-    let app = App::spawn().await;
+    let app = bench_app().await;
     let r = bench_json(
         &app,
         &[
@@ -120,7 +132,7 @@ async fn route_with_a_rhai_join_delivers_everything_and_cleans_up() {
 
 #[tokio::test]
 async fn route_fans_out_to_every_odf_with_python_and_without_a_join() {
-    let app = App::spawn().await;
+    let app = bench_app().await;
     for join in ["python", "none"] {
         let r = bench_json(
             &app,
@@ -170,7 +182,7 @@ async fn connect_registers_and_brings_online_then_deletes() {
 
 #[tokio::test]
 async fn broker_bench_against_the_embedded_broker() {
-    let app = App::spawn().await;
+    let app = bench_app().await;
     let url = format!("mqtt://{}", app.mqtt);
     // Fixed rate, QoS 1 (rumqttc publishers): everything arrives, at each of two subscribers.
     let r = bench_json(
@@ -213,25 +225,50 @@ async fn broker_bench_against_the_embedded_broker() {
 
 #[tokio::test]
 async fn broker_bench_through_a_forwarding_peer() {
-    let app = App::spawn().await;
+    let app = bench_app().await;
     // A peer that forwards bench/in to bench/out, as the Node-RED flow of
     // scripts/bench-compare.sh does.
     let (host, port) = app.mqtt.rsplit_once(':').unwrap();
     let mut opts = MqttOptions::new(format!("fwd-{}", new_id()), host, port.parse().unwrap());
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut ev) = AsyncClient::new(opts, 1000);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_connection_timeout(WAIT.as_secs());
+    ev.set_network_options(net);
     client.subscribe("bench/in", QoS::AtMostOnce).await.unwrap();
-    let fwd = tokio::spawn(async move {
+    // The event loop only hands messages over; another task republishes them, waiting when
+    // the request queue is full (a publish that waits must not block the event loop).
+    let (to_forward, mut forward) = tokio::sync::mpsc::unbounded_channel();
+    let (subscribed, suback) = tokio::sync::oneshot::channel();
+    let mut subscribed = Some(subscribed);
+    let events = tokio::spawn(async move {
         loop {
             match ev.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = client.try_publish("bench/out", QoS::AtMostOnce, false, p.payload);
+                    let _ = to_forward.send(p.payload);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(s) = subscribed.take() {
+                        let _ = s.send(());
+                    }
                 }
                 Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("forwarding peer: connection lost ({e})"),
             }
         }
     });
+    let fwd = tokio::spawn(async move {
+        while let Some(payload) = forward.recv().await {
+            client
+                .publish("bench/out", QoS::AtMostOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    });
+    tokio::time::timeout(WAIT, suback)
+        .await
+        .expect("the forwarding peer's SUBACK in time")
+        .unwrap();
     let url = format!("mqtt://{}", app.mqtt);
     let r = bench_json(
         &app,
@@ -252,6 +289,7 @@ async fn broker_bench_through_a_forwarding_peer() {
         ],
     )
     .await;
+    events.abort();
     fwd.abort();
     assert_eq!(r["sub_topic"], "bench/out");
     assert_all_delivered(&r, 1);

@@ -164,8 +164,7 @@ async fn shell_lists_shows_and_publishes() {
     let mut sub = app.mqtt(None).await;
     sub.subscribe("shell-test/#", rumqttc::QoS::AtLeastOnce)
         .await;
-    let script =
-        format!("list\nshow {id}\nshow nope\npub shell-test/a hello world qos=1\nbogus\nquit\n");
+    let script = format!("list\nshow {id}\nshow nope\npub shell-test/a hello world qos=1\nbogus\n");
     let mut child = tokio::process::Command::new(iotctl_bin())
         .args(["-c", app.config.to_str().unwrap(), "shell"])
         .stdin(Stdio::piped())
@@ -174,13 +173,16 @@ async fn shell_lists_shows_and_publishes() {
         .spawn()
         .unwrap();
     use tokio::io::AsyncWriteExt;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .await
-        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(script.as_bytes()).await.unwrap();
+    stdin.flush().await.unwrap();
+    // `pub` only queues the message: `quit` goes in once it has arrived.
+    let m = sub
+        .recv_until("shell publish", |m| m.topic == "shell-test/a")
+        .await;
+    assert_eq!(&m.payload[..], b"hello world");
+    stdin.write_all(b"quit\n").await.unwrap();
+    drop(stdin);
     let out = tokio::time::timeout(WAIT, child.wait_with_output())
         .await
         .unwrap()
@@ -195,8 +197,4 @@ async fn shell_lists_shows_and_publishes() {
     assert!(text.contains("no DA nope"), "{text}");
     assert!(text.contains("published"), "{text}");
     assert!(text.contains("unknown command `bogus`"), "{text}");
-    let m = sub
-        .recv_until("shell publish", |m| m.topic == "shell-test/a")
-        .await;
-    assert_eq!(&m.payload[..], b"hello world");
 }

@@ -214,22 +214,26 @@ async fn deregistration_delete_then_offline_leaves_nothing() {
 
 #[tokio::test]
 async fn offline_expiry_deregisters_and_delete_cancels_it() {
+    // Long enough that nothing the test does on purpose (bring `kept` online after its PUT,
+    // DELETE it once offline) can be overtaken by the expiry on a loaded machine.
     let app = App::start(AppOptions {
-        offline_expiry_seconds: Some(1),
+        offline_expiry_seconds: Some(10),
         ..Default::default()
     })
     .await;
     let expiring = new_id();
     let kept = new_id();
-    app.register(&expiring).await;
-    let rev = app.register(&kept).await["rev"].clone();
+    // `kept` is connected before it registers, and online before `expiring` registers.
     let da = app.mqtt(None).await;
+    let rev = app.register(&kept).await["rev"].clone();
     da.publish_json(
         &format!("{kept}/ctrl/i"),
         &json!({"state": "online", "rev": rev}),
         true,
     )
     .await;
+    app.wait_status("kept online", |s| s["online"] == 1).await;
+    app.register(&expiring).await;
     // The DA that never comes online expires; the online one stays.
     app.wait_status("expiry", |s| s["counters"]["expirations"] == 1)
         .await;
@@ -532,6 +536,9 @@ async fn connack_code(addr: &str, user: &str, password: &str) -> u8 {
         rumqttc::MqttOptions::new(format!("cred-{}", new_id()), host, port.parse().unwrap());
     opts.set_credentials(user, password);
     let (_client, mut ev) = rumqttc::AsyncClient::new(opts, 10);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_connection_timeout(WAIT.as_secs());
+    ev.set_network_options(net);
     let r = tokio::time::timeout(WAIT, ev.poll())
         .await
         .expect("an answer to CONNECT");

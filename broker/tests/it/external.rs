@@ -14,10 +14,15 @@ use crate::{client, spawn_broker, spawn_broker_with, within, WAIT};
 
 const MOSQUITTO: &str = "mqtt://127.0.0.1:1883";
 
+/// The settings of every test here, with deadlines fit for a loaded machine: connecting
+/// (default 5 s), and the silence that ends `retained()` (default 300 ms; a loaded machine can
+/// pause that long between the SUBACK and the retained messages).
 fn config(url: &str) -> ExternalConfig {
     ExternalConfig {
         url: url.to_owned(),
         client_id_prefix: "iot-broker-test".into(),
+        connect_timeout_seconds: WAIT.as_secs(),
+        retained_silence_ms: 2000,
         ..ExternalConfig::default()
     }
 }
@@ -185,7 +190,7 @@ async fn resubscribes_after_the_broker_restarts() {
     })
     .await;
     // Publish from the restarted broker's side until the resubscribed connection gets one.
-    let got = within(Duration::from_secs(15), "message after restart", async {
+    let got = within(WAIT, "message after restart", async {
         loop {
             b2.broker
                 .publish(Message::new("re/2", "after", QoS::AtMostOnce, false))

@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const WAIT: Duration = Duration::from_secs(10);
+/// How long any single expected event may take (a loaded CI machine can take seconds).
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A running embedded broker; dropping it shuts it down.
 #[derive(Debug)]
@@ -104,6 +105,8 @@ pub async fn client_with(opts: MqttOptions) -> TestClient {
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);
+    // rumqttc's default of 5 s for the TCP connect, the CONNACK and each flush.
+    net.set_connection_timeout(WAIT.as_secs());
     eventloop.set_network_options(net);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {

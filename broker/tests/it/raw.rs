@@ -211,7 +211,7 @@ pub async fn connect_with(addr: SocketAddr, conn: &[u8]) -> (TcpStream, u8) {
     let mut s = TcpStream::connect(addr).await.expect("tcp connect");
     s.set_nodelay(true).expect("nodelay");
     s.write_all(conn).await.expect("send CONNECT");
-    let ack = expect(&mut s, Duration::from_secs(5), "CONNACK").await;
+    let ack = expect(&mut s, crate::WAIT, "CONNACK").await;
     let code = connack_code(&ack);
     (s, code)
 }

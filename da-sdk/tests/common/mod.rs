@@ -19,9 +19,18 @@ use tokio::sync::mpsc;
 
 /// A builder for `app` with test-friendly timings.
 pub fn builder(app: &App) -> DaBuilder {
-    Da::builder(&app.csm)
-        .model("Dummy_Device")
+    patient(Da::builder(&app.csm).model("Dummy_Device"))
         .backoff(Duration::from_millis(50), Duration::from_millis(400))
+}
+
+/// `b` with deadlines fit for a loaded machine (the SDK's defaults are 10 s, and 5 s to stop):
+/// the broker's CONNACK, each HTTP request, calls and the offline confirmation may take
+/// seconds there. A test about a deadline sets its own.
+pub fn patient(b: DaBuilder) -> DaBuilder {
+    b.connect_timeout(WAIT)
+        .http_timeout(WAIT)
+        .call_timeout(WAIT)
+        .stop_timeout(WAIT)
 }
 
 /// Waits (at most [`WAIT`]) until `f` holds for the DA's status.
