@@ -5,21 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
 use iot_proto::topics;
 use rumqttc::QoS;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::mqtt::{Conn, ConnCounters, ConnEvent, ConnSpec};
-use super::payload::WIDTH;
+use crate::error::BenchError;
+use crate::mqtt::{Conn, ConnCounters, ConnEvent, ConnSpec};
+use crate::payload::WIDTH;
 
 /// How long a graph request may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The join function of the route bench.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Join {
     /// No join function: one IDF passes its value through, several pass the list of theirs.
     None,
@@ -75,7 +74,7 @@ impl GraphClient {
         client: &str,
         gid: &str,
         counters: Arc<ConnCounters>,
-    ) -> Result<GraphClient> {
+    ) -> Result<GraphClient, BenchError> {
         let res_topic = topics::graph_res(client, gid);
         let mut spec = ConnSpec::new(host, port, format!("iotctl-bench-{client}"));
         spec.forward = vec![res_topic.clone()];
@@ -90,7 +89,7 @@ impl GraphClient {
     }
 
     /// Sends one request; returns the reply if its state is `ok`, else fails with its reason.
-    pub async fn request(&mut self, mut req: Value) -> Result<Value> {
+    pub async fn request(&mut self, mut req: Value) -> Result<Value, BenchError> {
         let op = req["op"].as_str().unwrap_or("?").to_owned();
         self.next += 1;
         let nonce = format!("bench-{}", self.next);
@@ -104,7 +103,9 @@ impl GraphClient {
                 req.to_string(),
             )
             .await
-            .with_context(|| format!("cannot send graph request `{op}`"))?;
+            .map_err(|_| BenchError::Publish {
+                topic: self.req_topic.clone(),
+            })?;
         let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
         loop {
             match tokio::time::timeout_at(deadline, self.conn.events.recv()).await {
@@ -118,18 +119,23 @@ impl GraphClient {
                     if reply["state"] == "ok" {
                         return Ok(reply);
                     }
-                    bail!(
-                        "graph request `{op}` on graph {} failed: {}",
-                        self.gid,
-                        reply["reason"].as_str().unwrap_or("no reason given")
-                    );
+                    return Err(BenchError::GraphRefused {
+                        op,
+                        graph: self.gid.clone(),
+                        reason: reply["reason"]
+                            .as_str()
+                            .unwrap_or("no reason given")
+                            .to_owned(),
+                    });
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => bail!("connection closed while waiting for the reply to `{op}`"),
-                Err(_) => bail!(
-                    "no reply to graph request `{op}` within {} s: is a CSM attached to this broker?",
-                    REPLY_TIMEOUT.as_secs()
-                ),
+                Ok(None) => return Err(BenchError::GraphClosed { op }),
+                Err(_) => {
+                    return Err(BenchError::GraphNoReply {
+                        op,
+                        seconds: REPLY_TIMEOUT.as_secs(),
+                    })
+                }
             }
         }
     }
