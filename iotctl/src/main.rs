@@ -3,9 +3,10 @@
 //!
 //! Layout: [`config`] (typed settings), [`run`] (start: wiring broker + CSM, pidfile, state
 //! file, signals), [`service`] (stop, restart, status), [`shell`] (interactive console),
-//! [`bench`] (load tests against a running controller or any broker).
+//! [`bench_cmd`] (the flags of `iotctl bench` and where the controller is; the load tests
+//! themselves are the `iot-bench` crate).
 
-mod bench;
+mod bench_cmd;
 mod config;
 mod run;
 mod service;
@@ -70,7 +71,7 @@ enum Command {
     /// Measure a controller (or any MQTT broker): throughput, loss, latency, CPU, memory.
     Bench {
         #[command(subcommand)]
-        command: bench::BenchCommand,
+        command: bench_cmd::BenchCommand,
     },
 }
 
@@ -149,7 +150,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Command::Status { json } => service::status(&cfg, json).await,
             Command::Shell => shell::run(&cfg).await.map(|()| ExitCode::SUCCESS),
-            Command::Bench { command } => bench::run(&cfg, command).await,
+            Command::Bench { command } => bench_cmd::run(&cfg, command).await,
         }
     })
 }

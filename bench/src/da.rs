@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use iot_proto::topics;
 use iot_proto::wire::{Command, Direction, ErrorBody, Presence, RegisterResponse, Signal, Uplink};
 use iot_proto::{DaId, Rev};
@@ -19,9 +18,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::mqtt::{Conn, ConnCounters, ConnEvent, ConnSpec};
-use super::payload::UNITS;
-use super::stats::SharedRecorder;
+use crate::error::BenchError;
+use crate::mqtt::{Conn, ConnCounters, ConnEvent, ConnSpec};
+use crate::payload::UNITS;
+use crate::stats::SharedRecorder;
 
 /// Feature names of the bench DAs.
 pub const IDF: &str = "Bench_In";
@@ -51,35 +51,66 @@ pub async fn register(
     csm: &str,
     id: &DaId,
     body: &Value,
-) -> Result<RegisterResponse> {
+) -> Result<RegisterResponse, BenchError> {
     let url = format!("{csm}/{id}");
     let r = http
         .put(&url)
         .json(body)
         .send()
         .await
-        .with_context(|| format!("PUT {url}: controller not reachable"))?;
+        .map_err(|source| BenchError::Request {
+            method: "PUT",
+            url: url.clone(),
+            source,
+        })?;
     let status = r.status();
-    let bytes = r.bytes().await.with_context(|| format!("PUT {url}"))?;
+    let bytes = r.bytes().await.map_err(|source| BenchError::Request {
+        method: "PUT",
+        url: url.clone(),
+        source,
+    })?;
     if !status.is_success() {
-        bail!("PUT {url} refused ({status}): {}", reason(&bytes));
+        return Err(BenchError::Refused {
+            method: "PUT",
+            url,
+            status,
+            reason: reason(&bytes),
+        });
     }
-    serde_json::from_slice(&bytes).with_context(|| format!("PUT {url}: unexpected reply"))
+    serde_json::from_slice(&bytes).map_err(|e| BenchError::Reply {
+        method: "PUT",
+        url,
+        reason: e.to_string(),
+    })
 }
 
 /// `DELETE {csm}/{id}` with `{"rev"}`.
-pub async fn deregister(http: &reqwest::Client, csm: &str, id: &DaId, rev: &Rev) -> Result<()> {
+pub async fn deregister(
+    http: &reqwest::Client,
+    csm: &str,
+    id: &DaId,
+    rev: &Rev,
+) -> Result<(), BenchError> {
     let url = format!("{csm}/{id}");
     let r = http
         .delete(&url)
         .json(&json!({ "rev": rev }))
         .send()
         .await
-        .with_context(|| format!("DELETE {url}: controller not reachable"))?;
+        .map_err(|source| BenchError::Request {
+            method: "DELETE",
+            url: url.clone(),
+            source,
+        })?;
     let status = r.status();
     if !status.is_success() {
         let bytes = r.bytes().await.unwrap_or_default();
-        bail!("DELETE {url} refused ({status}): {}", reason(&bytes));
+        return Err(BenchError::Refused {
+            method: "DELETE",
+            url,
+            status,
+            reason: reason(&bytes),
+        });
     }
     Ok(())
 }
@@ -126,7 +157,7 @@ impl BenchDa {
         recorder: Option<SharedRecorder>,
         links: mpsc::Sender<LinkUp>,
         counters: Arc<ConnCounters>,
-    ) -> Result<BenchDa> {
+    ) -> Result<BenchDa, BenchError> {
         let ctrl_i = topics::ctrl_i(&id);
         let ctrl_o = topics::ctrl_o(&id);
         let offline = Uplink::presence_json(Presence::Offline, &rev).to_string();
@@ -149,7 +180,9 @@ impl BenchDa {
         conn.client
             .publish(ctrl_i.clone(), QoS::ExactlyOnce, true, online.into_bytes())
             .await
-            .context("cannot publish online")?;
+            .map_err(|_| BenchError::Publish {
+                topic: ctrl_i.clone(),
+            })?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(control(
             conn,

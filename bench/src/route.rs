@@ -1,4 +1,4 @@
-//! `iotctl bench route`: N IDF DAs -> one graph (join none, Rhai or Python) -> M ODF DAs,
+//! `bench route`: N IDF DAs -> one graph (join none, Rhai or Python) -> M ODF DAs,
 //! all set up through the public protocol: registration over HTTP, control channels over
 //! MQTT, the graph through the graph API. Every IDF message yields one output per ODF, so
 //! `expected = sent × M`. Everything the run created is removed at the end (the graph is
@@ -8,45 +8,27 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
 use futures::StreamExt;
+use iot_proto::wire::graph_api::{digest, GraphOp, LinkRef, LinkSpec};
 use iot_proto::wire::Direction;
 use iot_proto::{DaId, Rev};
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::da::{self, BenchDa, DaConnect, LinkUp};
-use super::graph::{digest, GraphClient, Join};
-use super::load::{self, LoadResult, LoadSpec, Publisher};
-use super::mqtt::{qos, ConnCounters};
-use super::progress::Progress;
-use super::report;
-use super::stats::{Clock, Recorder, SharedRecorder};
-use super::target::{self, TargetArgs};
-use super::{run_id, LoadArgs};
-use crate::config::Config;
+use crate::da::{self, BenchDa, DaConnect, LinkUp};
+use crate::error::BenchError;
+use crate::graph::GraphClient;
+use crate::load::{self, LoadResult, LoadSpec};
+use crate::mqtt::ConnCounters;
+use crate::options::{RouteOptions, Target};
+use crate::progress::Progress;
+use crate::publish::{self, Publisher};
+use crate::report;
+use crate::stats::{Clock, Recorder, SharedRecorder};
+use crate::{csm, ctrl_c, run_id};
 
 /// How long the controller may take to connect every link and to carry the first message.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Args)]
-pub struct RouteArgs {
-    /// The join function of the graph.
-    #[arg(long, value_enum, default_value_t = Join::Rhai)]
-    pub join: Join,
-    /// IDF DAs (one input feature each), each fed by the publishers.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub idfs: usize,
-    /// ODF DAs (one output feature each), each receiving every output.
-    #[arg(long, default_value_t = 1, value_name = "M")]
-    pub odfs: usize,
-    #[command(flatten)]
-    pub load: LoadArgs,
-    #[command(flatten)]
-    pub target: TargetArgs,
-}
 
 #[derive(Debug, Serialize)]
 struct RouteReport {
@@ -81,10 +63,10 @@ impl Created {
     /// Detaches the graph, disconnects everything and deletes the DAs; returns what failed.
     async fn cleanup(self, http: &reqwest::Client, csm: &str) -> Vec<String> {
         let mut failed = Vec::new();
-        if let Some(mut g) = self.graph {
+        if let Some(g) = self.graph {
             if self.attached {
-                if let Err(e) = g.request(json!({"op": "detach"})).await {
-                    failed.push(format!("{e:#}"));
+                if let Err(e) = g.request(GraphOp::Detach).await {
+                    failed.push(e.chain());
                 }
             }
             g.close().await;
@@ -93,7 +75,7 @@ impl Created {
             p.disconnect().await;
         }
         futures::future::join_all(self.das.into_iter().map(BenchDa::close)).await;
-        let results: Vec<Result<()>> = futures::stream::iter(self.registered)
+        let results: Vec<Result<(), BenchError>> = futures::stream::iter(self.registered)
             .map(|(id, rev)| async move { da::deregister(http, csm, &id, &rev).await })
             .buffer_unordered(16)
             .collect()
@@ -101,46 +83,28 @@ impl Created {
         failed.extend(
             results
                 .into_iter()
-                .filter_map(|r| r.err().map(|e| format!("{e:#}"))),
+                .filter_map(|r| r.err().map(|e| e.chain())),
         );
         failed
     }
 }
 
-pub async fn run(cfg: &Config, args: RouteArgs) -> Result<()> {
-    if args.idfs == 0 || args.odfs == 0 {
-        bail!("--idfs and --odfs must be at least 1");
-    }
-    if args.idfs > 64 || args.odfs > 1024 {
-        bail!("--idfs must be at most 64 and --odfs at most 1024");
-    }
-    let duration = args.load.duration()?;
-    let warmup = args.load.warmup()?;
+/// Runs `bench route` against `target` and prints its report (a table, or JSON).
+pub async fn run(target: &Target, args: &RouteOptions) -> Result<(), BenchError> {
+    args.check()?;
     let publishers = args.load.publishers(args.idfs)?;
-    let target = target::resolve(cfg, &args.target)?;
+    let spec = LoadSpec::new(&args.load, args.odfs as u64)?;
     let progress = Progress::new(args.load.json);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
-        .context("cannot create an HTTP client")?;
-    target::check_csm(&http, &target.csm).await?;
+        .map_err(BenchError::HttpClient)?;
+    csm::check(&http, &target.csm).await?;
 
-    let spec = LoadSpec {
-        qos: qos(args.load.qos)?,
-        payload_bytes: args.load.payload_bytes,
-        rate: args.load.rate,
-        warmup,
-        duration,
-        fanout: args.odfs as u64,
-        drain_idle: args.load.drain_idle()?,
-        max_drain: args.load.max_drain()?,
-        batch: usize::try_from(args.load.batch).unwrap_or(1),
-        max_inflight: args.load.max_inflight,
-    };
     let mut created = Created::default();
     let outcome = tokio::select! {
-        r = measure(&args, &target, &spec, publishers, &http, &progress, &mut created) => r,
-        e = super::ctrl_c() => Err(e),
+        r = measure(args, target, &spec, publishers, &http, &progress, &mut created) => r,
+        e = ctrl_c() => Err(e),
     };
     progress.phase("cleaning up: detaching the graph, deleting the bench DAs");
     // A second Ctrl-C stops the cleanup too.
@@ -149,7 +113,7 @@ pub async fn run(cfg: &Config, args: RouteArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {
             progress.finish();
             eprintln!("iotctl bench: interrupted again: cleanup stopped; graph bench-* and DAs of model {} may remain", da::MODEL);
-            return Err(super::Interrupted.into());
+            return Err(BenchError::Interrupted);
         }
     };
     progress.finish();
@@ -193,14 +157,14 @@ pub async fn run(cfg: &Config, args: RouteArgs) -> Result<()> {
 }
 
 async fn measure(
-    args: &RouteArgs,
-    target: &target::Target,
+    args: &RouteOptions,
+    target: &Target,
     spec: &LoadSpec,
     publishers: usize,
     http: &reqwest::Client,
     progress: &Progress,
     created: &mut Created,
-) -> Result<LoadResult> {
+) -> Result<LoadResult, BenchError> {
     let run = run_id();
     let clock = Clock::new();
     let counters = Arc::new(ConnCounters::default());
@@ -258,32 +222,45 @@ async fn measure(
         target.mqtt_port,
         &format!("bench-{run}"),
         &gid,
-        counters.clone(),
     )
     .await?;
     let g = created.graph.insert(graph);
-    g.request(json!({"op": "attach"})).await?;
+    g.request(GraphOp::Attach).await?;
     created.attached = true;
     let join_digest = match args.join.code(n) {
         Some(code) => {
             let d = digest(&code);
-            g.request(json!({"op": "add_funcs", "codes": [code], "digests": [d]}))
-                .await?;
+            g.request(GraphOp::add_funcs([code])).await?;
             Some(d)
         }
         None => None,
     };
     for (i, (id, _)) in created.registered.iter().enumerate() {
-        let req = if i < n {
-            json!({"op": "add_link", "da_id": id, "idf": da::IDF, "func": null})
+        let (direction, feature) = if i < n {
+            (Direction::Idf, da::IDF)
         } else {
-            json!({"op": "add_link", "da_id": id, "odf": da::ODF, "func": null})
+            (Direction::Odf, da::ODF)
         };
-        g.request(req).await?;
+        let link = LinkRef {
+            da_id: *id,
+            direction,
+            feature: feature
+                .parse()
+                .map_err(|_| BenchError::Setup("bad feature name"))?,
+        };
+        g.request(GraphOp::AddLink {
+            link,
+            spec: LinkSpec::default(),
+        })
+        .await?;
     }
-    if let Some(d) = &join_digest {
-        g.request(json!({"op": "set_join", "prev": null, "new": d}))
-            .await?;
+    if join_digest.is_some() {
+        g.request(GraphOp::SetJoin {
+            prev: None,
+            new: join_digest,
+            depends: Default::default(),
+        })
+        .await?;
     }
 
     progress.phase(format!(
@@ -296,26 +273,27 @@ async fn measure(
     while up < n + m {
         let link = tokio::time::timeout_at(deadline, links.recv())
             .await
-            .map_err(|_| {
-                anyhow!(
-                    "the controller connected {up} of {} links within {} s (CONNECT signals on <id>/ctrl/o)",
-                    n + m,
-                    SETUP_TIMEOUT.as_secs()
-                )
+            .map_err(|_| BenchError::LinksNotConnected {
+                up,
+                total: n + m,
+                seconds: SETUP_TIMEOUT.as_secs(),
             })?
-            .context("the bench DAs stopped")?;
+            .ok_or(BenchError::Setup("the bench DAs stopped"))?;
         if link.direction == Direction::Idf && link.da < n {
             idf_topics[link.da] = Some(link.topic);
         }
         up += 1;
     }
-    let idf_topics: Vec<String> = idf_topics
-        .into_iter()
-        .collect::<Option<_>>()
-        .context("an IDF link was connected without a topic")?;
+    let idf_topics: Vec<String> =
+        idf_topics
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or(BenchError::Setup(
+                "an IDF link was connected without a topic",
+            ))?;
 
     progress.phase(format!("connecting {publishers} publishers"));
-    created.publishers = load::connect_publishers(
+    created.publishers = publish::connect_publishers(
         &target.mqtt_host,
         target.mqtt_port,
         publishers,
@@ -327,7 +305,8 @@ async fn measure(
     .await?;
 
     progress.phase("checking that data flows from every IDF to every ODF");
-    load::prime(
+    publish::prime(
+        "the graph does not route: check `iotctl status` and the controller's log",
         &mut created.publishers[0],
         &idf_topics,
         &recorders,
@@ -335,8 +314,7 @@ async fn measure(
         spec.payload_bytes,
         SETUP_TIMEOUT,
     )
-    .await
-    .context("the graph does not route: check `iotctl status` and the controller's log")?;
+    .await?;
 
     load::run(
         spec,

@@ -1,4 +1,4 @@
-//! `iotctl bench broker`: plain publish -> subscribe against any MQTT broker, so that
+//! `bench broker`: plain publish -> subscribe against any MQTT broker, so that
 //! Mosquitto, the embedded broker and a forwarding peer (e.g. a Node-RED flow from
 //! `--pub-topic` to `--sub-topic`) are all measured by the same client.
 
@@ -6,38 +6,17 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
 use serde::Serialize;
 
-use super::load::{self, LoadResult, LoadSpec, Publisher};
-use super::mqtt::{qos, Conn, ConnCounters, ConnSpec};
-use super::progress::Progress;
-use super::report;
-use super::stats::{Clock, Recorder, SharedRecorder};
-use super::{run_id, LoadArgs};
-
-#[derive(Debug, Clone, Args)]
-pub struct BrokerArgs {
-    /// The broker, `mqtt://HOST:PORT`.
-    #[arg(long, value_name = "mqtt://HOST:PORT")]
-    pub url: String,
-    /// Topic to publish to (default: a fresh `iotctl-bench/<run>`).
-    #[arg(long, value_name = "TOPIC")]
-    pub pub_topic: Option<String>,
-    /// Topic to subscribe to (default: the publish topic); a different one measures a peer
-    /// that forwards from one to the other.
-    #[arg(long, value_name = "TOPIC")]
-    pub sub_topic: Option<String>,
-    /// Subscriber connections, each receiving every message.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub subscribers: usize,
-    /// Pid of the broker (or forwarding peer) for CPU and memory figures, when it runs here.
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
-    #[command(flatten)]
-    pub load: LoadArgs,
-}
+use crate::error::BenchError;
+use crate::load::{self, LoadResult, LoadSpec};
+use crate::mqtt::{qos, Conn, ConnCounters, ConnSpec};
+use crate::options::BrokerOptions;
+use crate::progress::Progress;
+use crate::publish::{self, Publisher};
+use crate::report;
+use crate::stats::{Clock, Recorder, SharedRecorder};
+use crate::{ctrl_c, run_id};
 
 #[derive(Debug, Serialize)]
 struct BrokerReport {
@@ -57,9 +36,12 @@ struct BrokerReport {
 }
 
 /// `(host, port)` of `mqtt://HOST:PORT` (or `tcp://`, or a bare `HOST:PORT`).
-fn parse_url(url: &str) -> Result<(String, u16)> {
+fn parse_url(url: &str) -> Result<(String, u16), BenchError> {
+    let invalid = |why: String| BenchError::InvalidOption(format!("--url {url}: {why}"));
     if url.starts_with("mqtts://") || url.starts_with("ws://") || url.starts_with("wss://") {
-        bail!("--url {url}: only plain MQTT over TCP (mqtt://HOST:PORT) is supported");
+        return Err(invalid(
+            "only plain MQTT over TCP (mqtt://HOST:PORT) is supported".into(),
+        ));
     }
     let rest = url
         .strip_prefix("mqtt://")
@@ -69,26 +51,26 @@ fn parse_url(url: &str) -> Result<(String, u16)> {
     match rest.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() => Ok((
             h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-            p.parse()
-                .with_context(|| format!("--url {url}: bad port `{p}`"))?,
+            p.parse().map_err(|_| invalid(format!("bad port `{p}`")))?,
         )),
         None if !rest.is_empty() => Ok((rest.to_owned(), 1883)),
-        _ => bail!("--url {url}: expected mqtt://HOST:PORT"),
+        _ => Err(invalid("expected mqtt://HOST:PORT".into())),
     }
 }
 
-fn check_topic(what: &str, t: &str) -> Result<()> {
+fn check_topic(what: &str, t: &str) -> Result<(), BenchError> {
     if t.is_empty() || t.contains(['+', '#']) {
-        bail!("--{what} `{t}` must be a topic name without wildcards");
+        return Err(BenchError::InvalidOption(format!(
+            "--{what} `{t}` must be a topic name without wildcards"
+        )));
     }
     Ok(())
 }
 
-pub async fn run(args: BrokerArgs) -> Result<()> {
+/// Runs `bench broker` and prints its report (a table, or JSON).
+pub async fn run(args: &BrokerOptions) -> Result<(), BenchError> {
     let (host, port) = parse_url(&args.url)?;
-    if args.subscribers == 0 || args.subscribers > 1024 {
-        bail!("--subscribers must be between 1 and 1024");
-    }
+    args.check()?;
     let run = run_id();
     let pub_topic = args
         .pub_topic
@@ -98,24 +80,13 @@ pub async fn run(args: BrokerArgs) -> Result<()> {
     check_topic("pub-topic", &pub_topic)?;
     check_topic("sub-topic", &sub_topic)?;
     let publishers = args.load.publishers(1)?;
-    let spec = LoadSpec {
-        qos: qos(args.load.qos)?,
-        payload_bytes: args.load.payload_bytes,
-        rate: args.load.rate,
-        warmup: args.load.warmup()?,
-        duration: args.load.duration()?,
-        fanout: args.subscribers as u64,
-        drain_idle: args.load.drain_idle()?,
-        max_drain: args.load.max_drain()?,
-        batch: usize::try_from(args.load.batch).unwrap_or(1),
-        max_inflight: args.load.max_inflight,
-    };
+    let spec = LoadSpec::new(&args.load, args.subscribers as u64)?;
     let progress = Progress::new(args.load.json);
     let mut subs: Vec<Conn> = Vec::new();
     let mut pubs: Vec<Publisher> = Vec::new();
     let outcome = tokio::select! {
-        r = measure(&args, &host, port, &run, &pub_topic, &sub_topic, publishers, &spec, &progress, &mut subs, &mut pubs) => r,
-        e = super::ctrl_c() => Err(e),
+        r = measure(args, &host, port, &run, &pub_topic, &sub_topic, publishers, &spec, &progress, &mut subs, &mut pubs) => r,
+        e = ctrl_c() => Err(e),
     };
     progress.phase("disconnecting");
     for p in pubs {
@@ -163,7 +134,7 @@ pub async fn run(args: BrokerArgs) -> Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 async fn measure(
-    args: &BrokerArgs,
+    args: &BrokerOptions,
     host: &str,
     port: u16,
     run: &str,
@@ -174,7 +145,7 @@ async fn measure(
     progress: &Progress,
     subs: &mut Vec<Conn>,
     pubs: &mut Vec<Publisher>,
-) -> Result<LoadResult> {
+) -> Result<LoadResult, BenchError> {
     let clock = Clock::new();
     let counters = Arc::new(ConnCounters::default());
     let seen = Arc::new(AtomicU64::new(0));
@@ -192,12 +163,13 @@ async fn measure(
     }
     progress.phase(format!("connecting {publishers} publishers"));
     let topics = vec![pub_topic.to_owned()];
-    *pubs =
-        load::connect_publishers(host, port, publishers, &topics, spec.qos, run, &counters).await?;
+    *pubs = publish::connect_publishers(host, port, publishers, &topics, spec.qos, run, &counters)
+        .await?;
     progress.phase(format!(
         "checking that messages on {pub_topic} arrive on {sub_topic}"
     ));
-    load::prime(
+    publish::prime(
+        &format!("nothing published on {pub_topic} arrived on {sub_topic}"),
         &mut pubs[0],
         &topics,
         &recorders,
@@ -205,8 +177,7 @@ async fn measure(
         spec.payload_bytes,
         Duration::from_secs(15),
     )
-    .await
-    .with_context(|| format!("nothing published on {pub_topic} arrived on {sub_topic}"))?;
+    .await?;
     load::run(
         spec, pubs, &recorders, seen, clock, args.pid, &counters, progress,
     )

@@ -3,7 +3,7 @@
 //!
 //! Its event-loop task only polls (rumqttc pitfall: never wait on anything that needs the
 //! loop). What it receives goes one of three ways: data is counted in place by the stream's
-//! [`Recorder`](super::stats::Recorder) (no hand-off on the hot path); messages on the
+//! [`Recorder`](crate::stats::Recorder) (no hand-off on the hot path); messages on the
 //! `forward` topics and SUBACK/CONNACK go to the owner over a bounded channel with `try_send`
 //! (dropped and counted if the owner lags, never blocking the loop). After a reconnect the task
 //! resubscribes and republishes the birth message itself with `try_` calls. `tcp_nodelay` is on.
@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, NetworkOptions,
@@ -22,7 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::{lock, SharedRecorder};
+use crate::error::BenchError;
+use crate::stats::{lock, SharedRecorder};
 
 /// How long a CONNACK or SUBACK may take.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -95,7 +95,7 @@ pub struct Conn {
 
 impl Conn {
     /// Connects and waits for the CONNACK.
-    pub async fn connect(spec: ConnSpec, counters: Arc<ConnCounters>) -> Result<Conn> {
+    pub async fn connect(spec: ConnSpec, counters: Arc<ConnCounters>) -> Result<Conn, BenchError> {
         let mut opts = MqttOptions::new(spec.client_id.clone(), spec.host.clone(), spec.port);
         opts.set_keep_alive(spec.keep_alive);
         opts.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
@@ -127,11 +127,11 @@ impl Conn {
             let mut connected = connected;
             loop {
                 tokio::select! {
-                    r = &mut connected => return r.map_err(|_| anyhow!("the connection task ended")),
+                    r = &mut connected => return r.map_err(|_| "the connection task ended".to_owned()),
                     e = events.recv() => match e {
-                        Some(ConnEvent::Error(why)) => return Err(anyhow!(why)),
+                        Some(ConnEvent::Error(why)) => return Err(why),
                         Some(_) => {}
-                        None => return Err(anyhow!("the connection task ended")),
+                        None => return Err("the connection task ended".to_owned()),
                     },
                 }
             }
@@ -140,12 +140,12 @@ impl Conn {
         let failed = match waited {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
-            Err(_) => Some(anyhow!("no CONNACK within {} s", ACK_TIMEOUT.as_secs())),
+            Err(_) => Some(format!("no CONNACK within {} s", ACK_TIMEOUT.as_secs())),
         };
-        if let Some(e) = failed {
+        if let Some(reason) = failed {
             stop.cancel();
             task.abort();
-            return Err(e).with_context(|| format!("cannot connect to the MQTT broker at {addr}"));
+            return Err(BenchError::MqttConnect { addr, reason });
         }
         Ok(Conn {
             client,
@@ -157,7 +157,7 @@ impl Conn {
     }
 
     /// Subscribes (and after a reconnect, again) without waiting for the SUBACK.
-    pub async fn subscribe_nowait(&mut self, filter: &str, qos: QoS) -> Result<()> {
+    pub async fn subscribe_nowait(&mut self, filter: &str, qos: QoS) -> Result<(), BenchError> {
         self.subs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -165,20 +165,36 @@ impl Conn {
         self.client
             .subscribe(filter, qos)
             .await
-            .with_context(|| format!("cannot subscribe to {filter}"))
+            .map_err(|e| BenchError::Subscribe {
+                filter: filter.to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     /// Subscribes and waits for the SUBACK; messages forwarded meanwhile are returned.
-    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<Vec<ConnEvent>> {
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: QoS,
+    ) -> Result<Vec<ConnEvent>, BenchError> {
         self.subscribe_nowait(filter, qos).await?;
         let mut early = Vec::new();
         let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        let failed = |reason: String| BenchError::Subscribe {
+            filter: filter.to_owned(),
+            reason,
+        };
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(ConnEvent::SubAck)) => return Ok(early),
                 Ok(Some(e)) => early.push(e),
-                Ok(None) => bail!("connection closed while subscribing to {filter}"),
-                Err(_) => bail!("no SUBACK for {filter} within {} s", ACK_TIMEOUT.as_secs()),
+                Ok(None) => return Err(failed("the connection closed".into())),
+                Err(_) => {
+                    return Err(failed(format!(
+                        "no SUBACK within {} s",
+                        ACK_TIMEOUT.as_secs()
+                    )))
+                }
             }
         }
     }
@@ -286,6 +302,7 @@ fn rand_u16() -> u16 {
 }
 
 /// `0`, `1` or `2` as a rumqttc QoS.
-pub fn qos(level: u8) -> Result<QoS> {
-    rumqttc::qos(level).map_err(|_| anyhow!("QoS must be 0, 1 or 2, not {level}"))
+pub fn qos(level: u8) -> Result<QoS, BenchError> {
+    rumqttc::qos(level)
+        .map_err(|_| BenchError::InvalidOption(format!("QoS must be 0, 1 or 2, not {level}")))
 }

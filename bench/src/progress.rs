@@ -1,11 +1,16 @@
 //! The progress display on stderr (indicatif): a spinner for setup phases, a bar while
-//! measuring. Hidden with `--json` or when stderr is not a terminal, so scripts and CI logs
-//! get only the result.
+//! measuring, with the rates in and out ([`tick_progress`]). Hidden with `--json` or when
+//! stderr is not a terminal, so scripts and CI logs get only the result.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::report::group;
+use crate::stats::{Clock, Window};
 
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -72,5 +77,38 @@ impl Progress {
     /// Removes the display (before the result is printed).
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// Updates the display every 500 ms with the phase and the rates in and out, until aborted.
+pub async fn tick_progress(
+    progress: Progress,
+    clock: Clock,
+    t0: u64,
+    window: Window,
+    sent: Vec<Arc<AtomicU64>>,
+    seen: Arc<AtomicU64>,
+) {
+    let total_ms = (window.end - t0) / 1_000_000;
+    progress.timed(total_ms.div_ceil(1000), "warm-up");
+    let mut last = (clock.now_ns(), 0u64, seen.load(Ordering::Relaxed));
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = clock.now_ns();
+        let s: u64 = sent.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        let r = seen.load(Ordering::Relaxed);
+        let dt = (now - last.0) as f64 / 1e9;
+        let phase = if now < window.start {
+            "warm-up"
+        } else {
+            "measuring"
+        };
+        progress.set_position(now.saturating_sub(t0) / 1_000_000_000);
+        progress.set_message(format!(
+            "{phase}: in {} msgs/s, out {} msgs/s",
+            group(((s - last.1.min(s)) as f64 / dt) as u64),
+            group(((r - last.2.min(r)) as f64 / dt) as u64)
+        ));
+        last = (now, s, r);
     }
 }

@@ -1,4 +1,4 @@
-//! `iotctl bench connect`: N DAs register over HTTP (many requests in flight), then connect
+//! `bench connect`: N DAs register over HTTP (many requests in flight), then connect
 //! over MQTT and go online as SDKs do; measures registrations/s, the time until the CSM counts
 //! them all online (its `/status`), and the controller's memory before, during and after.
 //! The DAs are disconnected and deleted at the end, also after an error or Ctrl-C.
@@ -6,41 +6,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
 use futures::StreamExt;
 use iot_proto::{DaId, Rev};
 use rumqttc::QoS;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::da::{self, BenchDa, DaConnect};
-use super::load::{group, kb_to_mb};
-use super::mqtt::ConnCounters;
-use super::procstat;
-use super::progress::Progress;
-use super::report::{self, or_na};
-use super::run_id;
-use super::target::{self, TargetArgs};
-use crate::config::Config;
-
-#[derive(Debug, Clone, Args)]
-pub struct ConnectArgs {
-    /// How many DAs.
-    #[arg(short = 'n', long = "das", default_value_t = 1000, value_name = "N")]
-    pub n: usize,
-    /// Registrations and connections in flight at once.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub concurrency: usize,
-    /// How long to wait for all DAs to be online, in seconds.
-    #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
-    pub timeout: f64,
-    /// Print one JSON object on stdout instead of the table (no progress display).
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub target: TargetArgs,
-}
+use crate::da::{self, BenchDa, DaConnect};
+use crate::error::BenchError;
+use crate::mqtt::ConnCounters;
+use crate::options::{ConnectOptions, Target};
+use crate::procstat;
+use crate::progress::Progress;
+use crate::report::{self, group, kb_to_mb, or_na};
+use crate::{csm, ctrl_c, run_id};
 
 #[derive(Debug, Serialize)]
 struct ConnectReport {
@@ -89,30 +68,22 @@ struct Timings {
     client_rss_kb: Option<u64>,
 }
 
-pub async fn run(cfg: &Config, args: ConnectArgs) -> Result<()> {
-    if args.n == 0 || args.n > 1_000_000 {
-        bail!("-n must be between 1 and 1000000");
-    }
-    if args.concurrency == 0 || args.concurrency > 4096 {
-        bail!("--concurrency must be between 1 and 4096");
-    }
-    if !args.timeout.is_finite() || args.timeout <= 0.0 {
-        bail!("--timeout must be a positive number of seconds");
-    }
-    let target = target::resolve(cfg, &args.target)?;
+/// Runs `bench connect` against `target` and prints its report (a table, or JSON).
+pub async fn run(target: &Target, args: &ConnectOptions) -> Result<(), BenchError> {
+    args.check()?;
     let progress = Progress::new(args.json);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(args.concurrency)
         .build()
-        .context("cannot create an HTTP client")?;
-    target::check_csm(&http, &target.csm).await?;
+        .map_err(BenchError::HttpClient)?;
+    csm::check(&http, &target.csm).await?;
     let counters = Arc::new(ConnCounters::default());
     let mut created = Created::default();
     let mut t = Timings::default();
     let outcome = tokio::select! {
-        r = measure(&args, &target, &http, &progress, &counters, &mut created, &mut t) => r,
-        e = super::ctrl_c() => Err(e),
+        r = measure(args, target, &http, &progress, &counters, &mut created, &mut t) => r,
+        e = ctrl_c() => Err(e),
     };
 
     let n_reg = created.registered.len();
@@ -122,19 +93,19 @@ pub async fn run(cfg: &Config, args: ConnectArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {
             progress.finish();
             eprintln!("iotctl bench: interrupted again: cleanup stopped; DAs of model {} may remain", da::MODEL);
-            return Err(super::Interrupted.into());
+            return Err(BenchError::Interrupted);
         }
     };
     let rss_after = target.pid.and_then(|p| procstat::sample(p).ok());
     progress.finish();
     outcome?;
 
-    let n = args.n as f64;
+    let n = args.das as f64;
     let report = ConnectReport {
         bench: "connect",
         csm: target.csm.clone(),
         mqtt: target.mqtt(),
-        das: args.n,
+        das: args.das,
         concurrency: args.concurrency,
         registration_s: t.registration_s,
         registrations_per_s: n / t.registration_s.max(1e-9),
@@ -164,7 +135,7 @@ pub async fn run(cfg: &Config, args: ConnectArgs) -> Result<()> {
             "registration".to_owned(),
             format!(
                 "{} DAs in {:.2} s: {} DAs/s ({} in flight)",
-                group(args.n as u64),
+                group(args.das as u64),
                 report.registration_s,
                 group(report.registrations_per_s.round() as u64),
                 args.concurrency
@@ -217,7 +188,7 @@ pub async fn run(cfg: &Config, args: ConnectArgs) -> Result<()> {
     ];
     let title = format!(
         "bench connect: {} DAs\n  controller {} (mqtt {}{})",
-        group(args.n as u64),
+        group(args.das as u64),
         target.csm,
         target.mqtt(),
         target
@@ -256,7 +227,7 @@ async fn cleanup(
         progress.set_position(deleted);
         if let Err(e) = r {
             failures += 1;
-            first_failure.get_or_insert(format!("{e:#}"));
+            first_failure.get_or_insert(e.chain());
         }
     }
     if let Some(f) = first_failure {
@@ -266,14 +237,14 @@ async fn cleanup(
 }
 
 async fn measure(
-    args: &ConnectArgs,
-    target: &target::Target,
+    args: &ConnectOptions,
+    target: &Target,
     http: &reqwest::Client,
     progress: &Progress,
     counters: &Arc<ConnCounters>,
     created: &mut Created,
     t: &mut Timings,
-) -> Result<()> {
+) -> Result<(), BenchError> {
     let run = run_id();
     let rss = || {
         target
@@ -284,11 +255,11 @@ async fn measure(
     let online0 = online(http, &target.csm).await?;
     t.rss_before_kb = rss();
 
-    progress.steps(args.n as u64, "registering");
+    progress.steps(args.das as u64, "registering");
     let started = Instant::now();
     let csm = target.csm.as_str();
     let run_ref = run.as_str();
-    let mut registering = futures::stream::iter(0..args.n)
+    let mut registering = futures::stream::iter(0..args.das)
         .map(|i| async move {
             let id = DaId::new_v4();
             let body = da::register_body(&format!("bench-{run_ref}-{i}"), true, true);
@@ -306,7 +277,7 @@ async fn measure(
     t.registration_s = started.elapsed().as_secs_f64();
     t.rss_registered_kb = rss();
 
-    progress.steps(args.n as u64, "connecting");
+    progress.steps(args.das as u64, "connecting");
     // Bench DAs of this command have no links; the channel only has to exist.
     let (links_tx, _links) = mpsc::channel(16);
     let how = DaConnect {
@@ -340,22 +311,22 @@ async fn measure(
     t.connect_s = started.elapsed().as_secs_f64();
 
     progress.steps(
-        args.n as u64,
+        args.das as u64,
         "waiting until the controller counts them online",
     );
-    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let deadline = Instant::now() + args.timeout;
     loop {
         let now_online = online(http, &target.csm).await?.saturating_sub(online0);
         progress.set_position(now_online);
-        if now_online >= args.n as u64 {
+        if now_online >= args.das as u64 {
             break;
         }
         if Instant::now() > deadline {
-            bail!(
-                "only {now_online} of {} DAs were online after {} s",
-                args.n,
-                args.timeout
-            );
+            return Err(BenchError::NotOnline {
+                online: now_online,
+                total: args.das,
+                seconds: args.timeout.as_secs_f64(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -367,9 +338,11 @@ async fn measure(
     Ok(())
 }
 
-async fn online(http: &reqwest::Client, csm: &str) -> Result<u64> {
-    let s = target::csm_status(http, csm).await?;
-    s["online"]
-        .as_u64()
-        .with_context(|| format!("{csm}/status has no `online` count"))
+async fn online(http: &reqwest::Client, base: &str) -> Result<u64, BenchError> {
+    let s = csm::status(http, base).await?;
+    s["online"].as_u64().ok_or_else(|| BenchError::Reply {
+        method: "GET",
+        url: format!("{base}/status"),
+        reason: "no `online` count".into(),
+    })
 }

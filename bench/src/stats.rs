@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::payload::{scan, triggering, Slot, PRIME_PUB};
+use crate::error::BenchError;
+use crate::payload::{scan, triggering, Slot, PRIME_PUB};
 
 /// Nanoseconds since the bench started; shared by publishers and subscribers (one process).
 #[derive(Debug, Clone, Copy)]
@@ -54,9 +55,9 @@ impl Window {
 }
 
 /// Latencies are recorded in nanoseconds, from 1 µs to 60 s, with 3 significant digits.
-pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+pub fn new_histogram() -> Result<Histogram<u64>, BenchError> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
-        .map_err(|e| anyhow::anyhow!("cannot create a latency histogram: {e}"))
+        .map_err(|e| BenchError::Histogram(format!("cannot create one: {e}")))
 }
 
 /// Counts of one received stream (one subscriber connection and topic).
@@ -79,7 +80,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(clock: Clock, seen: Arc<AtomicU64>) -> anyhow::Result<Self> {
+    pub fn new(clock: Clock, seen: Arc<AtomicU64>) -> Result<Self, BenchError> {
         Ok(Self {
             clock,
             window: None,

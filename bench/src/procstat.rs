@@ -1,10 +1,12 @@
 //! CPU time and memory of a local process from `/proc/<pid>/stat` and `/proc/<pid>/status`
-//! (Linux). Used for the controller (its pid from the state file, or `--pid`) and for the
-//! bench itself; a remote controller has none (`n/a`).
+//! (Linux), and their sampling over a measurement window ([`sample_window`]). Used for the
+//! controller (the [`Target`](crate::Target)'s pid, or `--pid`) and for the bench itself; a
+//! remote controller has none (`n/a`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use crate::error::BenchError;
+use crate::stats::{Clock, Window};
 
 /// One reading of a process.
 #[derive(Debug, Clone, Copy)]
@@ -32,13 +34,17 @@ pub fn ticks_per_second() -> u64 {
 }
 
 /// Reads process `pid` now (memory only of the process itself, no children).
-pub fn sample(pid: u32) -> Result<ProcSample> {
+pub fn sample(pid: u32) -> Result<ProcSample, BenchError> {
     let at = Instant::now();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("cannot read /proc/{pid}/stat: is process {pid} running here?"))?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    let s = parse_stat(&stat).with_context(|| format!("unexpected /proc/{pid}/stat format"))?;
+    let read = |file: &'static str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .map_err(|source| BenchError::NoProcess { pid, file, source })
+    };
+    let stat = read("stat")?;
+    let status = read("status")?;
+    let s = parse_stat(&stat).ok_or_else(|| BenchError::ProcFormat {
+        path: format!("/proc/{pid}/stat"),
+    })?;
     Ok(ProcSample {
         at,
         cpu_ticks: s.own + s.waited_children,
@@ -49,7 +55,7 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
 }
 
 /// Like [`sample`], with the CPU time and memory of the live children added.
-pub fn sample_with_children(pid: u32) -> Result<ProcSample> {
+pub fn sample_with_children(pid: u32) -> Result<ProcSample, BenchError> {
     let mut s = sample(pid)?;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Ok(s);
@@ -118,9 +124,13 @@ pub struct MachineSample {
 }
 
 /// Reads the machine's CPU counters now.
-pub fn machine() -> Result<MachineSample> {
-    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
-    parse_machine(&stat).context("unexpected /proc/stat format")
+pub fn machine() -> Result<MachineSample, BenchError> {
+    let path = "/proc/stat";
+    let stat = std::fs::read_to_string(path).map_err(|source| BenchError::Proc {
+        path: path.into(),
+        source,
+    })?;
+    parse_machine(&stat).ok_or_else(|| BenchError::ProcFormat { path: path.into() })
 }
 
 fn parse_machine(stat: &str) -> Option<MachineSample> {
@@ -159,6 +169,54 @@ pub fn cpu_percent(a: &ProcSample, b: &ProcSample) -> f64 {
     }
     let ticks = b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64;
     ticks / ticks_per_second() as f64 / secs * 100.0
+}
+
+/// CPU and memory over a measurement window.
+#[derive(Debug, Default)]
+pub struct WindowFigures {
+    pub cpu_percent: Option<f64>,
+    pub rss_start_kb: Option<u64>,
+    pub rss_end_kb: Option<u64>,
+    pub rss_max_kb: Option<u64>,
+    pub children_rss_kb: Option<u64>,
+    pub client_cpu_percent: Option<f64>,
+    pub machine_cpu_percent: Option<f64>,
+}
+
+/// Samples the controller (when local) and this process at the start and the end of the
+/// window, and the controller's memory every 250 ms in between.
+pub async fn sample_window(pid: Option<u32>, clock: Clock, window: Window) -> WindowFigures {
+    tokio::time::sleep_until(clock.instant(window.start).into()).await;
+    let me = std::process::id();
+    let first: Option<ProcSample> = pid.and_then(|p| sample_with_children(p).ok());
+    let me_first = sample(me).ok();
+    let machine_first = machine().ok();
+    let mut max_kb = first.map(|s| s.rss_kb);
+    let end = clock.instant(window.end);
+    while std::time::Instant::now() + Duration::from_millis(250) < end {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(s) = pid.and_then(|p| sample(p).ok()) {
+            max_kb = max_kb.max(Some(s.rss_kb));
+        }
+    }
+    tokio::time::sleep_until(end.into()).await;
+    let last = pid.and_then(|p| sample_with_children(p).ok());
+    let me_last = sample(me).ok();
+    let machine_last = machine().ok();
+    if let Some(s) = last {
+        max_kb = max_kb.max(Some(s.rss_kb));
+    }
+    WindowFigures {
+        cpu_percent: first.zip(last).map(|(a, b)| cpu_percent(&a, &b)),
+        rss_start_kb: first.map(|s| s.rss_kb),
+        rss_end_kb: last.map(|s| s.rss_kb),
+        rss_max_kb: max_kb,
+        children_rss_kb: last.map(|s| s.children_rss_kb),
+        client_cpu_percent: me_first.zip(me_last).map(|(a, b)| cpu_percent(&a, &b)),
+        machine_cpu_percent: machine_first
+            .zip(machine_last)
+            .and_then(|(a, b)| machine_percent(&a, &b)),
+    }
 }
 
 #[cfg(test)]

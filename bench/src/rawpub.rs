@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+
+use crate::error::BenchError;
 
 /// Keepalive announced in CONNECT: the bench publishes continuously, and sends nothing but
 /// PUBLISH, so it only has to cover the setup before a run.
@@ -45,15 +46,20 @@ fn push_len(buf: &mut Vec<u8>, mut n: usize) {
     }
 }
 
-fn push_str(buf: &mut Vec<u8>, s: &[u8]) -> Result<()> {
-    let len = u16::try_from(s.len()).context("an MQTT string is longer than 65535 bytes")?;
+fn push_str(buf: &mut Vec<u8>, s: &[u8]) -> Result<(), BenchError> {
+    let len = u16::try_from(s.len()).map_err(|_| {
+        BenchError::InvalidOption(format!(
+            "a topic or client id of {} bytes: an MQTT string is at most 65535",
+            s.len()
+        ))
+    })?;
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(s);
     Ok(())
 }
 
 /// A CONNECT packet (MQTT 3.1.1, clean session, no will, no credentials).
-fn connect_packet(client_id: &str) -> Result<Vec<u8>> {
+fn connect_packet(client_id: &str) -> Result<Vec<u8>, BenchError> {
     let mut body = Vec::with_capacity(16 + client_id.len());
     push_str(&mut body, b"MQTT")?;
     body.push(4); // protocol level 3.1.1
@@ -67,7 +73,7 @@ fn connect_packet(client_id: &str) -> Result<Vec<u8>> {
 }
 
 /// Appends a QoS 0 PUBLISH of `payload` on `topic`.
-pub fn push_publish(buf: &mut Vec<u8>, topic: &str, payload: &[u8]) -> Result<()> {
+pub fn push_publish(buf: &mut Vec<u8>, topic: &str, payload: &[u8]) -> Result<(), BenchError> {
     buf.push(0x30);
     push_len(buf, 2 + topic.len() + payload.len());
     push_str(buf, topic.as_bytes())?;
@@ -77,28 +83,44 @@ pub fn push_publish(buf: &mut Vec<u8>, topic: &str, payload: &[u8]) -> Result<()
 
 impl RawPublisher {
     /// Connects and waits for a successful CONNACK.
-    pub async fn connect(host: &str, port: u16, client_id: &str) -> Result<RawPublisher> {
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        client_id: &str,
+    ) -> Result<RawPublisher, BenchError> {
         let addr = format!("{host}:{port}");
+        let failed = |reason: String| BenchError::MqttConnect {
+            addr: addr.clone(),
+            reason,
+        };
+        let packet = connect_packet(client_id)?;
         let mut stream =
             tokio::time::timeout(Duration::from_secs(10), TcpStream::connect((host, port)))
                 .await
-                .with_context(|| format!("cannot connect to the MQTT broker at {addr}: timed out"))?
-                .with_context(|| format!("cannot connect to the MQTT broker at {addr}"))?;
-        stream.set_nodelay(true)?;
-        stream.write_all(&connect_packet(client_id)?).await?;
+                .map_err(|_| failed("timed out".into()))?
+                .map_err(|e| failed(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| failed(e.to_string()))?;
+        stream
+            .write_all(&packet)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let mut connack = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut connack))
             .await
-            .with_context(|| format!("no CONNACK from {addr} within 10 s"))?
-            .with_context(|| format!("{addr} closed the connection instead of a CONNACK"))?;
+            .map_err(|_| failed("no CONNACK within 10 s".into()))?
+            .map_err(|e| failed(format!("the connection closed instead of a CONNACK ({e})")))?;
         if connack[0] != 0x20 || connack[1] != 2 {
-            bail!("{addr} answered CONNECT with something other than a CONNACK");
+            return Err(failed(
+                "it answered CONNECT with something other than a CONNACK".into(),
+            ));
         }
         if connack[3] != 0 {
-            bail!(
-                "{addr} refused the connection (CONNACK return code {})",
+            return Err(failed(format!(
+                "refused (CONNACK return code {})",
                 connack[3]
-            );
+            )));
         }
         let (mut read, write) = stream.into_split();
         let closed = Arc::new(AtomicBool::new(false));
@@ -123,19 +145,19 @@ impl RawPublisher {
     }
 
     /// Queues one message; [`Self::flush`] sends everything queued.
-    pub fn push(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+    pub fn push(&mut self, topic: &str, payload: &[u8]) -> Result<(), BenchError> {
         push_publish(&mut self.buf, topic, payload)
     }
 
     /// Writes everything queued, in one write where the socket takes it.
-    pub async fn flush(&mut self) -> Result<()> {
+    pub async fn flush(&mut self) -> Result<(), BenchError> {
         if self.closed.load(Ordering::Relaxed) {
-            bail!("the broker closed the publisher's connection");
+            return Err(BenchError::PublisherClosed);
         }
         self.write
             .write_all(&self.buf)
             .await
-            .context("the broker closed the publisher's connection")?;
+            .map_err(|_| BenchError::PublisherClosed)?;
         self.buf.clear();
         Ok(())
     }
