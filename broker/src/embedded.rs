@@ -358,6 +358,7 @@ async fn disconnect_all(scx: &ServerContext) {
     }
 }
 
+/// Our [`QoS`] as rmqtt's, and back: the only conversions of this module.
 fn to_rmqtt_qos(q: QoS) -> rmqtt::codec::types::QoS {
     match q {
         QoS::AtMostOnce => rmqtt::codec::types::QoS::AtMostOnce,

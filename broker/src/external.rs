@@ -340,6 +340,7 @@ impl Drop for ExternalGuard {
     }
 }
 
+/// Our [`QoS`] as rumqttc's, and back: the only conversions of this module.
 fn to_rumqttc_qos(q: QoS) -> rumqttc::QoS {
     match q {
         QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,

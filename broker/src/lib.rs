@@ -2,7 +2,8 @@
 #![doc = include_str!("../README.md")]
 //!
 //! Layout:
-//! - this file: the [`Broker`] interface the servers use, [`Message`], [`QoS`], [`Subscription`].
+//! - this file: the [`Broker`] interface the servers use, [`Message`], [`Subscription`], and
+//!   [`QoS`] (re-exported from `iot-proto`, shared with the device SDK).
 //! - [`embedded`]: rmqtt in-process, with TCP and WebSocket listeners.
 //! - [`external`]: a connection to another broker (Mosquitto, ...) over rumqttc.
 //! - [`local`]: the in-process fan-out of messages to host subscriptions, shared by both.
@@ -20,14 +21,8 @@ pub mod local;
 
 pub use embedded::{Authenticator, EmbeddedBroker, EmbeddedConfig};
 pub use external::{ExternalBroker, ExternalConfig};
-
-/// MQTT quality of service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum QoS {
-    AtMostOnce = 0,
-    AtLeastOnce = 1,
-    ExactlyOnce = 2,
-}
+/// MQTT quality of service: the one type of the workspace, defined in `iot-proto`.
+pub use iot_proto::QoS;
 
 /// One MQTT application message as the servers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

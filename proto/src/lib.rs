@@ -8,9 +8,11 @@
 //! - [`rpc`]: JSON bodies of request/response between DAs and apps over MQTT.
 
 pub mod ids;
+pub mod qos;
 pub mod rpc;
 pub mod topics;
 pub mod wire;
 
 pub use ids::{DaId, FeatureName, IdError, MsgId, Rev};
+pub use qos::QoS;
 pub use wire::WireError;
