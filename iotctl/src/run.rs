@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use iot_broker::{BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig};
+use iot_broker::{BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl};
 use iot_migrations::Db;
 use iot_proto::wire::BrokerUrl;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{external_host_port, Config};
+use crate::config::Config;
 use crate::Component;
 
 /// What a running controller writes to `<data_dir>/iotctl.state.json` for `status`/`stop`.
@@ -71,7 +71,7 @@ async fn external_broker(
 ) -> Result<(ExternalBroker, tokio::task::JoinHandle<()>)> {
     let ext = ExternalConfig {
         url: url.to_owned(),
-        max_packet_bytes: cfg.broker.max_payload_bytes + 64 * 1024,
+        max_packet_bytes: cfg.broker.embedded.max_payload_bytes + 64 * 1024,
         ..ExternalConfig::default()
     };
     Ok(ExternalBroker::connect(&ext, shutdown.clone()).await?)
@@ -117,7 +117,7 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
     let (broker, url): (Option<BrokerHandle>, BrokerUrl) = if cfg.broker.external.is_empty()
         && matches!(component, Component::All | Component::Broker)
     {
-        let (b, task) = EmbeddedBroker::start(&cfg.broker.embedded(), shutdown.clone()).await?;
+        let (b, task) = EmbeddedBroker::start(&cfg.broker.embedded, shutdown.clone()).await?;
         tasks.push(task);
         let mqtt = b.mqtt_addr();
         let ws = b.ws_addr();
@@ -144,18 +144,18 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
         bail!("`broker.external` is set: there is no embedded broker to start");
     } else {
         let ext_url = if cfg.broker.external.is_empty() {
-            format!("mqtt://{}", cfg.broker.listen)
+            format!("mqtt://{}", cfg.broker.embedded.listen)
         } else {
             cfg.broker.external.clone()
         };
-        let (host, port) = external_host_port(&ext_url)?;
+        let parsed = MqttUrl::parse(&ext_url)?;
         let (b, task) = external_broker(cfg, &ext_url, &shutdown).await?;
         tasks.push(task);
-        state.mqtt = Some(format!("{host}:{port}"));
+        state.mqtt = Some(parsed.authority());
         let url = BrokerUrl {
             scheme: cfg.broker.scheme.clone(),
-            host: advertised_host(cfg, &host),
-            port: or_bound(cfg.broker.advertise_port, port),
+            host: advertised_host(cfg, &parsed.host),
+            port: or_bound(cfg.broker.advertise_port, parsed.port),
             ws_scheme: if cfg.broker.scheme == "mqtts" {
                 "wss".into()
             } else {

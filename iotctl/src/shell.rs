@@ -38,7 +38,9 @@ pub async fn run(cfg: &Config) -> Result<()> {
         .and_then(|s| serde_json::from_str(&s).ok());
     let url = match running.and_then(|r| r.mqtt) {
         Some(addr) => format!("mqtt://{addr}"),
-        None if cfg.broker.external.is_empty() => format!("mqtt://{}", cfg.broker.listen),
+        None if cfg.broker.external.is_empty() => {
+            format!("mqtt://{}", cfg.broker.embedded.listen)
+        }
         None => cfg.broker.external.clone(),
     };
     let mut connection = None;

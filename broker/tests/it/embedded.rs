@@ -158,7 +158,7 @@ async fn one_mib_payload_passes() {
     let too_big = Message::new("big", vec![0u8; 1024 * 1024 + 1], QoS::AtMostOnce, false);
     assert!(matches!(
         b.broker.publish(too_big).await,
-        Err(BrokerError::Other(_))
+        Err(BrokerError::PayloadTooLarge { .. })
     ));
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::config::{external_host_port, Config};
+use crate::config::Config;
 use crate::run::RunState;
 
 /// Where the controller is (each overrides what the configuration says).
@@ -98,10 +98,11 @@ pub fn resolve(cfg: &Config, args: &TargetArgs) -> Result<Target> {
         (Some(addr), _) => host_port(addr)?,
         (None, Some(addr)) => host_port(&addr)?,
         (None, None) if !cfg.broker.external.is_empty() => {
-            external_host_port(&cfg.broker.external)?
+            let url = iot_broker::MqttUrl::parse(&cfg.broker.external)?;
+            (url.host, url.port)
         }
         (None, None) => {
-            let (host, port) = host_port(&cfg.broker.listen)?;
+            let (host, port) = host_port(&cfg.broker.embedded.listen)?;
             if port == 0 {
                 bail!(
                     "no running controller found for this configuration (data dir {}) and `broker.listen` has port 0: {hint}",
