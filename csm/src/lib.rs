@@ -162,6 +162,9 @@ async fn stored(p: store::Persisted) -> Result<(), CsmError> {
 /// first), subscribes to the control channels, the device API and the graph API on
 /// `broker`, starts a routing task per graph, and serves HTTP on `listener` until
 /// `shutdown` is cancelled. Returns the handle and the task to await for a clean stop.
+/// `credentials` is the store the embedded broker checks (created by the caller before the
+/// broker starts); the CSM fills it with the restored DAs and every new registration.
+#[expect(clippy::too_many_arguments, reason = "csm rework")]
 pub async fn start(
     cfg: &CsmConfig,
     functions: &FunctionsConfig,
@@ -169,6 +172,7 @@ pub async fn start(
     broker: BrokerHandle,
     db: Db,
     broker_url: BrokerUrl,
+    credentials: Credentials,
     shutdown: CancellationToken,
 ) -> Result<(CsmHandle, tokio::task::JoinHandle<()>), CsmError> {
     let unavailable = |e: &dyn std::fmt::Display| CsmError::Unavailable(e.to_string());
@@ -228,7 +232,6 @@ pub async fn start(
         state.uplink(&m.topic, &m.payload, true, state::now_epoch(), &mut initial);
     }
 
-    let credentials = Credentials::default();
     let counters = Arc::new(Counters::default());
     let hold = engine::Hold {
         max: cfg.odf_hold_max,

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use iot_broker::{BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl};
+use iot_broker::{
+    Authenticator, BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl,
+};
+use iot_csm::Credentials;
 use iot_migrations::Db;
 use iot_proto::wire::BrokerUrl;
 use serde::{Deserialize, Serialize};
@@ -112,12 +115,20 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
         started: iot_csm::state::now_epoch(),
     };
 
+    // Per-DA credentials: one store, created before the broker so that it checks them from
+    // its first connection; the CSM fills it (stored DAs once loaded, then each registration).
+    // Until then a DA's credentials are unknown and it is refused, and retries.
+    let runs_csm = matches!(component, Component::All | Component::Csm);
+    let credentials = Credentials::default();
+    let auth = (runs_csm && cfg.csm.da_credentials)
+        .then(|| Arc::new(credentials.clone()) as Arc<dyn Authenticator>);
+
     // The broker: embedded (for `all` and `broker` unless external is set) or a connection.
-    let mut embedded = None;
+    let mut embedded = false;
     let (broker, url): (Option<BrokerHandle>, BrokerUrl) = if cfg.broker.external.is_empty()
         && matches!(component, Component::All | Component::Broker)
     {
-        let (b, task) = EmbeddedBroker::start(&cfg.broker.embedded, shutdown.clone()).await?;
+        let (b, task) = EmbeddedBroker::start(&cfg.broker.embedded, auth, shutdown.clone()).await?;
         tasks.push(task);
         let mqtt = b.mqtt_addr();
         let ws = b.ws_addr();
@@ -138,7 +149,7 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
                 ws.map(|a| a.port()).unwrap_or(0),
             ),
         };
-        embedded = Some(b.clone());
+        embedded = true;
         (Some(Arc::new(b) as BrokerHandle), url)
     } else if component == Component::Broker {
         bail!("`broker.external` is set: there is no embedded broker to start");
@@ -166,7 +177,7 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
         (Some(Arc::new(b) as BrokerHandle), url)
     };
 
-    if matches!(component, Component::All | Component::Csm) {
+    if runs_csm {
         let Some(broker) = broker else {
             bail!("no broker")
         };
@@ -183,25 +194,23 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
         let db = tokio::task::spawn_blocking(move || Db::connect(&db_url)).await??;
         // Credentials only mean something to the embedded broker, which checks them.
         let mut csm_cfg = cfg.csm.clone();
-        if embedded.is_none() && csm_cfg.da_credentials {
+        if !embedded && csm_cfg.da_credentials {
             tracing::info!(
                 "csm.da_credentials is off with an external broker: it does its own authentication"
             );
             csm_cfg.da_credentials = false;
         }
-        let (csm, task) = iot_csm::start(
+        let (_csm, task) = iot_csm::start(
             &csm_cfg,
             &cfg.functions,
             listener,
             broker,
             db,
             url,
+            credentials,
             shutdown.clone(),
         )
         .await?;
-        if let (true, Some(b)) = (csm_cfg.da_credentials, &embedded) {
-            b.set_authenticator(Arc::new(csm.credentials.clone()));
-        }
         tasks.push(task);
         state.components.push("csm".into());
         state.csm = Some(format!("http://{addr}{}", cfg.csm.path_prefix));

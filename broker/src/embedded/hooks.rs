@@ -1,9 +1,10 @@
 //! The embedded broker's rmqtt hooks: host subscriptions (`MessagePublish`), drop counting
 //! (`MessageDropped`) and CONNECT authentication (`ClientAuthenticate`). Registered once by
-//! [`register_hooks`]. Not here: the server's settings (see `mod.rs`).
+//! [`register_hooks`] before the server accepts connections. Not here: the server's settings
+//! (see `mod.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rmqtt::context::ServerContext;
@@ -12,14 +13,15 @@ use rmqtt::types::AuthResult;
 
 use super::{from_rmqtt_qos, Authenticator};
 use crate::local::LocalRouter;
-use crate::{locks, Message};
+use crate::Message;
 
-/// Our hooks: host subscriptions, drop counting, authentication.
+/// Our hooks: host subscriptions, drop counting and, with an authenticator, authentication.
+/// Called before the server is built, so the first CONNECT is already checked.
 pub(super) async fn register_hooks(
     scx: &ServerContext,
     local: &LocalRouter,
     dropped: &Arc<AtomicU64>,
-    auth: &Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
+    auth: Option<Arc<dyn Authenticator>>,
 ) {
     let register = scx.extends.hook_mgr().register();
     let publish = PublishHook {
@@ -30,8 +32,11 @@ pub(super) async fn register_hooks(
         dropped: dropped.clone(),
     };
     register.add(Type::MessageDropped, Box::new(drops)).await;
-    let auth = AuthHook { auth: auth.clone() };
-    register.add(Type::ClientAuthenticate, Box::new(auth)).await;
+    if let Some(auth) = auth {
+        register
+            .add(Type::ClientAuthenticate, Box::new(AuthHook { auth }))
+            .await;
+    }
     register.start().await;
 }
 
@@ -88,10 +93,10 @@ impl Handler for DroppedHook {
     }
 }
 
-/// Checks CONNECT credentials with the [`Authenticator`], when one is set. rmqtt only asks when
-/// the client sent a username or anonymous clients are not allowed.
+/// Checks CONNECT credentials with the [`Authenticator`]. rmqtt only asks when the client sent
+/// a username or anonymous clients are not allowed.
 struct AuthHook {
-    auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
+    auth: Arc<dyn Authenticator>,
 }
 
 #[async_trait]
@@ -100,12 +105,10 @@ impl Handler for AuthHook {
         let Parameter::ClientAuthenticate(info) = param else {
             return (true, acc);
         };
-        let auth = locks::read(&self.auth).clone();
-        let Some(auth) = auth else { return (true, acc) };
         let result = match info.username() {
             Some(user) => {
                 let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
-                if auth.check(user, password) {
+                if self.auth.check(user, password) {
                     AuthResult::Allow(false, None)
                 } else {
                     AuthResult::BadUsernameOrPassword

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::local::{valid_topic, LocalRouter};
-use crate::{locks, Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
+use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
 
 /// Listen backlog; the kernel caps it at `net.core.somaxconn`. rmqtt's 512 overflows when a
 /// few thousand devices reconnect at once, and an overflowed SYN is retried only after 1 s.
@@ -43,7 +43,9 @@ const SHUTDOWN_KICK_TIMEOUT: Duration = Duration::from_secs(5);
 const HOST_CLIENT_ID: &str = "iotctl";
 
 /// Decides whether a client's username and password are good. Called on the connection's task
-/// for every CONNECT with a username: keep it fast (no blocking I/O).
+/// for every CONNECT with a username (and, when anonymous clients are not allowed, without
+/// one): keep it fast (no blocking I/O). Given to [`EmbeddedBroker::start`], so it is in place
+/// before the first client connects.
 pub trait Authenticator: Send + Sync + fmt::Debug {
     fn check(&self, username: &str, password: &[u8]) -> bool;
 }
@@ -58,7 +60,6 @@ struct Inner {
     scx: ServerContext,
     local: LocalRouter,
     dropped: Arc<AtomicU64>,
-    auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
     max_payload_bytes: usize,
     mqtt_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
@@ -69,9 +70,13 @@ impl EmbeddedBroker {
     /// Binds the listeners of `cfg` and runs the broker until `shutdown` is cancelled; the
     /// returned task ends once the listeners are closed and clients disconnected.
     /// Port 0 binds a free port: see [`mqtt_addr`](Self::mqtt_addr) and [`ws_addr`](Self::ws_addr).
+    ///
+    /// With `auth`, every CONNECT with a username is checked by it from the first connection
+    /// on (see [`Authenticator`]); without, any username and password are accepted.
     /// Fails on an invalid `cfg` (see [`EmbeddedConfig::validate`]) before binding anything.
     pub async fn start(
         cfg: &EmbeddedConfig,
+        auth: Option<Arc<dyn Authenticator>>,
         shutdown: CancellationToken,
     ) -> Result<(EmbeddedBroker, JoinHandle<()>), BrokerError> {
         let checked = cfg.checked()?;
@@ -137,8 +142,9 @@ impl EmbeddedBroker {
 
         let local = LocalRouter::new(Duration::from_millis(cfg.host_send_timeout_ms));
         let dropped = Arc::new(AtomicU64::new(0));
-        let auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>> = Arc::default();
-        hooks::register_hooks(&scx, &local, &dropped, &auth).await;
+        // The listeners are bound, but no connection is accepted before `server.run()` below:
+        // the authenticator is in place for the very first CONNECT.
+        hooks::register_hooks(&scx, &local, &dropped, auth).await;
 
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, mqtt_addr.port());
         let mut ws_addr = None;
@@ -161,7 +167,6 @@ impl EmbeddedBroker {
                 scx: scx.clone(),
                 local,
                 dropped,
-                auth,
                 max_payload_bytes: cfg.max_payload_bytes,
                 mqtt_addr,
                 ws_addr,
@@ -195,11 +200,6 @@ impl EmbeddedBroker {
     /// (`ws://host:port/mqtt` is the usual); clients must offer the `mqtt` subprotocol.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.inner.ws_addr
-    }
-
-    /// Checks usernames and passwords from now on (see [`Authenticator`]).
-    pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
-        *locks::write(&self.inner.auth) = Some(auth);
     }
 }
 
@@ -393,7 +393,9 @@ mod tests {
             ..EmbeddedConfig::default()
         };
         let shutdown = CancellationToken::new();
-        let (b, task) = EmbeddedBroker::start(&cfg, shutdown.clone()).await.unwrap();
+        let (b, task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
+            .await
+            .unwrap();
         let retainer = b
             .inner
             .scx
@@ -426,7 +428,9 @@ mod tests {
             ..EmbeddedConfig::default()
         };
         let shutdown = CancellationToken::new();
-        let (b, task) = EmbeddedBroker::start(&cfg, shutdown.clone()).await.unwrap();
+        let (b, task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
+            .await
+            .unwrap();
         let mut s = tokio::net::TcpStream::connect(b.mqtt_addr()).await.unwrap();
         // CONNECT, MQTT 3.1.1, clean session, keepalive 30, client id "cfg"
         s.write_all(b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x1e\x00\x03cfg")
