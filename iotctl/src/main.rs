@@ -1,13 +1,15 @@
 //! `iotctl`: the one command line of the controller. This binary is the only place with clap,
 //! the tracing subscriber and `anyhow`; the servers live in library crates.
 //!
-//! Layout: [`config`] (typed settings), [`run`] (start: wiring broker + CSM, pidfile, state
-//! file, signals), [`service`] (stop, restart, status), [`shell`] (interactive console),
-//! [`bench`] (load tests against a running controller or any broker).
+//! Layout: [`config`] (typed settings), [`run`] (initdb, start: one `start_*` per component,
+//! wiring them, signals), [`runfile`] (the pidfile and the state file), [`service`] (stop,
+//! status), [`shell`] (interactive console), [`bench`] (load tests against a running
+//! controller or any broker).
 
 mod bench;
 mod config;
 mod run;
+mod runfile;
 mod service;
 mod shell;
 

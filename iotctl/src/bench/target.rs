@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::config::Config;
-use crate::run::RunState;
+use crate::runfile::RunState;
 
 /// Where the controller is (each overrides what the configuration says).
 #[derive(Debug, Clone, Default, Args)]
@@ -46,7 +46,7 @@ impl Target {
 
 /// The state file of a controller running with `cfg`, if any.
 fn running_state(cfg: &Config) -> Option<RunState> {
-    crate::service::running_pid(&cfg.pidfile())?;
+    crate::runfile::running_pid(&cfg.pidfile())?;
     let text = std::fs::read_to_string(cfg.statefile()).ok()?;
     serde_json::from_str(&text).ok()
 }
