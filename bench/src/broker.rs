@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use iot_proto::url::MqttUrl;
+
 use crate::error::BenchError;
 use crate::load::{self, LoadResult, LoadSpec};
 use crate::mqtt::{qos, Conn, ConnCounters, ConnSpec};
@@ -37,25 +39,14 @@ struct BrokerReport {
 
 /// `(host, port)` of `mqtt://HOST:PORT` (or `tcp://`, or a bare `HOST:PORT`).
 fn parse_url(url: &str) -> Result<(String, u16), BenchError> {
-    let invalid = |why: String| BenchError::InvalidOption(format!("--url {url}: {why}"));
-    if url.starts_with("mqtts://") || url.starts_with("ws://") || url.starts_with("wss://") {
-        return Err(invalid(
-            "only plain MQTT over TCP (mqtt://HOST:PORT) is supported".into(),
-        ));
-    }
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url)
-        .trim_end_matches('/');
-    match rest.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() => Ok((
-            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-            p.parse().map_err(|_| invalid(format!("bad port `{p}`")))?,
-        )),
-        None if !rest.is_empty() => Ok((rest.to_owned(), 1883)),
-        _ => Err(invalid("expected mqtt://HOST:PORT".into())),
-    }
+    let full = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("mqtt://{url}")
+    };
+    let u = MqttUrl::parse(&full)
+        .map_err(|e| BenchError::InvalidOption(format!("--url {url}: {e}")))?;
+    Ok((u.host, u.port))
 }
 
 fn check_topic(what: &str, t: &str) -> Result<(), BenchError> {

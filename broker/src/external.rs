@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::local::{valid_topic, LocalGuard, LocalRouter};
-use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
+use crate::{locks, Broker, BrokerError, BrokerStats, Message, MqttUrl, QoS, Subscription};
 
 /// How long `subscribe` waits for the broker's SUBACK before returning anyway (the filter stays
 /// registered and is subscribed again after a reconnect). Generous: returning before the
@@ -96,36 +96,14 @@ impl fmt::Debug for ExternalConfig {
 }
 
 impl ExternalConfig {
-    /// `(host, port)` of [`url`](Self::url).
-    pub fn host_port(&self) -> Result<(String, u16), BrokerError> {
-        let bad = || BrokerError::Url(self.url.clone());
-        let rest = ["mqtt://", "tcp://"]
-            .iter()
-            .find_map(|scheme| self.url.strip_prefix(scheme))
-            .ok_or_else(bad)?
-            .trim_end_matches('/');
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (rest, None),
-            }
-        };
-        let port = match port {
-            None => 1883,
-            Some(p) => p.parse().map_err(|_| bad())?,
-        };
-        if host.is_empty() || host.contains(['/', '@', '?']) {
-            return Err(bad());
-        }
-        Ok((host.to_owned(), port))
+    /// [`url`](Self::url), parsed.
+    pub fn mqtt_url(&self) -> Result<MqttUrl, BrokerError> {
+        Ok(MqttUrl::parse(&self.url)?)
     }
 
     fn options(&self, client_id: String) -> Result<(MqttOptions, NetworkOptions), BrokerError> {
-        let (host, port) = self.host_port()?;
-        let mut opts = MqttOptions::new(client_id, host, port);
+        let url = self.mqtt_url()?;
+        let mut opts = MqttOptions::new(client_id, url.host, url.port);
         opts.set_keep_alive(Duration::from_secs(self.keep_alive_seconds.max(5)))
             .set_clean_session(true)
             .set_max_packet_size(self.max_packet_bytes, self.max_packet_bytes);
@@ -176,7 +154,7 @@ struct SubState {
 
 impl Inner {
     fn subs(&self) -> MutexGuard<'_, SubState> {
-        self.subs.lock().unwrap_or_else(PoisonError::into_inner)
+        locks::lock(&self.subs)
     }
 }
 
@@ -193,11 +171,12 @@ impl ExternalBroker {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {}
             Ok(other) => {
-                return Err(BrokerError::Other(format!(
-                    "unexpected first MQTT event {other:?}"
-                )))
+                return Err(BrokerError::Handshake {
+                    url: cfg.url.clone(),
+                    event: format!("{other:?}"),
+                })
             }
-            Err(e) => return Err(connect_error(&cfg.url, &e)),
+            Err(error) => return Err(connect_error(&cfg.url, error)),
         }
         tracing::info!(url = %cfg.url, "connected to the external MQTT broker");
 
@@ -214,10 +193,11 @@ impl ExternalBroker {
     }
 }
 
-fn connect_error(url: &str, e: &ConnectionError) -> BrokerError {
-    BrokerError::Other(format!(
-        "cannot connect to the external MQTT broker at {url}: {e}. Is it running, and are the url and credentials right?"
-    ))
+fn connect_error(url: &str, error: ConnectionError) -> BrokerError {
+    BrokerError::Connect {
+        url: url.to_owned(),
+        error: Box::new(error),
+    }
 }
 
 /// The event loop: poll, dispatch, resubscribe after CONNACK, back off after errors.
@@ -342,6 +322,7 @@ impl Drop for ExternalGuard {
     }
 }
 
+/// Our [`QoS`] as rumqttc's, and back: the only conversions of this module.
 fn to_rumqttc_qos(q: QoS) -> rumqttc::QoS {
     match q {
         QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
@@ -363,10 +344,7 @@ impl Broker for ExternalBroker {
     /// Sent to the broker only: a matching host subscription gets it back from the broker.
     async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
         if !valid_topic(&msg.topic) {
-            return Err(BrokerError::Other(format!(
-                "invalid topic name `{}`",
-                msg.topic
-            )));
+            return Err(BrokerError::Topic(msg.topic));
         }
         // rumqttc would drop the whole connection on an oversized packet.
         let limit = self
@@ -375,11 +353,11 @@ impl Broker for ExternalBroker {
             .max_packet_bytes
             .saturating_sub(msg.topic.len() + 16);
         if msg.payload.len() > limit {
-            return Err(BrokerError::Other(format!(
-                "payload of {} bytes does not fit `max_packet_bytes` = {}",
-                msg.payload.len(),
-                self.inner.cfg.max_packet_bytes
-            )));
+            return Err(BrokerError::PayloadTooLarge {
+                bytes: msg.payload.len(),
+                key: "max_packet_bytes",
+                limit: self.inner.cfg.max_packet_bytes,
+            });
         }
         self.inner
             .client
@@ -417,9 +395,9 @@ impl Broker for ExternalBroker {
                 }
             }
             if Instant::now() >= give_up {
-                return Err(BrokerError::Other(
-                    "the external broker's request queue stays full".into(),
-                ));
+                return Err(BrokerError::QueueFull {
+                    filter: filter.to_owned(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
@@ -467,12 +445,12 @@ impl Broker for ExternalBroker {
             let event = match tokio::time::timeout_at(until, eventloop.poll()).await {
                 Err(_) if last_news.is_some() => break,
                 Err(_) => {
-                    return Err(BrokerError::Other(format!(
-                        "no SUBACK from {} for `{filter}`",
-                        cfg.url
-                    )))
+                    return Err(BrokerError::NoSuback {
+                        url: cfg.url.clone(),
+                        filter: filter.to_owned(),
+                    })
                 }
-                Ok(Err(e)) => return Err(connect_error(&cfg.url, &e)),
+                Ok(Err(e)) => return Err(connect_error(&cfg.url, e)),
                 Ok(Ok(event)) => event,
             };
             match event {
@@ -523,11 +501,12 @@ mod tests {
     use super::*;
 
     fn url(u: &str) -> Result<(String, u16), BrokerError> {
-        ExternalConfig {
+        let url = ExternalConfig {
             url: u.into(),
             ..ExternalConfig::default()
         }
-        .host_port()
+        .mqtt_url()?;
+        Ok((url.host, url.port))
     }
 
     #[test]

@@ -2,10 +2,15 @@
 #![doc = include_str!("../README.md")]
 //!
 //! Layout:
-//! - this file: the [`Broker`] interface the servers use, [`Message`], [`QoS`], [`Subscription`].
-//! - [`embedded`]: rmqtt in-process, with TCP and WebSocket listeners.
+//! - this file: the [`Broker`] interface the servers use, [`Message`], [`Subscription`], and
+//!   [`QoS`] (re-exported from `iot-proto`, shared with the device SDK).
+//! - [`embedded`]: rmqtt in-process, with TCP and WebSocket listeners; [`EmbeddedConfig`]
+//!   and its validation.
 //! - [`external`]: a connection to another broker (Mosquitto, ...) over rumqttc.
 //! - [`local`]: the in-process fan-out of messages to host subscriptions, shared by both.
+//! - [`url`]: `mqtt://host:port` parsed once into an [`MqttUrl`].
+//! - [`error`]: [`BrokerError`], one variant per failure.
+//! - `locks`: how std locks are taken (poisoning ignored), the one helper for it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,19 +20,17 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub mod embedded;
+pub mod error;
 pub mod external;
 pub mod local;
+mod locks;
 
 pub use embedded::{Authenticator, EmbeddedBroker, EmbeddedConfig};
+pub use error::BrokerError;
 pub use external::{ExternalBroker, ExternalConfig};
-
-/// MQTT quality of service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum QoS {
-    AtMostOnce = 0,
-    AtLeastOnce = 1,
-    ExactlyOnce = 2,
-}
+pub use iot_proto::url::{self, MqttUrl, UrlError};
+/// MQTT quality of service: the one type of the workspace, defined in `iot-proto`.
+pub use iot_proto::QoS;
 
 /// One MQTT application message as the servers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,26 +55,6 @@ impl Message {
             retain,
         }
     }
-}
-
-/// Errors of the broker layer.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("cannot listen on {addr} ({what}): {source}. Is another MQTT broker (e.g. Mosquitto) already using it? Change `{key}` in the config.")]
-    Bind {
-        what: &'static str,
-        key: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("invalid topic filter `{0}`")]
-    Filter(String),
-    #[error("invalid broker url `{0}`: expected mqtt://host:port")]
-    Url(String),
-    #[error("the broker connection is closed")]
-    Closed,
-    #[error("broker error: {0}")]
-    Other(String),
 }
 
 /// Counters the broker layer keeps, for status and metrics.

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use iot_proto::topics;
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
-use crate::{BrokerError, Message};
+use crate::{locks, BrokerError, Message};
 
 /// Whether `topic` can be published to: not empty, no wildcard, no NUL.
 pub(crate) fn valid_topic(topic: &str) -> bool {
@@ -217,11 +217,11 @@ impl std::fmt::Debug for LocalRouter {
 
 impl Inner {
     fn read(&self) -> RwLockReadGuard<'_, Table> {
-        self.table.read().unwrap_or_else(PoisonError::into_inner)
+        locks::read(&self.table)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Table> {
-        self.table.write().unwrap_or_else(PoisonError::into_inner)
+        locks::write(&self.table)
     }
 
     /// Removes one registration; returns whether `filter` is now unused.

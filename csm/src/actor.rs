@@ -145,22 +145,16 @@ impl Actor {
         self.execute(initial).await;
         loop {
             let mut fx = Vec::new();
+            // Biased, MQTT first: what a DA published before it sent an HTTP request is
+            // handled before that request (an SDK publishes `offline`, waits for the broker's
+            // ack, then sends DELETE: the offline is already queued when the DELETE arrives).
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
-                req = requests.recv() => match req {
-                    Some(req) => { self.request(req).await; continue; }
-                    None => break,
-                },
                 msg = uplinks.recv() => match msg {
                     Some(msg) => self.uplink(&msg, &mut fx),
                     None => break,
                 },
-                msg = graph_api.recv() => match msg {
-                    Some(msg) => self.graph_request(msg, &mut fx),
-                    None => break,
-                },
-                done = self.checks.next() => self.checks.finish(&mut self.state, done, &mut fx),
-                ended = self.engine.next_exit() => self.engine.task_ended(ended).await,
                 msg = device_api.recv() => match msg {
                     Some(msg) => {
                         if let Some(ApiRequest::Device { client }) = ApiRequest::parse(&msg.topic) {
@@ -169,7 +163,17 @@ impl Actor {
                     }
                     None => break,
                 },
+                msg = graph_api.recv() => match msg {
+                    Some(msg) => self.graph_request(msg, &mut fx),
+                    None => break,
+                },
+                done = self.checks.next() => self.checks.finish(&mut self.state, done, &mut fx),
+                ended = self.engine.next_exit() => self.engine.task_ended(ended).await,
                 Some(t) = self.timers.next(), if !self.timers.is_empty() => self.timer(t.into_inner(), &mut fx),
+                req = requests.recv() => match req {
+                    Some(req) => { self.request(req).await; continue; }
+                    None => break,
+                },
             }
             self.execute(fx).await;
         }

@@ -178,19 +178,36 @@ async fn stored(p: store::Persisted) -> Result<(), CsmError> {
     }
 }
 
-/// Starts the CSM: loads registrations, functions and graphs from `db` (migrating it
-/// first), subscribes to the control channels, the device API and the graph API on
-/// `broker`, starts a routing task per graph, and serves HTTP on `listener` until
-/// `shutdown` is cancelled. Returns the handle and the task to await for a clean stop.
+/// What the CSM runs on, made by its caller: the bound HTTP listener, the broker, the database,
+/// the broker address DAs are told, and the credential store the embedded broker checks
+/// (created before the broker starts; the CSM fills it with the restored DAs and every new
+/// registration).
+#[derive(Debug)]
+pub struct Wiring {
+    pub listener: tokio::net::TcpListener,
+    pub broker: BrokerHandle,
+    pub db: Db,
+    pub broker_url: BrokerUrl,
+    pub credentials: Credentials,
+}
+
+/// Starts the CSM: loads registrations, functions and graphs from the database (migrating it
+/// first), subscribes to the control channels, the device API and the graph API on the
+/// broker, starts a routing task per graph, and serves HTTP on the listener until `shutdown`
+/// is cancelled. Returns the handle and the task to await for a clean stop.
 pub async fn start(
     cfg: &CsmConfig,
     functions: &FunctionsConfig,
-    listener: tokio::net::TcpListener,
-    broker: BrokerHandle,
-    db: Db,
-    broker_url: BrokerUrl,
+    wiring: Wiring,
     shutdown: CancellationToken,
 ) -> Result<(CsmHandle, tokio::task::JoinHandle<()>), CsmError> {
+    let Wiring {
+        listener,
+        broker,
+        db,
+        broker_url,
+        credentials,
+    } = wiring;
     let (db, rows, funcs, graphs) = tokio::task::spawn_blocking(move || {
         let mut db = db;
         db.migrate()?;
@@ -246,7 +263,6 @@ pub async fn start(
         state.uplink(&m.topic, &m.payload, true, now_epoch(), &mut initial);
     }
 
-    let credentials = Credentials::default();
     let counters = Arc::new(Counters::default());
     let hold = engine::Hold {
         max: cfg.odf_hold_max,

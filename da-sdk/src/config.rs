@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iot_proto::wire::{Command, Direction, Feature, RegisterRequest};
-use iot_proto::{DaId, FeatureName};
+use iot_proto::{DaId, FeatureName, QoS};
 use serde_json::{Map, Value};
 
 use crate::backoff::Backoff;
@@ -20,14 +20,6 @@ pub enum MqttVersion {
     Auto,
     V311,
     V5,
-}
-
-/// MQTT quality of service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Qos {
-    AtMostOnce,
-    AtLeastOnce,
-    ExactlyOnce,
 }
 
 /// Whether to keep trying when the server is unreachable at start.
@@ -153,8 +145,8 @@ pub(crate) struct Options {
     pub connect_timeout: Duration,
     pub http_timeout: Duration,
     pub keep_alive: Duration,
-    pub push_qos: Qos,
-    pub odf_qos: Qos,
+    pub push_qos: QoS,
+    pub odf_qos: QoS,
     pub resume_timeout: Duration,
     pub call_timeout: Duration,
     pub odf_buffer: usize,
@@ -175,8 +167,8 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             http_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),
-            push_qos: Qos::AtLeastOnce,
-            odf_qos: Qos::AtLeastOnce,
+            push_qos: QoS::AtLeastOnce,
+            odf_qos: QoS::AtLeastOnce,
             resume_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(10),
             odf_buffer: 1024,
@@ -324,13 +316,13 @@ impl DaBuilder {
 
     /// QoS of pushes (default at least once; the SDK tracks acknowledgements and resends
     /// what the broker did not acknowledge before a connection loss).
-    pub fn push_qos(mut self, q: Qos) -> Self {
+    pub fn push_qos(mut self, q: QoS) -> Self {
         self.opts.push_qos = q;
         self
     }
 
     /// QoS of ODF subscriptions (default at least once).
-    pub fn odf_qos(mut self, q: Qos) -> Self {
+    pub fn odf_qos(mut self, q: QoS) -> Self {
         self.opts.odf_qos = q;
         self
     }

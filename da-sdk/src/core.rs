@@ -18,13 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use iot_proto::rpc::{RpcErrorCode, RpcOutcome, RpcReply, RpcRequest};
 use iot_proto::wire::{Presence, Signal, Uplink};
-use iot_proto::{topics, DaId, Rev};
+use iot_proto::{topics, DaId, QoS, Rev};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Options, Qos, SignalHook};
+use crate::config::{Options, SignalHook};
 use crate::error::Error;
 use crate::features::{valid_topic, Effect, Features};
 use crate::outbox::Outbox;
@@ -249,7 +249,7 @@ impl Core {
         self.outq.push_back(out);
     }
 
-    fn publish_json(&mut self, topic: String, body: &Value, qos: Qos, retain: bool, tag: Tag) {
+    fn publish_json(&mut self, topic: String, body: &Value, qos: QoS, retain: bool, tag: Tag) {
         self.enqueue(Out::Publish {
             topic,
             payload: Bytes::from(body.to_string()),
@@ -416,12 +416,12 @@ impl Core {
         // Subscriptions first, then online (retained; the will says offline), then calls
         // made while disconnected. Pushes follow once `outq` is empty.
         let mut filters = vec![
-            (self.ctrl_o.clone(), Qos::ExactlyOnce),
-            (self.ctrl_i.clone(), Qos::AtLeastOnce),
-            (self.reply_topic.clone(), Qos::AtLeastOnce),
+            (self.ctrl_o.clone(), QoS::ExactlyOnce),
+            (self.ctrl_i.clone(), QoS::AtLeastOnce),
+            (self.reply_topic.clone(), QoS::AtLeastOnce),
         ];
         if !self.handlers.is_empty() {
-            filters.push((self.serve_topic.clone(), Qos::AtLeastOnce));
+            filters.push((self.serve_topic.clone(), QoS::AtLeastOnce));
         }
         filters.extend(
             self.features
@@ -456,7 +456,7 @@ impl Core {
         self.publish_json(
             self.ctrl_i.clone(),
             &body,
-            Qos::ExactlyOnce,
+            QoS::ExactlyOnce,
             true,
             Tag::Online,
         );
@@ -619,7 +619,7 @@ impl Core {
             None => self.publish_json(
                 self.ctrl_i.clone(),
                 &body,
-                Qos::ExactlyOnce,
+                QoS::ExactlyOnce,
                 false,
                 Tag::Other,
             ),
@@ -759,7 +759,7 @@ impl Core {
         self.enqueue(Out::Publish {
             topic: done.reply_to.topic,
             payload: Bytes::from(body.to_string()),
-            qos: Qos::AtLeastOnce,
+            qos: QoS::AtLeastOnce,
             retain: false,
             tag: Tag::Other,
             props: done.reply_to.correlation.map(|c| Props {
@@ -839,7 +839,7 @@ impl Core {
                         self.serve_pending = Some(token);
                         self.sub_waiters.entry(token).or_default().push(reply);
                         self.enqueue(Out::Subscribe(
-                            vec![(self.serve_topic.clone(), Qos::AtLeastOnce)],
+                            vec![(self.serve_topic.clone(), QoS::AtLeastOnce)],
                             Some(token),
                         ));
                     }
@@ -909,7 +909,7 @@ impl Core {
         self.enqueue(Out::Publish {
             topic,
             payload: Bytes::from(body.to_string()),
-            qos: Qos::AtLeastOnce,
+            qos: QoS::AtLeastOnce,
             retain: false,
             tag: Tag::Call,
             props: Some(Props {
@@ -939,7 +939,7 @@ impl Core {
             self.publish_json(
                 self.ctrl_i.clone(),
                 &body,
-                Qos::ExactlyOnce,
+                QoS::ExactlyOnce,
                 false,
                 Tag::Other,
             );
@@ -978,7 +978,7 @@ impl Core {
         self.publish_json(
             self.ctrl_i.clone(),
             &body,
-            Qos::ExactlyOnce,
+            QoS::ExactlyOnce,
             true,
             Tag::Offline,
         );

@@ -33,14 +33,14 @@ mod rpc;
 mod sqlite;
 mod transport;
 
-pub use config::{DaBuilder, MqttVersion, OutboxConfig, Qos, Retry, SignalInfo, Units, WhenFull};
+pub use config::{DaBuilder, MqttVersion, OutboxConfig, Retry, SignalInfo, Units, WhenFull};
 pub use da::{Da, MAX_PAYLOAD_BYTES};
 pub use device::{Device, Tags};
 pub use error::{DecodeError, Error};
 pub use gateway::{Gateway, Reconciled};
 pub use iot_proto::rpc::RpcErrorCode;
 pub use iot_proto::wire::{Command, Direction};
-pub use iot_proto::{DaId, Rev};
+pub use iot_proto::{DaId, QoS, Rev};
 pub use manager::{
     DeviceManager, DeviceState, MemoryDeviceManager, SqliteDeviceManager, StoredDevice,
 };

@@ -17,12 +17,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use iot_proto::topics;
 use iot_proto::wire::{BrokerUrl, Presence, RegisterRequest, RegisterResponse, Uplink};
-use iot_proto::{DaId, Rev};
+use iot_proto::{DaId, QoS, Rev};
 use rumqttc::v5::mqttbytes as m5;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MqttVersion, Options, Qos};
+use crate::config::{MqttVersion, Options};
 use crate::http::Registrar;
 use crate::status::Protocol;
 
@@ -86,7 +86,7 @@ pub(crate) enum Out {
     Publish {
         topic: String,
         payload: Bytes,
-        qos: Qos,
+        qos: QoS,
         retain: bool,
         tag: Tag,
         props: Option<Props>,
@@ -94,24 +94,26 @@ pub(crate) enum Out {
         expires: Option<tokio::time::Instant>,
     },
     /// Filters, and a token to resolve when the broker acknowledges them.
-    Subscribe(Vec<(String, Qos)>, Option<u64>),
+    Subscribe(Vec<(String, QoS)>, Option<u64>),
     Unsubscribe(String),
     Disconnect,
 }
 
-fn q4(q: Qos) -> rumqttc::QoS {
+/// [`QoS`] as rumqttc's MQTT 3.1.1 type.
+fn q4(q: QoS) -> rumqttc::QoS {
     match q {
-        Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
-        Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
-        Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+        QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
     }
 }
 
-fn q5(q: Qos) -> m5::QoS {
+/// [`QoS`] as rumqttc's MQTT 5 type.
+fn q5(q: QoS) -> m5::QoS {
     match q {
-        Qos::AtMostOnce => m5::QoS::AtMostOnce,
-        Qos::AtLeastOnce => m5::QoS::AtLeastOnce,
-        Qos::ExactlyOnce => m5::QoS::ExactlyOnce,
+        QoS::AtMostOnce => m5::QoS::AtMostOnce,
+        QoS::AtLeastOnce => m5::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => m5::QoS::ExactlyOnce,
     }
 }
 

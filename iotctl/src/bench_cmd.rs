@@ -14,8 +14,8 @@ use iot_bench::{
     BenchError, BrokerOptions, ConnectOptions, Join, LoadOptions, RouteOptions, Target,
 };
 
-use crate::config::{external_host_port, Config};
-use crate::run::RunState;
+use crate::config::Config;
+use crate::runfile::RunState;
 
 /// `iotctl bench ...`
 #[derive(Debug, Subcommand)]
@@ -246,7 +246,7 @@ pub async fn run(cfg: &Config, cmd: BenchCommand) -> Result<ExitCode> {
 
 /// The state file of a controller running with `cfg`, if any.
 fn running_state(cfg: &Config) -> Option<RunState> {
-    crate::service::running_pid(&cfg.pidfile())?;
+    crate::runfile::running_pid(&cfg.pidfile())?;
     let text = std::fs::read_to_string(cfg.statefile()).ok()?;
     serde_json::from_str(&text).ok()
 }
@@ -298,10 +298,11 @@ fn resolve(cfg: &Config, args: &TargetArgs) -> Result<Target> {
         (Some(addr), _) => host_port(addr)?,
         (None, Some(addr)) => host_port(&addr)?,
         (None, None) if !cfg.broker.external.is_empty() => {
-            external_host_port(&cfg.broker.external)?
+            let url = iot_broker::MqttUrl::parse(&cfg.broker.external)?;
+            (url.host, url.port)
         }
         (None, None) => {
-            let (host, port) = host_port(&cfg.broker.listen)?;
+            let (host, port) = host_port(&cfg.broker.embedded.listen)?;
             if port == 0 {
                 bail!(
                     "no running controller found for this configuration (data dir {}) and `broker.listen` has port 0: {hint}",

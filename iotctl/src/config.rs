@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use iot_broker::EmbeddedConfig;
+use anyhow::{anyhow, bail, Context, Result};
+use iot_broker::{EmbeddedConfig, MqttUrl};
 use iot_csm::{CsmConfig, FunctionsConfig};
 use serde::{Deserialize, Serialize};
 
@@ -43,58 +43,43 @@ impl Default for PathsConfig {
     }
 }
 
+/// `[broker]`: the embedded broker's settings (defined, defaulted and validated by
+/// `iot-broker`, flattened into this section) and the controller's own keys about which broker
+/// DAs use and what they are told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    pub listen: String,
-    pub ws_listen: String,
+    /// `listen`, `ws_listen`, `max_payload_bytes`, `max_inflight`, `max_sessions`,
+    /// `max_mqueue_len`, `allow_anonymous`, `host_send_timeout_ms`.
+    #[serde(flatten)]
+    pub embedded: EmbeddedConfig,
     pub external: String,
     pub advertise_host: String,
     pub advertise_port: u16,
     pub advertise_ws_port: u16,
     pub scheme: String,
-    pub max_payload_bytes: usize,
-    pub max_inflight: u16,
-    pub max_sessions: usize,
-    pub max_mqueue_len: usize,
-    pub allow_anonymous: bool,
-    pub host_send_timeout_ms: u64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        let e = EmbeddedConfig::default();
         Self {
-            listen: e.listen,
-            ws_listen: e.ws_listen,
+            embedded: EmbeddedConfig::default(),
             external: String::new(),
             advertise_host: String::new(),
             advertise_port: 0,
             advertise_ws_port: 0,
             scheme: "mqtt".into(),
-            max_payload_bytes: e.max_payload_bytes,
-            max_inflight: e.max_inflight,
-            max_sessions: e.max_sessions,
-            max_mqueue_len: e.max_mqueue_len,
-            allow_anonymous: e.allow_anonymous,
-            host_send_timeout_ms: e.host_send_timeout_ms,
         }
     }
 }
 
-impl BrokerConfig {
-    pub fn embedded(&self) -> EmbeddedConfig {
-        EmbeddedConfig {
-            listen: self.listen.clone(),
-            ws_listen: self.ws_listen.clone(),
-            max_payload_bytes: self.max_payload_bytes,
-            max_inflight: self.max_inflight,
-            max_sessions: self.max_sessions,
-            max_mqueue_len: self.max_mqueue_len,
-            allow_anonymous: self.allow_anonymous,
-            host_send_timeout_ms: self.host_send_timeout_ms,
-        }
-    }
+/// The embedded broker's keys of `[broker]` alone (other keys and sections are ignored), to
+/// name the key of a bad value; see [`Config::parse`].
+#[derive(Deserialize)]
+struct EmbeddedSection {
+    #[serde(default)]
+    #[expect(dead_code, reason = "read only for its errors")]
+    broker: EmbeddedConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,35 +166,30 @@ impl Config {
                 .unwrap_or_else(|| toml::Value::String(v.clone()));
             t.insert(key.to_ascii_lowercase(), value);
         }
-        Ok(toml::Value::Table(doc).try_into()?)
+        let doc = toml::Value::Table(doc);
+        // `[broker]` flattens `EmbeddedConfig`, and through serde's flatten a bad value is
+        // reported only "in `broker`". Read on its own first, it is "in `broker.max_inflight`".
+        doc.clone().try_into::<EmbeddedSection>()?;
+        Ok(doc.try_into()?)
     }
 
-    /// Checks values that parse but cannot work.
+    /// Checks values that parse but cannot work. The embedded broker's keys are checked by
+    /// `iot-broker` (whether or not this process runs it: `start csm` connects to
+    /// `broker.listen`).
     pub fn validate(&self) -> Result<()> {
-        let addr = |key: &str, v: &str| -> Result<SocketAddr> {
-            v.parse().with_context(|| {
-                format!("`{key}` = \"{v}\" is not an address such as 127.0.0.1:1883")
-            })
-        };
-        addr("broker.listen", &self.broker.listen)?;
-        if !self.broker.ws_listen.is_empty() {
-            addr("broker.ws_listen", &self.broker.ws_listen)?;
-        }
-        addr("csm.listen", &self.csm.listen)?;
+        self.broker.embedded.validate()?;
+        let csm_listen = &self.csm.listen;
+        csm_listen.parse::<SocketAddr>().with_context(|| {
+            format!("`csm.listen` = \"{csm_listen}\" is not an address such as 127.0.0.1:1883")
+        })?;
         if !self.broker.external.is_empty() {
-            external_host_port(&self.broker.external)?;
+            MqttUrl::parse(&self.broker.external).map_err(|e| anyhow!("`broker.external`: {e}"))?;
         }
         if !matches!(self.broker.scheme.as_str(), "mqtt" | "mqtts") {
             bail!(
                 "`broker.scheme` must be \"mqtt\" or \"mqtts\", not \"{}\"",
                 self.broker.scheme
             );
-        }
-        if self.broker.max_inflight < 64 {
-            bail!("`broker.max_inflight` must be at least 64 (paho clients send up to 20 QoS 2 messages at once)");
-        }
-        if self.broker.max_payload_bytes == 0 || self.broker.max_payload_bytes > 256 * 1024 * 1024 {
-            bail!("`broker.max_payload_bytes` must be between 1 and 268435456");
         }
         if !self.csm.path_prefix.is_empty() && !self.csm.path_prefix.starts_with('/') {
             bail!("`csm.path_prefix` must start with / (e.g. \"/csm\")");
@@ -228,27 +208,6 @@ impl Config {
     pub fn statefile(&self) -> PathBuf {
         self.data_dir().join("iotctl.state.json")
     }
-}
-
-/// `(host, port)` of an `mqtt://host:port` URL.
-pub fn external_host_port(url: &str) -> Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .with_context(|| format!("`broker.external` = \"{url}\": expected mqtt://host:port"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse()
-                .with_context(|| format!("`broker.external`: bad port in \"{url}\""))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        bail!("`broker.external` = \"{url}\": missing host");
-    }
-    Ok((host.to_owned(), port))
 }
 
 #[cfg(test)]
@@ -300,10 +259,59 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("broker.listen"));
-        assert_eq!(
-            external_host_port("mqtt://127.0.0.1:1883").unwrap(),
-            ("127.0.0.1".into(), 1883)
+        // `broker.external` is parsed by `iot_broker::MqttUrl` (tested there).
+        let mut ext = Config::default();
+        ext.broker.external = "mqtt://127.0.0.1:1883".into();
+        ext.validate().unwrap();
+        ext.broker.external = "http://x".into();
+        let err = ext.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("broker.external") && err.contains("http://x"),
+            "{err}"
         );
-        assert!(external_host_port("http://x").is_err());
+    }
+
+    /// The embedded broker's keys sit in `[broker]` as before (flattened), take env
+    /// overrides, and a bad value or an unknown key is reported with its name.
+    #[test]
+    fn broker_section_flattens_the_embedded_config() {
+        let env = vec![
+            ("IOTCTL__BROKER__MAX_INFLIGHT".to_owned(), "256".to_owned()),
+            ("IOTCTL__BROKER__LISTEN".to_owned(), "0.0.0.0:1".to_owned()),
+            (
+                "IOTCTL__BROKER__ALLOW_ANONYMOUS".to_owned(),
+                "false".to_owned(),
+            ),
+        ];
+        let c = Config::parse("[broker]\nmax_sessions = 7\nexternal = \"\"\n", &env).unwrap();
+        let e = &c.broker.embedded;
+        assert_eq!(
+            (
+                e.max_inflight,
+                e.listen.as_str(),
+                e.allow_anonymous,
+                e.max_sessions
+            ),
+            (256, "0.0.0.0:1", false, 7)
+        );
+        let err = |toml: &str, env: &[(String, String)]| {
+            format!("{:#}", Config::parse(toml, env).unwrap_err())
+        };
+        let bad = [("IOTCTL__BROKER__MAX_INFLIGHT".to_owned(), "many".to_owned())];
+        assert!(
+            err("", &bad).contains("broker.max_inflight"),
+            "{}",
+            err("", &bad)
+        );
+        let text = err("[broker]\nmax_payload_bytes = -1\n", &[]);
+        assert!(text.contains("broker.max_payload_bytes"), "{text}");
+        let text = err("[broker]\nmax_inflite = 64\n", &[]);
+        assert!(text.contains("max_inflite"), "{text}");
+        let small = Config::parse("[broker]\nmax_inflight = 16\n", &[]).unwrap();
+        let text = small.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("broker.max_inflight") && text.contains("64"),
+            "{text}"
+        );
     }
 }

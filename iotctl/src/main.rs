@@ -1,14 +1,15 @@
 //! `iotctl`: the one command line of the controller. This binary is the only place with clap,
 //! the tracing subscriber and `anyhow`; the servers live in library crates.
 //!
-//! Layout: [`config`] (typed settings), [`run`] (start: wiring broker + CSM, pidfile, state
-//! file, signals), [`service`] (stop, restart, status), [`shell`] (interactive console),
-//! [`bench_cmd`] (the flags of `iotctl bench` and where the controller is; the load tests
-//! themselves are the `iot-bench` crate).
+//! Layout: [`config`] (typed settings), [`run`] (initdb, start: one `start_*` per component,
+//! wiring them, signals), [`runfile`] (the pidfile and the state file), [`service`] (stop,
+//! status), [`shell`] (interactive console), [`bench_cmd`] (the flags of `iotctl bench` and
+//! where the controller is; the load tests themselves are the `iot-bench` crate).
 
 mod bench_cmd;
 mod config;
 mod run;
+mod runfile;
 mod service;
 mod shell;
 

@@ -1,32 +1,25 @@
-//! `iotctl initdb` and `iotctl start`: wires the broker (embedded or external) and the CSM
-//! together, writes the pidfile and the state file, and stops cleanly on SIGINT/SIGTERM.
+//! `iotctl initdb` and `iotctl start`: starts the chosen components, one `start_*` function
+//! each ([`start_broker`], [`start_csm`]), wires them together, writes the pidfile and the
+//! state file (`runfile`), and stops cleanly on SIGINT/SIGTERM. Not here: what each component
+//! does (its library crate) or `stop`/`status` (`service`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use iot_broker::{BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig};
+use iot_broker::{
+    Authenticator, BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl,
+};
+use iot_csm::Credentials;
 use iot_migrations::Db;
 use iot_proto::wire::BrokerUrl;
-use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{external_host_port, Config};
+use crate::config::Config;
+use crate::runfile::{self, RunState};
 use crate::Component;
-
-/// What a running controller writes to `<data_dir>/iotctl.state.json` for `status`/`stop`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunState {
-    pub pid: u32,
-    pub components: Vec<String>,
-    /// `host:port` of the MQTT listener (embedded) or the external broker in use.
-    pub mqtt: Option<String>,
-    pub ws: Option<String>,
-    /// Base URL of the CSM HTTP API.
-    pub csm: Option<String>,
-    pub started: f64,
-}
 
 pub async fn initdb(cfg: &Config) -> Result<()> {
     let url = cfg.database.url.clone();
@@ -41,6 +34,193 @@ pub async fn initdb(cfg: &Config) -> Result<()> {
         iot_migrations::redact(&cfg.database.url)
     );
     Ok(())
+}
+
+/// Runs the chosen components until SIGINT/SIGTERM.
+pub async fn start(cfg: Config, component: Component) -> Result<()> {
+    if matches!(component, Component::Ccm | Component::Gui) {
+        bail!(
+            "the CCM and its web GUI are not built yet; `iotctl start` runs the broker and the CSM"
+        );
+    }
+    let data_dir = cfg.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    runfile::write_pid(&cfg)?;
+    let result = serve(&cfg, component).await;
+    runfile::remove(&cfg);
+    result
+}
+
+/// What the started components leave behind: the tasks to await at shutdown and what the
+/// state file says about them.
+struct Running {
+    tasks: Vec<JoinHandle<()>>,
+    state: RunState,
+}
+
+/// The broker the other components talk to, and what DAs are told about it.
+struct BrokerSide {
+    handle: BrokerHandle,
+    /// The address sent to DAs in registration replies.
+    url: BrokerUrl,
+    /// Whether it is the embedded broker of this process (which checks DA credentials).
+    embedded: bool,
+}
+
+async fn serve(cfg: &Config, component: Component) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let mut running = Running {
+        tasks: Vec::new(),
+        state: RunState::starting(),
+    };
+
+    // Per-DA credentials: one store, created before the broker so that it checks them from
+    // its first connection; the CSM fills it (stored DAs once loaded, then each registration).
+    // Until then a DA's credentials are unknown and it is refused, and retries.
+    let runs_csm = matches!(component, Component::All | Component::Csm);
+    let credentials = Credentials::default();
+    let auth = (runs_csm && cfg.csm.da_credentials)
+        .then(|| Arc::new(credentials.clone()) as Arc<dyn Authenticator>);
+
+    let broker = start_broker(cfg, component, auth, &shutdown, &mut running).await?;
+    if runs_csm {
+        start_csm(cfg, &broker, credentials, &shutdown, &mut running).await?;
+    }
+    // The CCM, once built, starts here the same way: `start_ccm(cfg, &broker, ...)`.
+
+    let state = &running.state;
+    runfile::write_state(cfg, state)?;
+    println!(
+        "iotctl ready: pid={} mqtt={} ws={} csm={}",
+        state.pid,
+        state.mqtt.as_deref().unwrap_or("-"),
+        state.ws.as_deref().unwrap_or("-"),
+        state.csm.as_deref().unwrap_or("-"),
+    );
+    tracing::info!(components = ?state.components, "iotctl started");
+
+    shutdown.cancelled().await;
+    tracing::info!("stopping");
+    if tokio::time::timeout(Duration::from_secs(10), join_all(running.tasks))
+        .await
+        .is_err()
+    {
+        tracing::warn!("some components did not stop within 10 s");
+    }
+    println!("iotctl stopped");
+    Ok(())
+}
+
+/// The broker: the embedded one (for `all` and `broker`, unless `broker.external` is set,
+/// checking credentials with `auth` from its first connection), else a connection to
+/// `broker.external` or, for `start csm`, to the broker at `broker.listen`.
+async fn start_broker(
+    cfg: &Config,
+    component: Component,
+    auth: Option<Arc<dyn Authenticator>>,
+    shutdown: &CancellationToken,
+    running: &mut Running,
+) -> Result<BrokerSide> {
+    let embedded =
+        cfg.broker.external.is_empty() && matches!(component, Component::All | Component::Broker);
+    if embedded {
+        let (b, task) = EmbeddedBroker::start(&cfg.broker.embedded, auth, shutdown.clone()).await?;
+        running.tasks.push(task);
+        let (mqtt, ws) = (b.mqtt_addr(), b.ws_addr());
+        let state = &mut running.state;
+        state.components.push("broker".into());
+        state.mqtt = Some(mqtt.to_string());
+        state.ws = ws.map(|a| a.to_string());
+        let url = broker_url(
+            cfg,
+            &mqtt.ip().to_string(),
+            mqtt.port(),
+            or_bound(cfg.broker.advertise_ws_port, ws.map_or(0, |a| a.port())),
+        );
+        return Ok(BrokerSide {
+            handle: Arc::new(b),
+            url,
+            embedded: true,
+        });
+    }
+    if component == Component::Broker {
+        bail!("`broker.external` is set: there is no embedded broker to start");
+    }
+    let ext_url = if cfg.broker.external.is_empty() {
+        format!("mqtt://{}", cfg.broker.embedded.listen)
+    } else {
+        cfg.broker.external.clone()
+    };
+    let parsed = MqttUrl::parse(&ext_url)?;
+    let ext = ExternalConfig {
+        url: ext_url,
+        max_packet_bytes: cfg.broker.embedded.max_payload_bytes + 64 * 1024,
+        ..ExternalConfig::default()
+    };
+    let (b, task) = ExternalBroker::connect(&ext, shutdown.clone()).await?;
+    running.tasks.push(task);
+    running.state.mqtt = Some(parsed.authority());
+    Ok(BrokerSide {
+        handle: Arc::new(b),
+        url: broker_url(cfg, &parsed.host, parsed.port, cfg.broker.advertise_ws_port),
+        embedded: false,
+    })
+}
+
+/// The CSM: its HTTP listener, database and routing, on `broker`; fills `credentials`, the
+/// store the embedded broker checks.
+async fn start_csm(
+    cfg: &Config,
+    broker: &BrokerSide,
+    credentials: Credentials,
+    shutdown: &CancellationToken,
+    running: &mut Running,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&cfg.csm.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (`csm.listen`): is another controller running?",
+                cfg.csm.listen
+            )
+        })?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let db_url = cfg.database.url.clone();
+    let db = tokio::task::spawn_blocking(move || Db::connect(&db_url)).await??;
+    // Credentials only mean something to the embedded broker, which checks them.
+    let mut csm_cfg = cfg.csm.clone();
+    if !broker.embedded && csm_cfg.da_credentials {
+        tracing::info!(
+            "csm.da_credentials is off with an external broker: it does its own authentication"
+        );
+        csm_cfg.da_credentials = false;
+    }
+    let wiring = iot_csm::Wiring {
+        listener,
+        broker: broker.handle.clone(),
+        db,
+        broker_url: broker.url.clone(),
+        credentials,
+    };
+    let (_csm, task) = iot_csm::start(&csm_cfg, &cfg.functions, wiring, shutdown.clone()).await?;
+    running.tasks.push(task);
+    running.state.components.push("csm".into());
+    running.state.csm = Some(format!("http://{addr}{}", cfg.csm.path_prefix));
+    Ok(())
+}
+
+/// What DAs are told: `broker.scheme`, `broker.advertise_*` where set, else what is bound.
+fn broker_url(cfg: &Config, host: &str, port: u16, ws_port: u16) -> BrokerUrl {
+    let mqtts = cfg.broker.scheme == "mqtts";
+    BrokerUrl {
+        scheme: cfg.broker.scheme.clone(),
+        host: advertised_host(cfg, host),
+        port: or_bound(cfg.broker.advertise_port, port),
+        ws_scheme: if mqtts { "wss" } else { "ws" }.into(),
+        ws_port,
+    }
 }
 
 fn advertised_host(cfg: &Config, bound: &str) -> String {
@@ -64,175 +244,7 @@ fn or_bound(configured: u16, bound: u16) -> u16 {
     }
 }
 
-async fn external_broker(
-    cfg: &Config,
-    url: &str,
-    shutdown: &CancellationToken,
-) -> Result<(ExternalBroker, tokio::task::JoinHandle<()>)> {
-    let ext = ExternalConfig {
-        url: url.to_owned(),
-        max_packet_bytes: cfg.broker.max_payload_bytes + 64 * 1024,
-        ..ExternalConfig::default()
-    };
-    Ok(ExternalBroker::connect(&ext, shutdown.clone()).await?)
-}
-
-/// Runs the chosen components until SIGINT/SIGTERM.
-pub async fn start(cfg: Config, component: Component) -> Result<()> {
-    if matches!(component, Component::Ccm | Component::Gui) {
-        bail!(
-            "the CCM and its web GUI are not built yet; `iotctl start` runs the broker and the CSM"
-        );
-    }
-    let data_dir = cfg.data_dir();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let pidfile = cfg.pidfile();
-    if let Some(pid) = crate::service::running_pid(&pidfile) {
-        bail!("iotctl is already running with this data dir (pid {pid}); `iotctl stop` first");
-    }
-    std::fs::write(&pidfile, format!("{}\n", std::process::id()))
-        .with_context(|| format!("cannot write pidfile {}", pidfile.display()))?;
-    let result = serve(&cfg, component).await;
-    let _ = std::fs::remove_file(&pidfile);
-    let _ = std::fs::remove_file(cfg.statefile());
-    result
-}
-
-async fn serve(cfg: &Config, component: Component) -> Result<()> {
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
-    let mut tasks = Vec::new();
-    let mut state = RunState {
-        pid: std::process::id(),
-        components: Vec::new(),
-        mqtt: None,
-        ws: None,
-        csm: None,
-        started: iot_csm::now_epoch(),
-    };
-
-    // The broker: embedded (for `all` and `broker` unless external is set) or a connection.
-    let mut embedded = None;
-    let (broker, url): (Option<BrokerHandle>, BrokerUrl) = if cfg.broker.external.is_empty()
-        && matches!(component, Component::All | Component::Broker)
-    {
-        let (b, task) = EmbeddedBroker::start(&cfg.broker.embedded(), shutdown.clone()).await?;
-        tasks.push(task);
-        let mqtt = b.mqtt_addr();
-        let ws = b.ws_addr();
-        state.components.push("broker".into());
-        state.mqtt = Some(mqtt.to_string());
-        state.ws = ws.map(|a| a.to_string());
-        let url = BrokerUrl {
-            scheme: cfg.broker.scheme.clone(),
-            host: advertised_host(cfg, &mqtt.ip().to_string()),
-            port: or_bound(cfg.broker.advertise_port, mqtt.port()),
-            ws_scheme: if cfg.broker.scheme == "mqtts" {
-                "wss".into()
-            } else {
-                "ws".into()
-            },
-            ws_port: or_bound(
-                cfg.broker.advertise_ws_port,
-                ws.map(|a| a.port()).unwrap_or(0),
-            ),
-        };
-        embedded = Some(b.clone());
-        (Some(Arc::new(b) as BrokerHandle), url)
-    } else if component == Component::Broker {
-        bail!("`broker.external` is set: there is no embedded broker to start");
-    } else {
-        let ext_url = if cfg.broker.external.is_empty() {
-            format!("mqtt://{}", cfg.broker.listen)
-        } else {
-            cfg.broker.external.clone()
-        };
-        let (host, port) = external_host_port(&ext_url)?;
-        let (b, task) = external_broker(cfg, &ext_url, &shutdown).await?;
-        tasks.push(task);
-        state.mqtt = Some(format!("{host}:{port}"));
-        let url = BrokerUrl {
-            scheme: cfg.broker.scheme.clone(),
-            host: advertised_host(cfg, &host),
-            port: or_bound(cfg.broker.advertise_port, port),
-            ws_scheme: if cfg.broker.scheme == "mqtts" {
-                "wss".into()
-            } else {
-                "ws".into()
-            },
-            ws_port: cfg.broker.advertise_ws_port,
-        };
-        (Some(Arc::new(b) as BrokerHandle), url)
-    };
-
-    if matches!(component, Component::All | Component::Csm) {
-        let Some(broker) = broker else {
-            bail!("no broker")
-        };
-        let listener = tokio::net::TcpListener::bind(&cfg.csm.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (`csm.listen`): is another controller running?",
-                    cfg.csm.listen
-                )
-            })?;
-        let addr: SocketAddr = listener.local_addr()?;
-        let db_url = cfg.database.url.clone();
-        let db = tokio::task::spawn_blocking(move || Db::connect(&db_url)).await??;
-        // Credentials only mean something to the embedded broker, which checks them.
-        let mut csm_cfg = cfg.csm.clone();
-        if embedded.is_none() && csm_cfg.da_credentials {
-            tracing::info!(
-                "csm.da_credentials is off with an external broker: it does its own authentication"
-            );
-            csm_cfg.da_credentials = false;
-        }
-        let (csm, task) = iot_csm::start(
-            &csm_cfg,
-            &cfg.functions,
-            listener,
-            broker,
-            db,
-            url,
-            shutdown.clone(),
-        )
-        .await?;
-        if let (true, Some(b)) = (csm_cfg.da_credentials, &embedded) {
-            b.set_authenticator(Arc::new(csm.credentials.clone()));
-        }
-        tasks.push(task);
-        state.components.push("csm".into());
-        state.csm = Some(format!("http://{addr}{}", cfg.csm.path_prefix));
-    }
-
-    let json = serde_json::to_string_pretty(&state)?;
-    std::fs::write(cfg.statefile(), json)
-        .with_context(|| format!("cannot write {}", cfg.statefile().display()))?;
-    println!(
-        "iotctl ready: pid={} mqtt={} ws={} csm={}",
-        state.pid,
-        state.mqtt.as_deref().unwrap_or("-"),
-        state.ws.as_deref().unwrap_or("-"),
-        state.csm.as_deref().unwrap_or("-"),
-    );
-    tracing::info!(components = ?state.components, "iotctl started");
-
-    shutdown.cancelled().await;
-    tracing::info!("stopping");
-    let all = futures_join(tasks);
-    if tokio::time::timeout(Duration::from_secs(10), all)
-        .await
-        .is_err()
-    {
-        tracing::warn!("some components did not stop within 10 s");
-    }
-    println!("iotctl stopped");
-    Ok(())
-}
-
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+async fn join_all(tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
     }

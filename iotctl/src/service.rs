@@ -1,7 +1,6 @@
 //! `iotctl stop` and `iotctl status`: find the running controller through its pidfile and
-//! state file in the data dir, signal it, or ask each component how it is.
+//! state file in the data dir (`runfile`), signal it, or ask each component how it is.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,28 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::config::Config;
-use crate::run::RunState;
-
-/// The pid in `pidfile` if that process is alive.
-pub fn running_pid(pidfile: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pidfile).ok()?.trim().parse().ok()?;
-    alive(pid).then_some(pid)
-}
-
-fn alive(pid: i32) -> bool {
-    pid > 0 && kill(Pid::from_raw(pid), None).is_ok() && !zombie(pid)
-}
-
-/// Whether `pid` has exited but not been reaped by its parent yet (Linux `/proc`).
-fn zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
+use crate::runfile::{self, alive, running_pid, RunState};
 
 pub async fn stop(cfg: &Config) -> Result<ExitCode> {
     let pidfile = cfg.pidfile();
@@ -61,9 +39,8 @@ const NOT_RUNNING: u8 = 3;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let state: Option<RunState> = running_pid(&cfg.pidfile())
-        .and_then(|_| std::fs::read_to_string(cfg.statefile()).ok())
-        .and_then(|s| serde_json::from_str(&s).ok());
+    let state: Option<RunState> =
+        running_pid(&cfg.pidfile()).and_then(|_| runfile::read_state(cfg));
     let Some(state) = state else {
         if json {
             println!("{}", serde_json::json!({"running": false}));

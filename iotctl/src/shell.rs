@@ -33,12 +33,11 @@ pub async fn run(cfg: &Config) -> Result<()> {
     let db = Arc::new(std::sync::Mutex::new(db));
     let shutdown = CancellationToken::new();
     // The running controller's broker (its state file has the bound address), else the config's.
-    let running: Option<crate::run::RunState> = std::fs::read_to_string(cfg.statefile())
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok());
-    let url = match running.and_then(|r| r.mqtt) {
+    let url = match crate::runfile::read_state(cfg).and_then(|r| r.mqtt) {
         Some(addr) => format!("mqtt://{addr}"),
-        None if cfg.broker.external.is_empty() => format!("mqtt://{}", cfg.broker.listen),
+        None if cfg.broker.external.is_empty() => {
+            format!("mqtt://{}", cfg.broker.embedded.listen)
+        }
         None => cfg.broker.external.clone(),
     };
     let mut connection = None;

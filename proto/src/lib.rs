@@ -7,11 +7,16 @@
 //! - [`wire`]: JSON bodies of the HTTP registration API, the MQTT control channel, and the
 //!   graph and device APIs (typed requests and replies).
 //! - [`rpc`]: JSON bodies of request/response between DAs and apps over MQTT.
+//! - [`qos`]: the one MQTT quality-of-service type of the workspace.
+//! - [`url`]: broker urls (`mqtt://host:port`), parsed in one place.
 
 pub mod ids;
+pub mod qos;
 pub mod rpc;
 pub mod topics;
+pub mod url;
 pub mod wire;
 
 pub use ids::{DaId, FeatureName, IdError, MsgId, Rev};
+pub use qos::QoS;
 pub use wire::WireError;

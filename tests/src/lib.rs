@@ -463,6 +463,37 @@ impl Drop for App {
     }
 }
 
+/// Connects to the broker at `addr` with a username and password; returns the CONNACK code
+/// (0 = accepted). While nothing listens on `addr` yet it tries again every few milliseconds
+/// (up to [`WAIT`]), so it can be started before the broker to hit its first moments.
+pub async fn connack_code(addr: &str, user: &str, password: &str) -> u8 {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let mut opts = MqttOptions::new(
+        format!("cred-{}", new_id()),
+        host,
+        port.parse().expect("port"),
+    );
+    opts.set_credentials(user, password);
+    let (_client, mut ev) = AsyncClient::new(opts, 10);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = tokio::time::timeout_at(deadline, ev.poll())
+            .await
+            .expect("an answer to CONNECT");
+        match r {
+            Ok(Event::Incoming(Packet::ConnAck(a))) => return a.code as u8,
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return code as u8,
+            Err(rumqttc::ConnectionError::Io(e))
+                if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// A typical registration body (one IDF, one ODF).
 pub fn register_body() -> Value {
     json!({

@@ -529,26 +529,6 @@ async fn csm_on_external_mosquitto() {
     }
 }
 
-/// Connects with a username and password; returns the CONNACK code (0 = accepted).
-async fn connack_code(addr: &str, user: &str, password: &str) -> u8 {
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let mut opts =
-        rumqttc::MqttOptions::new(format!("cred-{}", new_id()), host, port.parse().unwrap());
-    opts.set_credentials(user, password);
-    let (_client, mut ev) = rumqttc::AsyncClient::new(opts, 10);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_connection_timeout(WAIT.as_secs());
-    ev.set_network_options(net);
-    let r = tokio::time::timeout(WAIT, ev.poll())
-        .await
-        .expect("an answer to CONNECT");
-    match r {
-        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => a.code as u8,
-        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => code as u8,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn per_da_credentials_are_checked_by_the_embedded_broker() {
     let app = App::spawn().await;
@@ -567,4 +547,48 @@ async fn per_da_credentials_are_checked_by_the_embedded_broker() {
     assert_eq!(connack_code(&app.mqtt, &id, &new_password).await, 0);
     assert_eq!(app.delete(&id, &json!({"rev": again["rev"]})).await.0, 200);
     assert_ne!(connack_code(&app.mqtt, &id, &new_password).await, 0);
+}
+
+/// The embedded broker checks credentials from its first connection: a client that connects
+/// with a DA's username and a wrong password the moment the port opens (before the CSM has
+/// loaded the stored DAs) is refused, and once the controller is ready the DA's real password
+/// (issued by a registration before the restart) is accepted.
+#[tokio::test]
+async fn credentials_are_checked_from_the_first_connection() {
+    let mqtt = free_addr();
+    let mut app = App::start(AppOptions {
+        mqtt_listen: Some(mqtt.clone()),
+        ..Default::default()
+    })
+    .await;
+    let id = new_id();
+    let password = app.register(&id).await["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.stop().await;
+
+    // Knocks until the restarted broker's port opens, then sends CONNECT at once.
+    let early = tokio::spawn({
+        let (mqtt, id) = (mqtt.clone(), id.clone());
+        async move { connack_code(&mqtt, &id, "wrong").await }
+    });
+    let app = app.restart().await;
+    assert_eq!(app.mqtt, mqtt);
+    assert_ne!(
+        early.await.unwrap(),
+        0,
+        "a wrong password was accepted while the controller started"
+    );
+    // The restored credentials are in place once the CSM's task has loaded the stored DAs,
+    // which may be a moment after the ready line; until then the DA is refused and retries.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while connack_code(&app.mqtt, &id, &password).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restored DA's password is still refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_ne!(connack_code(&app.mqtt, &id, "wrong").await, 0);
 }

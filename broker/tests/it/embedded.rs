@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::raw::{self, Proto};
 use crate::{
-    client, eventually, options, spawn_broker, spawn_broker_with, test_config, within, WAIT,
+    client, eventually, options, spawn_broker, spawn_broker_with, spawn_broker_with_auth,
+    test_config, within, WAIT,
 };
 
 /// (a) Clients that vanish right after CONNECT (closed or reset) leave no stuck session: a
@@ -158,7 +159,7 @@ async fn one_mib_payload_passes() {
     let too_big = Message::new("big", vec![0u8; 1024 * 1024 + 1], QoS::AtMostOnce, false);
     assert!(matches!(
         b.broker.publish(too_big).await,
-        Err(BrokerError::Other(_))
+        Err(BrokerError::PayloadTooLarge { .. })
     ));
 }
 
@@ -383,7 +384,7 @@ async fn bind_errors_and_restart_on_the_same_ports() {
         listen: "127.0.0.1:1883".into(),
         ..test_config()
     };
-    let err = EmbeddedBroker::start(&cfg, CancellationToken::new())
+    let err = EmbeddedBroker::start(&cfg, None, CancellationToken::new())
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -407,7 +408,7 @@ async fn bind_errors_and_restart_on_the_same_ports() {
         ws_listen: taken.local_addr().unwrap().to_string(),
         ..test_config()
     };
-    let err = EmbeddedBroker::start(&cfg, CancellationToken::new())
+    let err = EmbeddedBroker::start(&cfg, None, CancellationToken::new())
         .await
         .unwrap_err();
     assert!(
@@ -545,12 +546,14 @@ impl Authenticator for OnePassword {
 /// only if `allow_anonymous`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authenticator_checks_passwords() {
-    let b = spawn_broker_with(EmbeddedConfig {
-        allow_anonymous: false,
-        ..test_config()
-    })
+    let b = spawn_broker_with_auth(
+        EmbeddedConfig {
+            allow_anonymous: false,
+            ..test_config()
+        },
+        Some(Arc::new(OnePassword)),
+    )
     .await;
-    b.broker.set_authenticator(Arc::new(OnePassword));
     let bad = raw::connect("a1", Proto::V311, 30, Some(("dev", "wrong")));
     assert_eq!(
         raw::connect_with(b.addr(), &bad).await.1,
@@ -565,8 +568,7 @@ async fn authenticator_checks_passwords() {
     opts.set_credentials("dev", "secret");
     crate::client_with(opts).await;
 
-    let open = spawn_broker().await;
-    open.broker.set_authenticator(Arc::new(OnePassword));
+    let open = spawn_broker_with_auth(test_config(), Some(Arc::new(OnePassword))).await;
     assert_eq!(raw::connect_with(open.addr(), &anonymous).await.1, 0);
     assert_eq!(raw::connect_with(open.addr(), &bad).await.1, 4);
 }

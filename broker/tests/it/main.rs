@@ -9,9 +9,10 @@ mod raw;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use iot_broker::{EmbeddedBroker, EmbeddedConfig};
+use iot_broker::{Authenticator, EmbeddedBroker, EmbeddedConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -64,8 +65,16 @@ pub async fn spawn_broker() -> TestBroker {
 }
 
 pub async fn spawn_broker_with(cfg: EmbeddedConfig) -> TestBroker {
+    spawn_broker_with_auth(cfg, None).await
+}
+
+/// A broker that checks every CONNECT with `auth` from the start.
+pub async fn spawn_broker_with_auth(
+    cfg: EmbeddedConfig,
+    auth: Option<Arc<dyn Authenticator>>,
+) -> TestBroker {
     let shutdown = CancellationToken::new();
-    let (broker, task) = EmbeddedBroker::start(&cfg, shutdown.clone())
+    let (broker, task) = EmbeddedBroker::start(&cfg, auth, shutdown.clone())
         .await
         .expect("broker starts");
     TestBroker {

@@ -44,7 +44,9 @@ async fn a_graph_task_that_dies_is_restarted_from_its_plan() {
         ws_listen: String::new(),
         ..EmbeddedConfig::default()
     };
-    let (broker, _task) = EmbeddedBroker::start(&cfg, shutdown.clone()).await.unwrap();
+    let (broker, _task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
+        .await
+        .unwrap();
     let broker: BrokerHandle = Arc::new(broker);
     let mut out = broker.subscribe("t/out", 16).await.unwrap();
     let mut engine = Engine::new(broker.clone(), shutdown.clone(), Hold::default());

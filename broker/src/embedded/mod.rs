@@ -5,34 +5,35 @@
 //! retainer and shared-subscription plugins and our hooks, and runs until the shutdown token is
 //! cancelled. Host publishes enter rmqtt like its HTTP API's publishes do; host subscriptions are
 //! fed by a `MessagePublish` hook through [`LocalRouter`]. Not here: ACLs, TLS, clustering.
+//!
+//! Layout: this file (the server and [`Broker`] for it), [`config`] ([`EmbeddedConfig`] and its
+//! validation), `hooks` (host subscriptions, drop counting, authentication).
+
+pub mod config;
+mod hooks;
+
+pub use config::EmbeddedConfig;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rmqtt::codec::v5::PublishProperties;
 use rmqtt::context::ServerContext;
-use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
-use rmqtt::types::{
-    AuthResult, ClientId, CodecPublish, From, Id, Publish, TopicFilter, TopicName, UserName,
-};
-use serde::Deserialize;
+use rmqtt::types::{ClientId, CodecPublish, From, Id, Publish, TopicFilter, TopicName, UserName};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::local::{valid_topic, LocalRouter};
 use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
 
-/// Room for the fixed header, topic (up to 64 KiB) and MQTT 5 properties on top of the payload.
-const PACKET_HEADER_ROOM_BYTES: usize = 64 * 1024;
 /// Listen backlog; the kernel caps it at `net.core.somaxconn`. rmqtt's 512 overflows when a
 /// few thousand devices reconnect at once, and an overflowed SYN is retried only after 1 s.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -41,77 +42,10 @@ const SHUTDOWN_KICK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The client id host publishes carry.
 const HOST_CLIENT_ID: &str = "iotctl";
 
-/// Settings of the embedded broker (`[broker]` in the controller's config).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default)]
-pub struct EmbeddedConfig {
-    /// MQTT over TCP, `host:port`.
-    pub listen: String,
-    /// MQTT over WebSocket (any path, e.g. `/mqtt`), `host:port`; empty disables it.
-    pub ws_listen: String,
-    /// Largest application payload accepted, in bytes.
-    pub max_payload_bytes: usize,
-    /// Unacknowledged QoS 1/2 messages per client and direction.
-    pub max_inflight: u16,
-    /// Client sessions (connected or persisted); further CONNECTs are refused.
-    pub max_sessions: usize,
-    /// Messages queued per session beyond the inflight window before the broker drops them.
-    pub max_mqueue_len: usize,
-    /// Whether clients without a username are accepted.
-    pub allow_anonymous: bool,
-    /// How long a client publish waits for a full host subscription before it is dropped.
-    pub host_send_timeout_ms: u64,
-}
-
-impl Default for EmbeddedConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:1883".to_owned(),
-            ws_listen: "127.0.0.1:1884".to_owned(),
-            max_payload_bytes: 1024 * 1024,
-            max_inflight: 128,
-            max_sessions: 50_000,
-            max_mqueue_len: 1000,
-            allow_anonymous: true,
-            host_send_timeout_ms: 1000,
-        }
-    }
-}
-
-impl EmbeddedConfig {
-    fn max_packet_bytes(&self) -> Result<u32, BrokerError> {
-        self.max_payload_bytes
-            .checked_add(PACKET_HEADER_ROOM_BYTES)
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|_| self.max_payload_bytes > 0)
-            .ok_or_else(|| {
-                BrokerError::Other(format!(
-                    "`broker.max_payload_bytes` = {} is out of range (1 ..= {})",
-                    self.max_payload_bytes,
-                    u32::MAX as usize - PACKET_HEADER_ROOM_BYTES
-                ))
-            })
-    }
-
-    fn inflight(&self) -> Result<NonZeroU16, BrokerError> {
-        NonZeroU16::new(self.max_inflight).ok_or_else(|| {
-            BrokerError::Other(
-                "`broker.max_inflight` must be at least 1 (64 or more is advised)".into(),
-            )
-        })
-    }
-}
-
-fn parse_addr(addr: &str, key: &'static str) -> Result<SocketAddr, BrokerError> {
-    addr.parse().map_err(|_| {
-        BrokerError::Other(format!(
-            "`{key}` = \"{addr}\" is not an ip:port address (e.g. 127.0.0.1:1883)"
-        ))
-    })
-}
-
 /// Decides whether a client's username and password are good. Called on the connection's task
-/// for every CONNECT with a username: keep it fast (no blocking I/O).
+/// for every CONNECT with a username (and, when anonymous clients are not allowed, without
+/// one): keep it fast (no blocking I/O). Given to [`EmbeddedBroker::start`], so it is in place
+/// before the first client connects.
 pub trait Authenticator: Send + Sync + fmt::Debug {
     fn check(&self, username: &str, password: &[u8]) -> bool;
 }
@@ -126,7 +60,6 @@ struct Inner {
     scx: ServerContext,
     local: LocalRouter,
     dropped: Arc<AtomicU64>,
-    auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
     max_payload_bytes: usize,
     mqtt_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
@@ -137,23 +70,23 @@ impl EmbeddedBroker {
     /// Binds the listeners of `cfg` and runs the broker until `shutdown` is cancelled; the
     /// returned task ends once the listeners are closed and clients disconnected.
     /// Port 0 binds a free port: see [`mqtt_addr`](Self::mqtt_addr) and [`ws_addr`](Self::ws_addr).
+    ///
+    /// With `auth`, every CONNECT with a username is checked by it from the first connection
+    /// on (see [`Authenticator`]); without, any username and password are accepted.
+    /// Fails on an invalid `cfg` (see [`EmbeddedConfig::validate`]) before binding anything.
     pub async fn start(
         cfg: &EmbeddedConfig,
+        auth: Option<Arc<dyn Authenticator>>,
         shutdown: CancellationToken,
     ) -> Result<(EmbeddedBroker, JoinHandle<()>), BrokerError> {
-        let max_packet = cfg.max_packet_bytes()?;
-        let listen = parse_addr(&cfg.listen, "broker.listen")?;
-        let ws_listen = match cfg.ws_listen.trim() {
-            "" => None,
-            addr => Some(parse_addr(addr, "broker.ws_listen")?),
-        };
+        let checked = cfg.checked()?;
 
         let builder = Builder::new()
             .reuseaddr(Some(true))
             .backlog(LISTEN_BACKLOG)
             .nodelay(true)
-            .max_packet_size(max_packet)
-            .max_inflight(cfg.inflight()?)
+            .max_packet_size(checked.max_packet_bytes)
+            .max_inflight(checked.inflight)
             .max_mqueue_len(cfg.max_mqueue_len)
             .allow_anonymous(cfg.allow_anonymous)
             .allow_zero_keepalive(true)
@@ -168,12 +101,12 @@ impl EmbeddedBroker {
             // a subscriber that takes 20 s to ack got duplicates. Zero: resent on reconnect only.
             .message_retry_interval(Duration::ZERO);
         let tcp = bind(
-            builder.clone().name("iotctl/tcp").laddr(listen),
+            builder.clone().name("iotctl/tcp").laddr(checked.listen),
             "MQTT over TCP",
             "broker.listen",
         )?;
         let mqtt_addr = local_addr(&tcp, "MQTT over TCP", "broker.listen")?;
-        let ws = match ws_listen {
+        let ws = match checked.ws_listen {
             None => None,
             Some(addr) => {
                 let l = bind(
@@ -182,12 +115,12 @@ impl EmbeddedBroker {
                     "broker.ws_listen",
                 )?
                 .ws()
-                .map_err(other)?;
+                .map_err(setup("the WebSocket listener"))?;
                 let bound = local_addr(&l, "MQTT over WebSocket", "broker.ws_listen")?;
                 Some((l, bound))
             }
         };
-        let tcp = tcp.tcp().map_err(other)?;
+        let tcp = tcp.tcp().map_err(setup("the TCP listener"))?;
 
         let scx = ServerContext::new()
             // The busy check refuses CONNECTs while the host's CPU is above 90%, e.g. during a build.
@@ -202,15 +135,16 @@ impl EmbeddedBroker {
             .await;
         rmqtt_retainer::register(&scx, true, false)
             .await
-            .map_err(other)?;
+            .map_err(setup("the retainer plugin"))?;
         rmqtt_shared_subscription::register(&scx, true, false)
             .await
-            .map_err(other)?;
+            .map_err(setup("the shared-subscription plugin"))?;
 
         let local = LocalRouter::new(Duration::from_millis(cfg.host_send_timeout_ms));
         let dropped = Arc::new(AtomicU64::new(0));
-        let auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>> = Arc::default();
-        register_hooks(&scx, &local, &dropped, &auth).await;
+        // The listeners are bound, but no connection is accepted before `server.run()` below:
+        // the authenticator is in place for the very first CONNECT.
+        hooks::register_hooks(&scx, &local, &dropped, auth).await;
 
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, mqtt_addr.port());
         let mut ws_addr = None;
@@ -233,7 +167,6 @@ impl EmbeddedBroker {
                 scx: scx.clone(),
                 local,
                 dropped,
-                auth,
                 max_payload_bytes: cfg.max_payload_bytes,
                 mqtt_addr,
                 ws_addr,
@@ -268,36 +201,6 @@ impl EmbeddedBroker {
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.inner.ws_addr
     }
-
-    /// Checks usernames and passwords from now on (see [`Authenticator`]).
-    pub fn set_authenticator(&self, auth: Arc<dyn Authenticator>) {
-        *self
-            .inner
-            .auth
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(auth);
-    }
-}
-
-/// Our hooks: host subscriptions, drop counting, authentication.
-async fn register_hooks(
-    scx: &ServerContext,
-    local: &LocalRouter,
-    dropped: &Arc<AtomicU64>,
-    auth: &Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
-) {
-    let register = scx.extends.hook_mgr().register();
-    let publish = PublishHook {
-        local: local.clone(),
-    };
-    register.add(Type::MessagePublish, Box::new(publish)).await;
-    let drops = DroppedHook {
-        dropped: dropped.clone(),
-    };
-    register.add(Type::MessageDropped, Box::new(drops)).await;
-    let auth = AuthHook { auth: auth.clone() };
-    register.add(Type::ClientAuthenticate, Box::new(auth)).await;
-    register.start().await;
 }
 
 fn bind(builder: Builder, what: &'static str, key: &'static str) -> Result<Listener, BrokerError> {
@@ -326,8 +229,12 @@ fn local_addr(
     })
 }
 
-fn other(e: impl fmt::Display) -> BrokerError {
-    BrokerError::Other(e.to_string())
+/// Maps an rmqtt setup error (an `anyhow::Error`) to [`BrokerError::Setup`] for `what`.
+fn setup<E: fmt::Display>(what: &'static str) -> impl FnOnce(E) -> BrokerError {
+    move |e| BrokerError::Setup {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 /// The rmqtt-retainer settings: in memory, no TTL (its default follows the 5 min message expiry),
@@ -358,6 +265,7 @@ async fn disconnect_all(scx: &ServerContext) {
     }
 }
 
+/// Our [`QoS`] as rmqtt's, and back: the only conversions of this module.
 fn to_rmqtt_qos(q: QoS) -> rmqtt::codec::types::QoS {
     match q {
         QoS::AtMostOnce => rmqtt::codec::types::QoS::AtMostOnce,
@@ -378,20 +286,18 @@ fn from_rmqtt_qos(q: rmqtt::codec::types::QoS) -> QoS {
 impl Broker for EmbeddedBroker {
     async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
         if !valid_topic(&msg.topic) {
-            return Err(BrokerError::Other(format!(
-                "invalid topic name `{}`",
-                msg.topic
-            )));
+            return Err(BrokerError::Topic(msg.topic));
         }
         if msg.payload.len() > self.inner.max_payload_bytes {
-            return Err(BrokerError::Other(format!(
-                "payload of {} bytes exceeds `broker.max_payload_bytes` = {}",
-                msg.payload.len(),
-                self.inner.max_payload_bytes
-            )));
+            return Err(BrokerError::PayloadTooLarge {
+                bytes: msg.payload.len(),
+                key: "broker.max_payload_bytes",
+                limit: self.inner.max_payload_bytes,
+            });
         }
         let scx = &self.inner.scx;
         let from = self.inner.host.clone();
+        let topic = msg.topic.clone();
         let p = CodecPublish {
             dup: false,
             retain: msg.retain,
@@ -412,7 +318,10 @@ impl Broker for EmbeddedBroker {
             .unwrap_or(p);
         SessionState::forwards(scx, from, p, false, None)
             .await
-            .map_err(other)
+            .map_err(|e| BrokerError::Publish {
+                topic,
+                reason: e.to_string(),
+            })
     }
 
     async fn subscribe(&self, filter: &str, capacity: usize) -> Result<Subscription, BrokerError> {
@@ -432,7 +341,10 @@ impl Broker for EmbeddedBroker {
             .await
             .get(&TopicFilter::from(filter))
             .await
-            .map_err(other)?;
+            .map_err(|e| BrokerError::Retained {
+                filter: filter.to_owned(),
+                reason: e.to_string(),
+            })?;
         let by_topic: BTreeMap<String, Message> = found
             .into_iter()
             .map(|(topic, r)| {
@@ -467,92 +379,6 @@ impl fmt::Debug for EmbeddedBroker {
     }
 }
 
-/// Feeds every inbound publish (clients, wills, the host) to the host subscriptions.
-/// It runs before rmqtt's publish ACL check, which is fine as long as no ACL plugin is used.
-struct PublishHook {
-    local: LocalRouter,
-}
-
-#[async_trait]
-impl Handler for PublishHook {
-    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        if let Parameter::MessagePublish(session, _, p) = param {
-            // An earlier handler may have rewritten the publish.
-            let p = match &acc {
-                Some(HookResult::Publish(p)) => p,
-                _ => *p,
-            };
-            if !self.local.is_empty() {
-                let msg = Message::new(
-                    p.topic.to_string(),
-                    p.payload.clone(),
-                    from_rmqtt_qos(p.qos),
-                    p.retain,
-                );
-                if session.is_some() {
-                    self.local.dispatch(&msg).await;
-                } else {
-                    // A host publish (no client session): never wait on a host subscription,
-                    // which may belong to the very task publishing.
-                    self.local.try_dispatch(&msg);
-                }
-            }
-        }
-        (true, acc)
-    }
-}
-
-/// Counts the messages rmqtt drops (queue overflow, expiry, refused...).
-struct DroppedHook {
-    dropped: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl Handler for DroppedHook {
-    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        if let Parameter::MessageDropped(to, _, _, reason) = param {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if n.is_multiple_of(1000) {
-                tracing::debug!(dropped = n + 1, to = ?to.as_ref().map(|t| t.client_id.to_string()), %reason, "MQTT broker dropped a message");
-            }
-        }
-        (true, acc)
-    }
-}
-
-/// Checks CONNECT credentials with the [`Authenticator`], when one is set. rmqtt only asks when
-/// the client sent a username or anonymous clients are not allowed.
-struct AuthHook {
-    auth: Arc<RwLock<Option<Arc<dyn Authenticator>>>>,
-}
-
-#[async_trait]
-impl Handler for AuthHook {
-    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        let Parameter::ClientAuthenticate(info) = param else {
-            return (true, acc);
-        };
-        let auth = self
-            .auth
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(auth) = auth else { return (true, acc) };
-        let result = match info.username() {
-            Some(user) => {
-                let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
-                if auth.check(user, password) {
-                    AuthResult::Allow(false, None)
-                } else {
-                    AuthResult::BadUsernameOrPassword
-                }
-            }
-            None => AuthResult::NotAuthorized,
-        };
-        (false, Some(HookResult::AuthResult(result)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,7 +393,9 @@ mod tests {
             ..EmbeddedConfig::default()
         };
         let shutdown = CancellationToken::new();
-        let (b, task) = EmbeddedBroker::start(&cfg, shutdown.clone()).await.unwrap();
+        let (b, task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
+            .await
+            .unwrap();
         let retainer = b
             .inner
             .scx
@@ -600,7 +428,9 @@ mod tests {
             ..EmbeddedConfig::default()
         };
         let shutdown = CancellationToken::new();
-        let (b, task) = EmbeddedBroker::start(&cfg, shutdown.clone()).await.unwrap();
+        let (b, task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
+            .await
+            .unwrap();
         let mut s = tokio::net::TcpStream::connect(b.mqtt_addr()).await.unwrap();
         // CONNECT, MQTT 3.1.1, clean session, keepalive 30, client id "cfg"
         s.write_all(b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x1e\x00\x03cfg")

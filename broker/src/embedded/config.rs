@@ -1,0 +1,172 @@
+//! [`EmbeddedConfig`]: the embedded broker's settings, `[broker]` in the controller's config
+//! (which flattens it into that section), with their defaults and the one place they are
+//! validated ([`EmbeddedConfig::validate`]). Not here: the controller's own `[broker]` keys
+//! (`external`, `advertise_*`, `scheme`), which are iotctl's.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BrokerError;
+
+/// Room for the fixed header, topic (up to 64 KiB) and MQTT 5 properties on top of the payload.
+const PACKET_HEADER_ROOM_BYTES: usize = 64 * 1024;
+/// Largest `max_payload_bytes`: 256 MiB (with the header room it stays far below u32::MAX,
+/// rmqtt's packet size type).
+const MAX_PAYLOAD_BYTES: usize = 256 * 1024 * 1024;
+/// Smallest `max_inflight`: a paho client sends up to 20 QoS 2 messages without waiting, and
+/// rmqtt disconnects a client that overflows the window (logged only at debug).
+const MIN_INFLIGHT: u16 = 64;
+
+/// Settings of the embedded broker (`[broker]` in the controller's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmbeddedConfig {
+    /// MQTT over TCP, `host:port`.
+    pub listen: String,
+    /// MQTT over WebSocket (any path, e.g. `/mqtt`), `host:port`; empty disables it.
+    pub ws_listen: String,
+    /// Largest application payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Unacknowledged QoS 1/2 messages per client and direction.
+    pub max_inflight: u16,
+    /// Client sessions (connected or persisted); further CONNECTs are refused.
+    pub max_sessions: usize,
+    /// Messages queued per session beyond the inflight window before the broker drops them.
+    pub max_mqueue_len: usize,
+    /// Whether clients without a username are accepted.
+    pub allow_anonymous: bool,
+    /// How long a client publish waits for a full host subscription before it is dropped.
+    pub host_send_timeout_ms: u64,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:1883".to_owned(),
+            ws_listen: "127.0.0.1:1884".to_owned(),
+            max_payload_bytes: 1024 * 1024,
+            max_inflight: 128,
+            max_sessions: 50_000,
+            max_mqueue_len: 1000,
+            allow_anonymous: true,
+            host_send_timeout_ms: 1000,
+        }
+    }
+}
+
+/// The values [`EmbeddedBroker::start`](crate::EmbeddedBroker::start) needs, checked.
+#[derive(Debug)]
+pub(super) struct Checked {
+    pub listen: SocketAddr,
+    pub ws_listen: Option<SocketAddr>,
+    pub max_packet_bytes: u32,
+    pub inflight: NonZeroU16,
+}
+
+impl EmbeddedConfig {
+    /// Checks values that parse but cannot work; the error names the key (`broker.<key>`) and
+    /// what it allows. [`EmbeddedBroker::start`](crate::EmbeddedBroker::start) checks too, but
+    /// a caller should call this before starting anything.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        self.checked().map(|_| ())
+    }
+
+    pub(super) fn checked(&self) -> Result<Checked, BrokerError> {
+        let listen = parse_addr(&self.listen, "broker.listen")?;
+        let ws_listen = match self.ws_listen.trim() {
+            "" => None,
+            addr => Some(parse_addr(addr, "broker.ws_listen")?),
+        };
+        Ok(Checked {
+            listen,
+            ws_listen,
+            max_packet_bytes: self.max_packet_bytes()?,
+            inflight: self.inflight()?,
+        })
+    }
+
+    /// The listener's packet limit: `max_payload_bytes` plus room for the header.
+    pub(super) fn max_packet_bytes(&self) -> Result<u32, BrokerError> {
+        (1..=MAX_PAYLOAD_BYTES)
+            .contains(&self.max_payload_bytes)
+            .then(|| u32::try_from(self.max_payload_bytes + PACKET_HEADER_ROOM_BYTES).ok())
+            .flatten()
+            .ok_or(BrokerError::OutOfRange {
+                key: "broker.max_payload_bytes",
+                value: self.max_payload_bytes as u64,
+                min: 1,
+                max: MAX_PAYLOAD_BYTES as u64,
+                why: "",
+            })
+    }
+
+    pub(super) fn inflight(&self) -> Result<NonZeroU16, BrokerError> {
+        NonZeroU16::new(self.max_inflight)
+            .filter(|n| n.get() >= MIN_INFLIGHT)
+            .ok_or(BrokerError::OutOfRange {
+                key: "broker.max_inflight",
+                value: self.max_inflight.into(),
+                min: MIN_INFLIGHT.into(),
+                max: u16::MAX.into(),
+                why: " (paho clients send up to 20 QoS 2 messages at once, and a client that overflows the window is disconnected)",
+            })
+    }
+}
+
+fn parse_addr(addr: &str, key: &'static str) -> Result<SocketAddr, BrokerError> {
+    addr.parse().map_err(|_| BrokerError::ListenAddr {
+        key,
+        value: addr.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_key_and_the_range() {
+        EmbeddedConfig::default().validate().unwrap();
+        let check = |cfg: EmbeddedConfig| cfg.validate().unwrap_err().to_string();
+        let zero = EmbeddedConfig {
+            max_inflight: 0,
+            ..EmbeddedConfig::default()
+        };
+        let text = check(zero);
+        assert!(
+            text.contains("`broker.max_inflight` = 0") && text.contains("between 64 and 65535"),
+            "{text}"
+        );
+        let small = EmbeddedConfig {
+            max_inflight: 63,
+            ..EmbeddedConfig::default()
+        };
+        assert!(small.validate().is_err());
+        for bytes in [0, usize::MAX, MAX_PAYLOAD_BYTES + 1] {
+            let text = check(EmbeddedConfig {
+                max_payload_bytes: bytes,
+                ..EmbeddedConfig::default()
+            });
+            assert!(
+                text.contains("`broker.max_payload_bytes`")
+                    && text.contains("between 1 and 268435456"),
+                "{text}"
+            );
+        }
+        let text = check(EmbeddedConfig {
+            ws_listen: "localhost".into(),
+            ..EmbeddedConfig::default()
+        });
+        assert!(
+            text.contains("broker.ws_listen") && text.contains("localhost"),
+            "{text}"
+        );
+        let off = EmbeddedConfig {
+            ws_listen: String::new(),
+            ..EmbeddedConfig::default()
+        };
+        assert_eq!(off.checked().unwrap().ws_listen, None);
+    }
+}

@@ -1,0 +1,121 @@
+//! The embedded broker's rmqtt hooks: host subscriptions (`MessagePublish`), drop counting
+//! (`MessageDropped`) and CONNECT authentication (`ClientAuthenticate`). Registered once by
+//! [`register_hooks`] before the server accepts connections. Not here: the server's settings
+//! (see `mod.rs`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
+use rmqtt::types::AuthResult;
+
+use super::{from_rmqtt_qos, Authenticator};
+use crate::local::LocalRouter;
+use crate::Message;
+
+/// Our hooks: host subscriptions, drop counting and, with an authenticator, authentication.
+/// Called before the server is built, so the first CONNECT is already checked.
+pub(super) async fn register_hooks(
+    scx: &ServerContext,
+    local: &LocalRouter,
+    dropped: &Arc<AtomicU64>,
+    auth: Option<Arc<dyn Authenticator>>,
+) {
+    let register = scx.extends.hook_mgr().register();
+    let publish = PublishHook {
+        local: local.clone(),
+    };
+    register.add(Type::MessagePublish, Box::new(publish)).await;
+    let drops = DroppedHook {
+        dropped: dropped.clone(),
+    };
+    register.add(Type::MessageDropped, Box::new(drops)).await;
+    if let Some(auth) = auth {
+        register
+            .add(Type::ClientAuthenticate, Box::new(AuthHook { auth }))
+            .await;
+    }
+    register.start().await;
+}
+
+/// Feeds every inbound publish (clients, wills, the host) to the host subscriptions.
+/// It runs before rmqtt's publish ACL check, which is fine as long as no ACL plugin is used.
+struct PublishHook {
+    local: LocalRouter,
+}
+
+#[async_trait]
+impl Handler for PublishHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessagePublish(session, _, p) = param {
+            // An earlier handler may have rewritten the publish.
+            let p = match &acc {
+                Some(HookResult::Publish(p)) => p,
+                _ => *p,
+            };
+            if !self.local.is_empty() {
+                let msg = Message::new(
+                    p.topic.to_string(),
+                    p.payload.clone(),
+                    from_rmqtt_qos(p.qos),
+                    p.retain,
+                );
+                if session.is_some() {
+                    self.local.dispatch(&msg).await;
+                } else {
+                    // A host publish (no client session): never wait on a host subscription,
+                    // which may belong to the very task publishing.
+                    self.local.try_dispatch(&msg);
+                }
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// Counts the messages rmqtt drops (queue overflow, expiry, refused...).
+struct DroppedHook {
+    dropped: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Handler for DroppedHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessageDropped(to, _, _, reason) = param {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                tracing::debug!(dropped = n + 1, to = ?to.as_ref().map(|t| t.client_id.to_string()), %reason, "MQTT broker dropped a message");
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// Checks CONNECT credentials with the [`Authenticator`]. rmqtt only asks when the client sent
+/// a username or anonymous clients are not allowed.
+struct AuthHook {
+    auth: Arc<dyn Authenticator>,
+}
+
+#[async_trait]
+impl Handler for AuthHook {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        let Parameter::ClientAuthenticate(info) = param else {
+            return (true, acc);
+        };
+        let result = match info.username() {
+            Some(user) => {
+                let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
+                if self.auth.check(user, password) {
+                    AuthResult::Allow(false, None)
+                } else {
+                    AuthResult::BadUsernameOrPassword
+                }
+            }
+            None => AuthResult::NotAuthorized,
+        };
+        (false, Some(HookResult::AuthResult(result)))
+    }
+}
