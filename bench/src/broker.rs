@@ -11,12 +11,13 @@ use serde::Serialize;
 use iot_proto::url::MqttUrl;
 
 use crate::error::BenchError;
-use crate::load::{self, LoadResult, LoadSpec};
+use crate::load::{self, LoadResult};
 use crate::mqtt::{qos, Conn, ConnCounters, ConnSpec};
 use crate::options::BrokerOptions;
 use crate::progress::Progress;
 use crate::publish::{self, Publisher};
 use crate::report;
+use crate::spec::LoadSpec;
 use crate::stats::{Clock, Recorder, SharedRecorder};
 use crate::{ctrl_c, run_id};
 

@@ -18,7 +18,8 @@ use crate::mqtt::ConnCounters;
 use crate::options::{ConnectOptions, Target};
 use crate::procstat;
 use crate::progress::Progress;
-use crate::report::{self, group, kb_to_mb, or_na};
+use crate::report::{self, or_na};
+use crate::units::{group, kb_to_mb};
 use crate::{csm, ctrl_c, run_id};
 
 #[derive(Debug, Serialize)]

@@ -10,9 +10,10 @@
 //! - Internal: `csm` (the CSM's `/healthz` and `/status`), `payload` (the timestamped
 //!   payload and how outputs are read back), `stats` (clock, window, recorders), `mqtt` (one
 //!   rumqttc connection whose loop only polls), `rawpub` (batched QoS 0 publishing), `da` (a
-//!   bench DA), `graph` (the graph API client and join functions), `publish` (publishers,
-//!   priming, flow control), `load` (the measured run: window, drain, figures), `procstat`
-//!   (CPU and memory from /proc), `progress` and `report` (output).
+//!   bench DA), `graph` (the bench's graph, through `iot-client`, and join functions),
+//!   `spec` (a run's load), `publish` (publishers, priming, flow control), `load` (the
+//!   measured run: window, drain, figures), `procstat` (CPU and memory from /proc),
+//!   `progress`, `report` and `units` (output).
 //!
 //! Not here: anything that changes the controller's behaviour, how the controller is found
 //! (the caller passes a [`Target`]), or timing assertions (the end-to-end tests in
@@ -35,7 +36,9 @@ mod progress;
 mod publish;
 mod rawpub;
 mod report;
+mod spec;
 mod stats;
+mod units;
 
 pub use error::BenchError;
 pub use graph::Join;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::report::group;
 use crate::stats::{Clock, Window};
+use crate::units::group;
 
 #[derive(Debug, Clone)]
 pub struct Progress {

@@ -12,10 +12,10 @@ use rumqttc::QoS;
 use tokio::time::MissedTickBehavior;
 
 use crate::error::BenchError;
-use crate::load::LoadSpec;
 use crate::mqtt::{Conn, ConnCounters, ConnSpec};
 use crate::payload::Encoder;
 use crate::rawpub::RawPublisher;
+use crate::spec::LoadSpec;
 use crate::stats::{lock, Clock, SharedRecorder, Window};
 
 /// A publisher's connection: batched raw writes for QoS 0, rumqttc for QoS 1 and 2.

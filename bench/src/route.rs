@@ -18,12 +18,13 @@ use tokio::sync::mpsc;
 use crate::da::{self, BenchDa, DaConnect, LinkUp};
 use crate::error::BenchError;
 use crate::graph::GraphClient;
-use crate::load::{self, LoadResult, LoadSpec};
+use crate::load::{self, LoadResult};
 use crate::mqtt::ConnCounters;
 use crate::options::{RouteOptions, Target};
 use crate::progress::Progress;
 use crate::publish::{self, Publisher};
 use crate::report;
+use crate::spec::LoadSpec;
 use crate::stats::{Clock, Recorder, SharedRecorder};
 use crate::{csm, ctrl_c, run_id};
 

@@ -26,8 +26,7 @@ use crate::credentials::Credentials;
 use crate::effect::Effect;
 use crate::engine::Engine;
 use crate::error::CsmError;
-use crate::now_epoch;
-use crate::registry::{PresenceState, Registered, UplinkKind};
+use crate::registry::{now_epoch, PresenceState, Registered, UplinkKind};
 use crate::store::{Persisted, Store};
 
 /// A request to the actor; each carries the channel its answer goes to.

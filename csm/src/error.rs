@@ -37,22 +37,6 @@ pub enum CsmError {
     Store(String),
     #[error("the database writer has stopped")]
     WriterStopped,
-    /// The CSM could not start (not an HTTP answer).
-    #[error("cannot start the CSM: {0}")]
-    Start(#[from] StartError),
-}
-
-/// Why the CSM could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("database: {0}")]
-    Database(#[from] iot_migrations::DbError),
-    #[error("the database loader stopped: {0}")]
-    Task(String),
-    #[error("stored state: {0}")]
-    Restore(#[from] crate::coordinator::RestoreError),
-    #[error("broker: {0}")]
-    Broker(#[from] iot_broker::BrokerError),
 }
 
 impl CsmError {
@@ -64,7 +48,7 @@ impl CsmError {
             Self::NotFound | Self::NoEndpoint | Self::NoFigure(_) => StatusCode::NOT_FOUND,
             Self::NoFreeName(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ShuttingDown | Self::Store(_) | Self::WriterStopped | Self::Start(_) => {
+            Self::ShuttingDown | Self::Store(_) | Self::WriterStopped => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }

@@ -37,7 +37,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use error::StartError;
 use iot_broker::BrokerHandle;
 use iot_migrations::Db;
 use iot_proto::topics;
@@ -56,13 +55,7 @@ pub use funcs::FunctionsConfig;
 use funcs::Runtimes;
 use registry::{PresenceState, Registered, RegistryConfig};
 
-/// Seconds since the Unix epoch.
-pub fn now_epoch() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
+pub use registry::now_epoch;
 
 /// `[csm]` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +171,19 @@ async fn stored(p: store::Persisted) -> Result<(), CsmError> {
     }
 }
 
+/// Why the CSM could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] iot_migrations::DbError),
+    #[error("the database loader stopped: {0}")]
+    Task(String),
+    #[error("stored state: {0}")]
+    Restore(#[from] coordinator::RestoreError),
+    #[error("broker: {0}")]
+    Broker(#[from] iot_broker::BrokerError),
+}
+
 /// What the CSM runs on, made by its caller: the bound HTTP listener, the broker, the database,
 /// the broker address DAs are told, and the credential store the embedded broker checks
 /// (created before the broker starts; the CSM fills it with the restored DAs and every new
@@ -200,7 +206,7 @@ pub async fn start(
     functions: &FunctionsConfig,
     wiring: Wiring,
     shutdown: CancellationToken,
-) -> Result<(CsmHandle, tokio::task::JoinHandle<()>), CsmError> {
+) -> Result<(CsmHandle, tokio::task::JoinHandle<()>), StartError> {
     let Wiring {
         listener,
         broker,
@@ -217,8 +223,7 @@ pub async fn start(
         Ok::<_, iot_migrations::DbError>((db, rows, funcs, graphs))
     })
     .await
-    .map_err(|e| CsmError::Start(StartError::Task(e.to_string())))?
-    .map_err(|e| CsmError::Start(StartError::Database(e)))?;
+    .map_err(|e| StartError::Task(e.to_string()))??;
     let runtimes = Runtimes::new(functions);
     let mut state = Coordinator::new(
         RegistryConfig {
@@ -226,40 +231,26 @@ pub async fn start(
         },
         runtimes,
     );
-    let mut initial = state
-        .restore(
-            rows,
-            funcs.into_iter().map(|f| (f.digest, f.code)).collect(),
-            graphs.into_iter().map(|g| (g.gid, g.doc)).collect(),
-        )
-        .map_err(|e| CsmError::Start(StartError::Restore(e)))?;
+    let mut initial = state.restore(
+        rows,
+        funcs.into_iter().map(|f| (f.digest, f.code)).collect(),
+        graphs.into_iter().map(|g| (g.gid, g.doc)).collect(),
+    )?;
     tracing::info!(
         das.restored = state.registry.len(),
         graphs.restored = state.graphs.len(),
         "state loaded"
     );
 
-    let sub_err = |e: iot_broker::BrokerError| CsmError::Start(StartError::Broker(e));
     let uplinks = broker
         .subscribe(topics::CTRL_I_FILTER, SUBSCRIPTION_CAPACITY)
-        .await
-        .map_err(sub_err)?;
-    let device_api = broker
-        .subscribe(topics::DEVICE_REQ_FILTER, 1024)
-        .await
-        .map_err(sub_err)?;
-    let graph_api = broker
-        .subscribe(topics::GRAPH_REQ_FILTER, 1024)
-        .await
-        .map_err(sub_err)?;
+        .await?;
+    let device_api = broker.subscribe(topics::DEVICE_REQ_FILTER, 1024).await?;
+    let graph_api = broker.subscribe(topics::GRAPH_REQ_FILTER, 1024).await?;
 
     // Subscriptions deliver live messages only: uplinks retained before we subscribed (DAs
     // that stayed connected to an external broker across a restart) are read once here.
-    for m in broker
-        .retained(topics::CTRL_I_FILTER)
-        .await
-        .map_err(sub_err)?
-    {
+    for m in broker.retained(topics::CTRL_I_FILTER).await? {
         state.uplink(&m.topic, &m.payload, true, now_epoch(), &mut initial);
     }
 
