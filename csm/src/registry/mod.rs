@@ -5,23 +5,25 @@
 //! and releases links on their behalf. Nothing here does I/O.
 
 mod device_api;
+mod links;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use iot_migrations::das::{DaRow, DaWrite, Write};
 use iot_proto::topics;
-use iot_proto::wire::graph_api::LinkRef;
 use iot_proto::wire::{
-    Ack, Command, DaRecord, Direction, Feature, Presence, RegisterRequest, Signal, Uplink,
+    Ack, Command, DaRecord, Direction, Feature, Presence, RegisterRequest, Uplink,
 };
 use iot_proto::{DaId, FeatureName, MsgId, Rev};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::effect::{clear_retained, publish, Effect};
+use crate::effect::{clear_retained, Effect};
 use crate::error::CsmError;
 
 pub use device_api::AnnoKind;
+use links::{await_ack, odf_gate, signal};
+pub use links::{link_ref, LinkError};
 
 /// A DA's presence as the device API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,18 +138,6 @@ impl Registry {
         }
     }
 
-    /// The registered width of `link`'s feature, or why it cannot be linked.
-    pub fn feature_width(&self, link: &LinkRef) -> Result<usize, LinkError> {
-        let da = self
-            .das
-            .get(&link.da_id)
-            .ok_or(LinkError::NoDa(link.da_id))?;
-        da.record
-            .feature(link.direction == Direction::Idf, &link.feature)
-            .map(Feature::width)
-            .ok_or_else(|| LinkError::NoFeature(link.clone()))
-    }
-
     /// Restores DAs loaded from the database; each starts as never-online with its expiry armed.
     pub fn restore(&mut self, rows: Vec<DaRow>) -> Result<Vec<Effect>, RestoreError> {
         let mut fx = Vec::new();
@@ -232,58 +222,6 @@ impl Registry {
 
     pub fn record(&self, id: &DaId) -> Option<(&DaRecord, PresenceState)> {
         self.das.get(id).map(|d| (&d.record, d.presence))
-    }
-
-    pub fn links(&self, id: &DaId) -> Option<&BTreeMap<LinkKey, Link>> {
-        self.das.get(id).map(|d| &d.links)
-    }
-
-    /// Whether outputs to `id`'s ODF `feature` go out now (see [`Link::open`]).
-    pub(crate) fn odf_open(&self, id: &DaId, feature: &FeatureName) -> bool {
-        self.das
-            .get(id)
-            .and_then(|d| d.links.get(&(Direction::Odf, feature.clone())))
-            .is_some_and(|l| l.open)
-    }
-
-    /// No reply to CONNECT `msg_id` of an ODF link came in time: IoTtalk v2 ignored replies
-    /// and some DAs never send one, so its topic opens anyway (the link stays unacked).
-    pub fn ack_wait_over(
-        &mut self,
-        id: &DaId,
-        key: &LinkKey,
-        msg_id: &MsgId,
-        fx: &mut Vec<Effect>,
-    ) {
-        let Some(link) = self.das.get_mut(id).and_then(|d| d.links.get_mut(key)) else {
-            return;
-        };
-        if matches!(&link.status, LinkStatus::Pending(m) if m == msg_id) && !link.open {
-            tracing::info!(da.id = %id, link.feature = %key.1, "no reply to CONNECT: delivering to the ODF without one");
-            fx.extend(odf_gate(key, link, true));
-        }
-    }
-
-    /// Links not acknowledged yet (CONNECT pending, or waiting for their DA to come online).
-    pub fn unacked_links(&self) -> usize {
-        self.das
-            .values()
-            .flat_map(|d| d.links.values())
-            .filter(|l| matches!(l.status, LinkStatus::Pending(_) | LinkStatus::Waiting))
-            .count()
-    }
-
-    /// Every link whose DA answered CONNECT with an error.
-    pub fn failed_links(&self) -> Vec<(DaId, LinkKey, String)> {
-        let mut out = Vec::new();
-        for (id, da) in &self.das {
-            for (key, link) in &da.links {
-                if let LinkStatus::Error(reason) = &link.status {
-                    out.push((*id, key.clone(), reason.clone()));
-                }
-            }
-        }
-        out
     }
 
     fn pick_name(&self, model: &str) -> Option<String> {
@@ -541,109 +479,6 @@ impl Registry {
             }
         }
     }
-
-    /// Takes a reference on the link of `id`'s feature, creating it (and sending CONNECT if
-    /// the DA is online) on first use; `topic` is reused when the link is created (a link
-    /// restored after a restart keeps its data topic, so DAs still pushing to it are heard).
-    /// Returns the link's data topic.
-    pub fn link_acquire(
-        &mut self,
-        id: &DaId,
-        key: LinkKey,
-        topic: Option<&str>,
-        fx: &mut Vec<Effect>,
-    ) -> Result<String, LinkError> {
-        let da = self.das.get_mut(id).ok_or(LinkError::NoDa(*id))?;
-        if da.record.feature(key.0 == Direction::Idf, &key.1).is_none() {
-            return Err(LinkError::NoFeature(link_ref(id, &key)));
-        }
-        let online = da.presence == PresenceState::Online;
-        let link = da.links.entry(key.clone()).or_insert_with(|| Link {
-            topic: topic.map_or_else(topics::new_data_topic, str::to_owned),
-            refs: 0,
-            status: LinkStatus::Waiting,
-            open: false,
-        });
-        link.refs += 1;
-        if link.refs == 1 && online {
-            let msg_id = MsgId::generate();
-            fx.push(signal(
-                id,
-                &key,
-                Command::Connect,
-                &link.topic,
-                msg_id.clone(),
-            ));
-            link.status = LinkStatus::Pending(msg_id.clone());
-            fx.extend(await_ack(id, &key, msg_id));
-        }
-        Ok(link.topic.clone())
-    }
-
-    /// Drops a reference on a link; the last one removes it, sends DISCONNECT (if online) and
-    /// clears anything retained on its data topic.
-    pub fn link_release(
-        &mut self,
-        id: &DaId,
-        key: &LinkKey,
-        fx: &mut Vec<Effect>,
-    ) -> Result<(), LinkError> {
-        let da = self.das.get_mut(id).ok_or(LinkError::NoDa(*id))?;
-        let link = da.links.get_mut(key).ok_or(LinkError::Unknown)?;
-        link.refs = link.refs.saturating_sub(1);
-        if link.refs == 0 {
-            let topic = link.topic.clone();
-            da.links.remove(key);
-            if da.presence == PresenceState::Online {
-                fx.push(signal(
-                    id,
-                    key,
-                    Command::Disconnect,
-                    &topic,
-                    MsgId::generate(),
-                ));
-            }
-            fx.push(clear_retained(topic));
-        }
-        Ok(())
-    }
-}
-
-/// Opens or closes an ODF link's topic (nothing for an IDF link).
-fn odf_gate(key: &LinkKey, link: &mut Link, open: bool) -> Option<Effect> {
-    link.open = open;
-    (key.0 == Direction::Odf).then(|| Effect::OdfGate {
-        topic: link.topic.clone(),
-        open,
-    })
-}
-
-/// For an ODF link whose CONNECT `msg_id` just went out: wait for its reply.
-fn await_ack(id: &DaId, key: &LinkKey, msg_id: MsgId) -> Option<Effect> {
-    (key.0 == Direction::Odf).then(|| Effect::AwaitAck {
-        link: link_ref(id, key),
-        msg_id,
-    })
-}
-
-/// The link `key` of DA `id` as the graph API names it.
-pub fn link_ref(id: &DaId, key: &LinkKey) -> LinkRef {
-    LinkRef {
-        da_id: *id,
-        direction: key.0,
-        feature: key.1.clone(),
-    }
-}
-
-/// Why a link cannot be taken or released.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LinkError {
-    #[error("DA {0} not found")]
-    NoDa(DaId),
-    #[error("DA {} has no {} `{}`", .0.da_id, .0.direction.as_str(), .0.feature)]
-    NoFeature(LinkRef),
-    #[error("link unknown")]
-    Unknown,
 }
 
 /// A stored DA that cannot be loaded.
@@ -652,17 +487,6 @@ pub enum LinkError {
 pub struct RestoreError {
     pub what: String,
     pub why: String,
-}
-
-fn signal(id: &DaId, key: &LinkKey, command: Command, topic: &str, msg_id: MsgId) -> Effect {
-    let s = Signal {
-        msg_id,
-        direction: key.0,
-        feature: key.1.clone(),
-        command,
-        topic: topic.to_owned(),
-    };
-    publish(topics::ctrl_o(id), &s.to_json(), false)
 }
 
 /// The database row of a DA.
