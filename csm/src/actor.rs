@@ -157,7 +157,7 @@ impl Actor {
                 msg = device_api.recv() => match msg {
                     Some(msg) => {
                         if let Some(ApiRequest::Device { client }) = ApiRequest::parse(&msg.topic) {
-                            self.state.device_request(client, &msg.payload, &mut fx);
+                            self.state.registry.device_request(client, &msg.payload, &mut fx);
                         }
                     }
                     None => break,
@@ -188,9 +188,10 @@ impl Actor {
     }
 
     fn uplink(&mut self, msg: &Message, fx: &mut Vec<Effect>) {
-        let kind = self
-            .state
-            .uplink(&msg.topic, &msg.payload, msg.retain, now_epoch(), fx);
+        let kind =
+            self.state
+                .registry
+                .uplink(&msg.topic, &msg.payload, msg.retain, now_epoch(), fx);
         let c = &self.counters;
         match kind {
             UplinkKind::Stale => c.uplink_stale.fetch_add(1, Ordering::Relaxed),

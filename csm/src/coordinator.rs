@@ -13,7 +13,7 @@ use crate::effect::{publish, Effect};
 use crate::error::CsmError;
 use crate::funcs::Runtimes;
 use crate::graphs::{self, CheckedFunc, GraphError, GraphStore, Links};
-use crate::registry::{LinkError, Registered, Registry, RegistryConfig, UplinkKind};
+use crate::registry::{LinkError, Registered, Registry, RegistryConfig};
 
 /// The registry seen from the graph store.
 struct RegistryLinks<'a>(&'a mut Registry);
@@ -147,27 +147,10 @@ impl Coordinator {
         gone
     }
 
-    /// A message on `<id>/ctrl/i`.
-    pub fn uplink(
-        &mut self,
-        topic: &str,
-        payload: &[u8],
-        retained: bool,
-        now: f64,
-        fx: &mut Vec<Effect>,
-    ) -> UplinkKind {
-        self.registry.uplink(topic, payload, retained, now, fx)
-    }
-
     /// No reply to CONNECT `msg_id` of an ODF link came in time.
     pub fn ack_wait_over(&mut self, link: &LinkRef, msg_id: &MsgId, fx: &mut Vec<Effect>) {
         let key = (link.direction, link.feature.clone());
         self.registry.ack_wait_over(&link.da_id, &key, msg_id, fx);
-    }
-
-    /// A request on `iottalk/api/req/<client>/device`.
-    pub fn device_request(&mut self, client: &str, payload: &[u8], fx: &mut Vec<Effect>) {
-        self.registry.device_request(client, payload, fx);
     }
 
     /// A request on `iottalk/api/req/<client>/graph/<gid>`, parsed. An `add_funcs` on an

@@ -251,7 +251,9 @@ pub async fn start(
     // Subscriptions deliver live messages only: uplinks retained before we subscribed (DAs
     // that stayed connected to an external broker across a restart) are read once here.
     for m in broker.retained(topics::CTRL_I_FILTER).await? {
-        state.uplink(&m.topic, &m.payload, true, now_epoch(), &mut initial);
+        state
+            .registry
+            .uplink(&m.topic, &m.payload, true, now_epoch(), &mut initial);
     }
 
     let counters = Arc::new(Counters::default());
