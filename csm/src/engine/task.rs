@@ -1,7 +1,8 @@
 //! One graph's task: routes the messages of its IDF topics through its functions to its ODF
 //! topics, following the latest [`Snapshot`] the engine publishes for it (a `watch`: the CSM
 //! never waits for this task, however long a batch takes; the task reads the newest snapshot
-//! between batches, and whatever it missed in between is in that one).
+//! between batches, and whatever it missed in between is in that one). It runs inside a
+//! `graph` span carrying `graph.id`, so its events do not repeat it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -70,7 +71,7 @@ impl Task {
                     }
                     index = follow(&plan, new_subs, &mut subs);
                     for (topic, release) in self.held.follow(&plan, &snap.gates) {
-                        deliver_held(&broker, &plan, &stats, &topic, release).await;
+                        deliver_held(&broker, &stats, &topic, release).await;
                     }
                 }
                 Some((key, msg)) = subs.next() => {
@@ -145,7 +146,7 @@ async fn handle(
                     let topic = &plan.odfs[*j].topic;
                     let payload = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
                     if let Some(payload) = held.hold(topic, payload) {
-                        publish_out(broker, plan, stats, topic, payload).await;
+                        publish_out(broker, stats, topic, payload).await;
                     }
                 }
                 if let Some(topic) = &plan.monitor {
@@ -161,7 +162,7 @@ async fn handle(
             }
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(graph.id = %plan.gid, error.src = %e.src, error.msg = %e.msg, "message dropped");
+                tracing::debug!(error.src = %e.src, error.msg = %e.msg, "message dropped");
                 if let Some(topic) = &plan.monitor {
                     monitor(
                         broker,
@@ -175,34 +176,22 @@ async fn handle(
     }
 }
 
-async fn deliver_held(
-    broker: &BrokerHandle,
-    plan: &Plan,
-    stats: &GraphStats,
-    topic: &str,
-    release: Vec<Bytes>,
-) {
+async fn deliver_held(broker: &BrokerHandle, stats: &GraphStats, topic: &str, release: Vec<Bytes>) {
     if !release.is_empty() {
-        tracing::debug!(graph.id = %plan.gid, mqtt.topic = %topic, msgs = release.len(), "delivering held outputs");
+        tracing::debug!(mqtt.topic = %topic, msgs = release.len(), "delivering held outputs");
     }
     for payload in release {
-        publish_out(broker, plan, stats, topic, payload).await;
+        publish_out(broker, stats, topic, payload).await;
     }
 }
 
-async fn publish_out(
-    broker: &BrokerHandle,
-    plan: &Plan,
-    stats: &GraphStats,
-    topic: &str,
-    payload: Bytes,
-) {
+async fn publish_out(broker: &BrokerHandle, stats: &GraphStats, topic: &str, payload: Bytes) {
     let out = Message::new(topic, payload, QoS::AtMostOnce, false);
     match broker.publish(out).await {
         Ok(()) => {
             stats.msgs_out.fetch_add(1, Ordering::Relaxed);
         }
-        Err(e) => tracing::warn!(graph.id = %plan.gid, error = %e, "publish failed"),
+        Err(e) => tracing::warn!(error = %e, "publish failed"),
     }
 }
 
