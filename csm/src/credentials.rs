@@ -2,7 +2,7 @@
 //! the CSM actor. A std `RwLock`: no `.await` happens while it is held, and reads dominate.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -12,7 +12,8 @@ pub struct Credentials(Arc<RwLock<HashMap<String, [u8; 32]>>>);
 
 impl Credentials {
     pub fn set(&self, username: String, password_sha256: Option<[u8; 32]>) {
-        let Ok(mut map) = self.0.write() else { return };
+        // A panic elsewhere cannot leave the map half-changed (one insert or remove).
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
         match password_sha256 {
             Some(h) => map.insert(username, h),
             None => map.remove(&username),
@@ -22,10 +23,12 @@ impl Credentials {
 
 impl iot_broker::Authenticator for Credentials {
     fn check(&self, username: &str, password: &[u8]) -> bool {
-        let want = match self.0.read() {
-            Ok(map) => map.get(username).copied(),
-            Err(_) => None,
-        };
+        let want = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(username)
+            .copied();
         let Some(want) = want else { return false };
         let got: [u8; 32] = Sha256::digest(password).into();
         // Constant-time comparison: the time taken does not reveal how many bytes matched.
