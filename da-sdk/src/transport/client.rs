@@ -17,6 +17,32 @@ use crate::status::Protocol;
 /// Capacity of rumqttc's request channel per connection.
 const REQUEST_CAPACITY: usize = 256;
 
+/// Why no client could be built: a configuration problem, reported as the connection's
+/// error (`Status::last_error`) and retried after the backoff.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BuildError {
+    #[error("the server named a broker with scheme `{0}`; this SDK speaks mqtt and mqtts")]
+    Scheme(String),
+    /// The will (a JSON presence) did not encode; never expected.
+    #[error(transparent)]
+    Will(serde_json::Error),
+    #[cfg(feature = "tls")]
+    #[error("TLS roots: {0}")]
+    TlsRootsPem(rustls::pki_types::pem::Error),
+    #[cfg(feature = "tls")]
+    #[error("TLS roots: {0}")]
+    TlsRootRefused(rustls::Error),
+    #[cfg(feature = "tls")]
+    #[error("TLS: no root certificates (install the system's CA bundle, or pass them with `tls_roots_pem`)")]
+    NoTlsRoots,
+    #[cfg(feature = "tls")]
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    #[cfg(not(feature = "tls"))]
+    #[error("the server named an mqtts broker: enable the `tls` feature of da-sdk")]
+    TlsDisabled,
+}
+
 /// A fresh client and event loop for one connection attempt of DA `id` (MQTT client id
 /// `client_id`) to the broker and with the credentials of `reg`.
 pub(super) fn build(
@@ -25,18 +51,14 @@ pub(super) fn build(
     reg: &Registration,
     opts: &Options,
     protocol: Protocol,
-) -> Result<(Link, Poller), String> {
+) -> Result<(Link, Poller), BuildError> {
     let will = serde_json::to_vec(&Uplink::presence_json(Presence::Offline, &reg.rev))
-        .map_err(|e| e.to_string())?;
+        .map_err(BuildError::Will)?;
     let ctrl_i = topics::ctrl_i(id);
     let tls = match reg.broker.scheme.as_str() {
         "mqtt" | "tcp" => false,
         "mqtts" | "ssl" => true,
-        other => {
-            return Err(format!(
-                "the server named a broker with scheme `{other}`; this SDK speaks mqtt and mqtts"
-            ))
-        }
+        other => return Err(BuildError::Scheme(other.to_owned())),
     };
     match protocol {
         Protocol::V311 => {
@@ -109,7 +131,7 @@ fn inflight(opts: &Options) -> u16 {
 }
 
 #[cfg(feature = "tls")]
-fn tls_transport(opts: &Options) -> Result<rumqttc::Transport, String> {
+fn tls_transport(opts: &Options) -> Result<rumqttc::Transport, BuildError> {
     use std::sync::Arc;
 
     use rustls::pki_types::pem::PemObject;
@@ -119,8 +141,8 @@ fn tls_transport(opts: &Options) -> Result<rumqttc::Transport, String> {
     match &opts.tls_roots_pem {
         Some(pem) => {
             for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("TLS roots: {e}"))?;
-                roots.add(cert).map_err(|e| format!("TLS roots: {e}"))?;
+                let cert = cert.map_err(BuildError::TlsRootsPem)?;
+                roots.add(cert).map_err(BuildError::TlsRootRefused)?;
             }
         }
         None => {
@@ -132,12 +154,12 @@ fn tls_transport(opts: &Options) -> Result<rumqttc::Transport, String> {
         }
     }
     if roots.is_empty() {
-        return Err("TLS: no root certificates (install the system's CA bundle, or pass them with `tls_roots_pem`)".into());
+        return Err(BuildError::NoTlsRoots);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(BuildError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(rumqttc::Transport::tls_with_config(
@@ -146,13 +168,47 @@ fn tls_transport(opts: &Options) -> Result<rumqttc::Transport, String> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn tls_transport(_: &Options) -> Result<rumqttc::Transport, String> {
-    Err("the server named an mqtts broker: enable the `tls` feature of da-sdk".into())
+fn tls_transport(_: &Options) -> Result<rumqttc::Transport, BuildError> {
+    Err(BuildError::TlsDisabled)
 }
 
 #[cfg(test)]
 mod tests {
+    use iot_proto::wire::BrokerUrl;
+    use iot_proto::Rev;
+
     use super::*;
+
+    #[test]
+    fn only_mqtt_and_mqtts_brokers_are_spoken() {
+        let mut reg = Registration {
+            rev: Rev::generate(),
+            name: "t".into(),
+            broker: BrokerUrl {
+                scheme: "ws".into(),
+                host: "127.0.0.1".into(),
+                port: 1883,
+                ws_scheme: "ws".into(),
+                ws_port: 8083,
+            },
+            username: None,
+            password: None,
+        };
+        let opts = Options::default();
+        let id = DaId::new_v4();
+        let e = build(&id, "c", &reg, &opts, Protocol::V5)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(&e, BuildError::Scheme(s) if s == "ws"), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "the server named a broker with scheme `ws`; this SDK speaks mqtt and mqtts"
+        );
+        reg.broker.scheme = "mqtt".into();
+        for protocol in [Protocol::V311, Protocol::V5] {
+            assert!(build(&id, "c", &reg, &opts, protocol).is_ok());
+        }
+    }
 
     #[cfg(feature = "tls")]
     #[test]
@@ -161,7 +217,7 @@ mod tests {
             tls_roots_pem: Some(Vec::new()),
             ..Options::default()
         };
-        let e = tls_transport(&opts).map(|_| ()).unwrap_err();
+        let e = tls_transport(&opts).map(|_| ()).unwrap_err().to_string();
         assert!(e.contains("no root certificates"), "{e}");
         opts.tls_roots_pem =
             Some(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec());

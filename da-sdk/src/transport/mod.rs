@@ -71,13 +71,13 @@ impl Supervisor {
             let built = client::build(&self.id, &self.client_id, &self.reg, &self.opts, protocol);
             let (link, mut poller) = match built {
                 Ok(p) => p,
-                Err(message) => {
+                Err(e) => {
                     // A configuration problem (e.g. TLS roots); report it and retry slowly.
                     if self
                         .tx
                         .send(Input::Disconnected {
                             gen,
-                            error: message,
+                            error: e.to_string(),
                         })
                         .await
                         .is_err()
