@@ -110,7 +110,9 @@ impl Da {
         self.rt.block_on(self.inner.serve(method, move |a: A| {
             let h = handler.clone();
             async move {
-                match tokio::task::spawn_blocking(move || h(a)).await {
+                // The request's span (the DA's) on the blocking thread too.
+                let span = tracing::Span::current();
+                match tokio::task::spawn_blocking(move || span.in_scope(|| h(a))).await {
                     Ok(Ok(r)) => Ok(r),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("the handler panicked".to_owned()),

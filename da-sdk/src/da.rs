@@ -1,6 +1,6 @@
 //! [`Da`]: a running device application, and [`DaBuilder::connect`], which starts one.
-//! `Da` is a cheap clonable handle; the work happens in the DA's task (`core.rs`) and its
-//! connection supervisor (`transport.rs`). Dropping every handle stops the DA (without
+//! `Da` is a cheap clonable handle; the work happens in the DA's task (`core`) and its
+//! connection supervisor (`transport`). Dropping every handle stops the DA (without
 //! deregistering: the server sees it go offline).
 
 use std::fmt::Display;
@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{DaBuilder, Options, Retry};
 use crate::core::{Cmd, Core};
@@ -282,11 +283,14 @@ impl Da {
         F: FnMut(Result<T, DecodeError>) + Send + 'static,
     {
         let mut stream = self.odf::<T>(odf).await?;
-        Ok(tokio::spawn(async move {
+        // The DA's span (see `Core::run`), so that `f`'s events carry `da.id`.
+        let span = tracing::error_span!("da", da.id = %self.inner.id);
+        let task = async move {
             while let Some(item) = stream.recv().await {
                 f(item);
             }
-        }))
+        };
+        Ok(tokio::spawn(task.instrument(span)))
     }
 
     /// Serves `method` to callers of [`Da::call`] (and any MQTT client speaking the format in

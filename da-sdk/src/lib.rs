@@ -10,9 +10,13 @@
 //!   the [`Gateway`] that keeps them registered.
 //! - [`blocking`]: the same API for programs without an async runtime.
 //! - [`error`]: [`Error`] and [`DecodeError`].
-//! - Internal: `core` (the DA's task, owner of its state), `transport` (the MQTT
-//!   connection supervisor), `features` (signal handling), `outbox`, `rpc`, `http` (the
-//!   registration API client), `backoff`, `sqlite`.
+//! - Internal: `core` (the DA's task, owner of its state; its handlers by concern in
+//!   `core::{connection, delivery, control, requests}`), `transport` (the MQTT connection
+//!   supervisor; `transport::{client, link, poller, events}` build a connection, send on
+//!   it, read it, and report to `core`), `features` (signal handling), `outbox`, `rpc`,
+//!   `http` (the registration API client), `backoff`, `sqlite`.
+//! - Logging: the DA's tasks run in a span named `da` with the field `da.id`; their events
+//!   do not repeat it.
 
 pub mod blocking;
 pub mod config;

@@ -3,7 +3,7 @@
 //! one by one on acknowledgement, so a connection loss only moves the cursor back and what
 //! was not acknowledged is sent again, in the same order. Bounded: see [`WhenFull`].
 //!
-//! It knows nothing about MQTT or topics; the DA's task (`core.rs`) decides when to send.
+//! It knows nothing about MQTT or topics; the DA's task (`core`) decides when to send.
 
 use std::collections::{BTreeSet, VecDeque};
 

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Instrument;
 
 /// Longest a handler may run when the request names no deadline.
 pub(crate) const DEFAULT_HANDLER_DEADLINE: Duration = Duration::from_secs(60);
@@ -90,9 +91,11 @@ pub(crate) fn spawn(
     permit: OwnedSemaphorePermit,
     done: mpsc::Sender<Done>,
 ) {
-    tokio::spawn(async move {
+    // Both tasks run in the span of the task that spawns them (the DA's, which carries
+    // `da.id`), so the handler's own events have that context too.
+    let task = async move {
         let _permit = permit;
-        let job = tokio::spawn(handler(args));
+        let job = tokio::spawn(handler(args).in_current_span());
         let abort = job.abort_handle();
         let outcome = match tokio::time::timeout(deadline, job).await {
             Ok(Ok(Ok(v))) => RpcOutcome::Ok(v),
@@ -119,7 +122,8 @@ pub(crate) fn spawn(
             // Fails only when the DA has stopped; there is nobody to reply through then.
             let _ = done.send(Done { reply_to, outcome }).await;
         }
-    });
+    };
+    tokio::spawn(task.in_current_span());
 }
 
 #[cfg(test)]

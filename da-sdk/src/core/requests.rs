@@ -1,0 +1,241 @@
+//! Request/response in the DA's task (`Core`): as the server, requests on
+//! `iottalk/rpc/<id>/req` handed to the handler served for their method (or answered with an
+//! error), and the handlers' results published as replies; as the client, calls published
+//! with a deadline and replies matched to them. Not here: running a handler (`rpc`), the
+//! wire format (`iot_proto::rpc`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use iot_proto::rpc::{RpcErrorCode, RpcOutcome, RpcReply, RpcRequest};
+use iot_proto::{topics, QoS};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Core, PendingCall};
+use crate::error::Error;
+use crate::features::valid_topic;
+use crate::rpc::{self, Done, Handler, ReplyTo};
+use crate::transport::{Out, Props, Tag};
+
+impl Core {
+    /// Serves `method` with `handler` (replacing an earlier one).
+    pub(super) fn serve(
+        &mut self,
+        method: String,
+        handler: Handler,
+        reply: oneshot::Sender<Result<(), Error>>,
+    ) {
+        let first = self.handlers.is_empty();
+        self.handlers.insert(method, handler);
+        // Answer once requests can reach the handler: when the broker has
+        // acknowledged the subscription to our request topic (or at once when it is
+        // in place, or when we are offline: it is made on connecting).
+        match (self.session.is_some(), first, self.serve_pending) {
+            (true, true, _) => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.serve_pending = Some(token);
+                self.sub_waiters.entry(token).or_default().push(reply);
+                self.enqueue(Out::Subscribe(
+                    vec![(self.serve_topic.clone(), QoS::AtLeastOnce)],
+                    Some(token),
+                ));
+            }
+            (true, false, Some(token)) => {
+                self.sub_waiters.entry(token).or_default().push(reply);
+            }
+            _ => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    pub(super) fn on_request(&mut self, payload: &[u8], props: Option<Props>) {
+        let parsed = RpcRequest::from_json(payload);
+        let (v5_topic, v5_id) = match props {
+            Some(p) => (p.response_topic, p.correlation),
+            None => (None, None),
+        };
+        // Where to reply is read loosely, so that even a request that does not parse gets
+        // its error reply.
+        let (json_topic, json_id) = match &parsed {
+            Ok(r) => (r.reply_to.clone(), r.id.clone()),
+            Err(_) => {
+                let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+                let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+                (s("reply_to"), s("id"))
+            }
+        };
+        let reply_to = v5_topic
+            .or(json_topic)
+            .filter(|t| valid_topic(t))
+            .map(|topic| ReplyTo {
+                topic,
+                id: v5_id
+                    .as_ref()
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .or(json_id)
+                    .unwrap_or_default(),
+                correlation: v5_id.clone(),
+            });
+        let fail = |code, reason: String| RpcOutcome::Error { code, reason };
+        let req = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(r) = reply_to {
+                    self.on_done(Done {
+                        reply_to: r,
+                        outcome: fail(RpcErrorCode::BadRequest, e.to_string()),
+                    });
+                }
+                return;
+            }
+        };
+        let Some(handler) = self.handlers.get(&req.method).cloned() else {
+            if let Some(r) = reply_to {
+                let mut known: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                self.on_done(Done {
+                    reply_to: r,
+                    outcome: fail(
+                        RpcErrorCode::UnknownMethod,
+                        format!(
+                            "unknown method `{}`; served: {}",
+                            req.method,
+                            known.join(", ")
+                        ),
+                    ),
+                });
+            }
+            return;
+        };
+        let Ok(permit) = self.handler_slots.clone().try_acquire_owned() else {
+            if let Some(r) = reply_to {
+                self.on_done(Done {
+                    reply_to: r,
+                    outcome: fail(
+                        RpcErrorCode::Busy,
+                        format!(
+                            "{} requests are running; try again later",
+                            self.opts.max_handlers
+                        ),
+                    ),
+                });
+            }
+            return;
+        };
+        let deadline = req
+            .deadline_ms
+            .map(Duration::from_millis)
+            .unwrap_or(rpc::DEFAULT_HANDLER_DEADLINE)
+            .min(rpc::DEFAULT_HANDLER_DEADLINE);
+        rpc::spawn(
+            handler,
+            req.args,
+            deadline,
+            reply_to,
+            permit,
+            self.rpc_tx.clone(),
+        );
+    }
+
+    pub(super) fn on_done(&mut self, done: Done) {
+        let body = RpcReply {
+            id: done.reply_to.id.clone(),
+            outcome: done.outcome,
+        }
+        .to_json();
+        self.enqueue(Out::Publish {
+            topic: done.reply_to.topic,
+            payload: Bytes::from(body.to_string()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            tag: Tag::Other,
+            props: done.reply_to.correlation.map(|c| Props {
+                correlation: Some(c),
+                ..Props::default()
+            }),
+            expires: None,
+        });
+    }
+
+    pub(super) fn on_reply(&mut self, payload: &[u8], props: Option<Props>) {
+        let reply = match RpcReply::from_json(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignored a malformed reply");
+                return;
+            }
+        };
+        let id = props
+            .and_then(|p| p.correlation)
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .unwrap_or(reply.id);
+        let Some(call) = self.calls.remove(&id) else {
+            tracing::debug!(id, "a reply for no pending call (late, or not ours)");
+            return;
+        };
+        let result = match reply.outcome {
+            RpcOutcome::Ok(v) => Ok(v),
+            RpcOutcome::Error { code, reason } => Err(Error::Remote {
+                target: call.target,
+                method: call.method,
+                code,
+                reason,
+            }),
+        };
+        // The caller may have given up meanwhile.
+        let _ = call.reply.send(result);
+    }
+
+    pub(super) fn call(
+        &mut self,
+        target: String,
+        method: String,
+        args: Value,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Value, Error>>,
+    ) {
+        let topic = match topics::rpc_req(&target) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(Error::InvalidName(e.to_string())));
+                return;
+            }
+        };
+        let id = format!("{}-{}", self.nonce, self.next_call);
+        self.next_call += 1;
+        let deadline_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let body = RpcRequest {
+            id: Some(id.clone()),
+            method: method.clone(),
+            args,
+            reply_to: Some(self.reply_topic.clone()),
+            deadline_ms: Some(deadline_ms),
+        }
+        .to_json();
+        self.enqueue(Out::Publish {
+            topic,
+            payload: Bytes::from(body.to_string()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            tag: Tag::Call,
+            props: Some(Props {
+                response_topic: Some(self.reply_topic.clone()),
+                correlation: Some(Bytes::from(id.clone())),
+                expiry_secs: Some(u32::try_from(timeout.as_secs() + 1).unwrap_or(u32::MAX)),
+            }),
+            expires: Some(Instant::now() + timeout),
+        });
+        self.calls.insert(
+            id,
+            PendingCall {
+                target,
+                method,
+                reply,
+            },
+        );
+    }
+}
