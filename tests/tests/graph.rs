@@ -13,13 +13,17 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 // ---- The spec's walkthrough (section 6): DAI runner + mosquitto_pub ----
 
 /// `python -m iottalkpy.dai SA` in its own process group, so SIGINT reaches it like Ctrl-C.
+/// What it prints is kept, and shown (with its stderr) if the test fails.
 struct Dai {
     child: tokio::process::Child,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Dai {
     fn spawn(sa: &std::path::Path) -> Dai {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = tokio::process::Command::new(python())
             .arg("-m")
             .arg("iottalkpy.dai")
@@ -27,19 +31,27 @@ impl Dai {
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn DAI");
         let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = seen.clone();
         tokio::spawn(async move {
             while let Ok(Some(l)) = out.next_line().await {
+                keep.lock().unwrap().push(l.clone());
                 let _ = tx.send(l);
             }
         });
-        Dai { child, lines }
+        Dai {
+            child,
+            lines,
+            seen,
+            stderr,
+        }
     }
 
     async fn line_starting(&mut self, prefix: &str) -> String {
@@ -61,10 +73,30 @@ impl Dai {
             nix::sys::signal::Signal::SIGINT,
         )
         .unwrap();
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("DAI exits after Ctrl-C");
-        assert!(status.is_ok());
+        let status = tokio::time::timeout(WAIT, self.child.wait()).await;
+        if status.is_err() {
+            // Every Python thread of the DAI's processes prints its stack (faulthandler, see
+            // SA_PRELUDE) before the test fails and shows it.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGUSR1,
+            );
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        assert!(
+            status.is_ok_and(|s| s.is_ok()),
+            "the DAI did not exit within {WAIT:?} after Ctrl-C"
+        );
+    }
+}
+
+impl Drop for Dai {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = self.seen.lock().map(|v| v.join("\n")).unwrap_or_default();
+            let err = std::fs::read_to_string(self.stderr.path()).unwrap_or_default();
+            eprintln!("---- DAI stdout ----\n{out}\n---- DAI stderr ----\n{err}");
+        }
     }
 }
 
@@ -82,12 +114,25 @@ async fn mosquitto_pub(app: &App, topic: &str, msg: &str) {
     );
 }
 
-/// The start of both SA files: iottalk-py's `register()` waits at most 5 s for the broker's
-/// CONNACK (`ctx._mqueue.get(timeout=5)`), a limit a loaded machine can exceed. The SDK stays
-/// unmodified; its contexts get a queue that waits longer (the test has its own deadline).
+/// The start of both SA files (the SDK itself stays unmodified): Ctrl-C restored (see the
+/// comment inside), the log and stack dumps kept for a failing test, and a patient queue for
+/// iottalk-py's `register()`, which waits at most 5 s for the broker's CONNACK
+/// (`ctx._mqueue.get(timeout=5)`), a limit a loaded machine can exceed (the test has its own
+/// deadline).
 const SA_PRELUDE: &str = "\
+import faulthandler
+import logging
 import queue
+import signal
 from iottalkpy import dan
+
+# Ctrl-C must work even when the test suite itself runs as a background job (nohup, a CI
+# runner): such a job starts with SIGINT ignored, children inherit that, and Python then
+# installs no KeyboardInterrupt handler, so the DAI would never deregister nor exit.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+# What the test shows if the DAI does not exit: its log, and on SIGUSR1 every thread's stack.
+logging.basicConfig(level=logging.DEBUG)
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 class PatientQueue(queue.Queue):
