@@ -285,6 +285,13 @@ impl App {
             .expect("wait")
     }
 
+    /// Kills the controller with SIGKILL (no clean stop) and reaps it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.start_kill();
+        let _ = child.try_wait();
+    }
+
     /// Waits for a controller stopped from outside (e.g. `iotctl stop`) to exit.
     pub async fn stop_waited(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");

@@ -71,3 +71,49 @@ async fn a_stuck_python_function_stalls_only_its_own_graph() {
     assert_eq!(s["python_restarts"], 0, "{s}");
     assert_eq!(s["graphs"]["stuck"]["fn_errors"], 0, "{s}");
 }
+
+#[tokio::test]
+async fn a_killed_controller_leaves_no_python_worker_running() {
+    let mut app = App::start(AppOptions {
+        extra_toml: "[functions]\npython_timeout_ms = 600000\npython_workers = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let mut src = PyDa::registered(&app, "SRC", json!([["Out", ["x"]]]), json!([])).await;
+    app.wait_online(1).await;
+    let mut g = GraphClient::attached(&app).await;
+    let py_loop = "def run(x):\n    while True:\n        pass\n";
+    g.add_funcs(&[py_loop]).await;
+    g.ok(json!({"op": "add_link", "da_id": src.id, "idf": "Out", "func": digest(py_loop)}))
+        .await;
+    app.wait_links_acked().await;
+    src.push("Out", json!(1)).await;
+    let s = app
+        .wait_status("the worker busy with the loop", |s| {
+            s["python_workers"][0].as_u64() > Some(0)
+                && s["graphs"][&g.gid]["msgs_in"].as_u64() >= Some(1)
+        })
+        .await;
+    let worker = nix::unistd::Pid::from_raw(s["python_workers"][0].as_u64().unwrap() as i32);
+    // SIGKILL: the controller cannot stop its workers; the worker notices and exits.
+    app.kill();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while nix::sys::signal::kill(worker, None).is_ok() && !zombie(worker) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker {worker} still runs after the controller was killed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether `pid` has exited but not been reaped yet.
+fn zombie(pid: nix::unistd::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}

@@ -1,7 +1,9 @@
 """Python function worker of the controller (started as `python3 -c <this file>`).
 
 Says {"ready": true} once started (the controller starts each call's deadline only then, so
-the interpreter's own start-up never counts against a function), then reads one JSON request per line on stdin, answers one JSON line per request on stdout:
+the interpreter's own start-up never counts against a function), then reads one JSON request
+per line on stdin and answers one JSON line per request on stdout (it exits by itself within a
+second of the controller's death):
   {"id": N, "op": "check", "code": "..."}                       compile only
   {"id": N, "op": "load", "digest": "...", "code": "..."}       compile and keep `run`
   {"id": N, "op": "call", "digest": "...", "deps": {"alias": "digest"}, "args": [...]}
@@ -11,7 +13,10 @@ answered by one line {"batch": [answer, ...]}.
 A function's print() goes to stderr, never into the protocol.
 """
 import json
+import os
 import sys
+import threading
+import time
 import types
 
 proto_out = sys.stdout
@@ -72,7 +77,18 @@ def dumps(out, replies):
         return json.dumps(out, allow_nan=False)
 
 
+def exit_with_parent(getppid=os.getppid, sleep=time.sleep, exit_now=os._exit):
+    """Ends this process once the controller is gone, even while a function loops forever:
+    a controller that is killed (SIGKILL, OOM) cannot stop its workers itself. (The functions
+    it uses are bound before any user code runs.)"""
+    parent = getppid()
+    while getppid() == parent:
+        sleep(1)
+    exit_now(1)
+
+
 def main():
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     proto_out.write('{"ready": true}\n')
     proto_out.flush()
     for line in sys.stdin.buffer:
