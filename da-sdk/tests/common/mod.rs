@@ -117,10 +117,14 @@ pub fn data_topic() -> String {
     format!("iottalk/esm/{}", new_id())
 }
 
-/// The example binaries, built once per test process.
+/// The example binaries: in `$IOT_EXAMPLES_DIR` when set (`.ci/run` builds them once), else
+/// built once per test process.
 pub fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
+        if let Some(d) = std::env::var_os("IOT_EXAMPLES_DIR") {
+            return PathBuf::from(d);
+        }
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
         let mut build =
