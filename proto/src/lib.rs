@@ -2,6 +2,7 @@
 #![doc = include_str!("../README.md")]
 //!
 //! Layout:
+//! - [`auth`]: the roles of controller users (`admin`, `app`) and the [`auth::Roles`] lookup.
 //! - [`ids`]: `DaId`, `Rev`, `FeatureName`, `MsgId` newtypes, parsed strictly at the edge.
 //! - [`topics`]: every MQTT topic the protocol uses, built and parsed in one place.
 //! - [`wire`]: JSON bodies of the HTTP registration API, the MQTT control channel, and the
@@ -10,6 +11,7 @@
 //! - [`qos`]: the one MQTT quality-of-service type of the workspace.
 //! - [`url`]: broker urls (`mqtt://host:port`), parsed in one place.
 
+pub mod auth;
 pub mod ids;
 pub mod qos;
 pub mod rpc;
