@@ -19,6 +19,7 @@ use iot_proto::{DaId, MsgId, Rev};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
+use zeroize::Zeroizing;
 
 use crate::checks::Checks;
 use crate::coordinator::Coordinator;
@@ -35,6 +36,8 @@ pub enum Request {
     Register {
         id: DaId,
         req: RegisterRequest,
+        /// The broker password the client sent (HTTP Basic with the DA id as username).
+        password: Option<Zeroizing<Vec<u8>>>,
         reply: oneshot::Sender<Result<(Registered, Persisted), CsmError>>,
     },
     Get {
@@ -241,8 +244,18 @@ impl Actor {
         let mut fx = Vec::new();
         let now = now_epoch();
         match req {
-            Request::Register { id, req, reply } => {
-                let result = self.state.register(id, req, now, &mut fx);
+            Request::Register {
+                id,
+                req,
+                password,
+                reply,
+            } => {
+                // Checked here, on the actor: no other request runs between check and register.
+                let result = self
+                    .state
+                    .registry
+                    .check_takeover(&id, password.as_deref().map(Vec::as_slice))
+                    .and_then(|()| self.state.register(id, req, now, &mut fx));
                 let persisted = self.execute(fx).await;
                 match &result {
                     Ok(r) => {

@@ -3,7 +3,7 @@
 //! HTTP handler: its body is always `{"id", "state": "error", "reason"}` (the Python SDK shows
 //! `reason`), and no internal detail beyond the reason leaks.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use iot_proto::wire::{ErrorBody, WireError};
@@ -37,6 +37,16 @@ pub enum CsmError {
     Store(String),
     #[error("the database writer has stopped")]
     WriterStopped,
+    #[error("this DA is online: re-registering it needs its credentials (HTTP Basic with the username and password of its registration reply)")]
+    Online,
+    #[error("authentication required: HTTP Basic with an admin user")]
+    NoCredentials,
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("this needs an admin user")]
+    NotAdmin,
+    #[error("too many registrations from this address: retry in {0} s")]
+    RateLimited(u64),
 }
 
 impl CsmError {
@@ -46,7 +56,10 @@ impl CsmError {
                 StatusCode::BAD_REQUEST
             }
             Self::NotFound | Self::NoEndpoint | Self::NoFigure(_) => StatusCode::NOT_FOUND,
-            Self::NoFreeName(_) => StatusCode::CONFLICT,
+            Self::NoFreeName(_) | Self::Online => StatusCode::CONFLICT,
+            Self::NoCredentials | Self::BadCredentials => StatusCode::UNAUTHORIZED,
+            Self::NotAdmin => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ShuttingDown | Self::Store(_) | Self::WriterStopped => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -85,6 +98,20 @@ impl From<CsmError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody::new(self.id, self.error.to_string());
-        (self.error.status(), Json(body)).into_response()
+        let mut resp = (self.error.status(), Json(body)).into_response();
+        let headers = resp.headers_mut();
+        match self.error {
+            CsmError::NoCredentials | CsmError::BadCredentials => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"iotctl\", charset=\"UTF-8\""),
+                );
+            }
+            CsmError::RateLimited(secs) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        resp
     }
 }

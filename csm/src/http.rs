@@ -1,17 +1,30 @@
-//! The HTTP registration API (spec section 1): `PUT`, `GET`, `DELETE /{id}`, plus `/status`
-//! and `/healthz` for operators. Handlers parse input into wire types, ask the actor, and map
-//! every failure to a JSON error body; no client mistake produces a 500.
+//! The HTTP registration API (spec section 1): `PUT`, `GET`, `DELETE /{id}`, plus `/status`,
+//! `/metrics`, `/varz` and `/healthz` for operators. Handlers parse input into wire types, ask
+//! the actor, and map every failure to a JSON error body; no client mistake produces a 500.
+//!
+//! Who may do what (docs/security.md): registration is open to anyone (the IoTtalk SDKs cannot
+//! authenticate) but rate limited per address, and re-registering an online DA needs its
+//! credentials; with authentication on, the operator endpoints need an admin (HTTP Basic) and
+//! `GET /{id}` shows a DA's `rev` (which lets one deregister it) to admins only.
 
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
+use iot_auth::basic::{self, BasicCredentials};
+use iot_auth::Refusal;
+use iot_proto::auth::Role;
 use iot_proto::wire::{DeregisterRequest, RegisterRequest, RegisterResponse};
 use iot_proto::{topics, DaId};
 use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Instant;
+use zeroize::Zeroizing;
 
 use crate::error::{ApiError, CsmError};
 use crate::CsmHandle;
@@ -72,16 +85,67 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, CsmError> {
     Ok(buf.freeze())
 }
 
+/// The HTTP Basic credentials of a request, if it sent well-formed ones.
+fn basic_of(headers: &HeaderMap) -> Option<BasicCredentials> {
+    basic::parse(headers.get(header::AUTHORIZATION)?.as_bytes())
+}
+
+/// The role of the user whose credentials `headers` carry, counting refusals. Off the async
+/// threads: a password check is one Argon2 run.
+async fn user_role(h: &CsmHandle, headers: &HeaderMap) -> Result<Role, CsmError> {
+    let Some(users) = h.users.clone() else {
+        return Ok(Role::Admin);
+    };
+    let Some(creds) = basic_of(headers) else {
+        h.refusals.add(Refusal::HttpNoCredentials);
+        return Err(CsmError::NoCredentials);
+    };
+    let role = tokio::task::spawn_blocking(move || users.check(&creds.username, &creds.password))
+        .await
+        .map_err(|_| CsmError::ShuttingDown)?;
+    role.ok_or_else(|| {
+        h.refusals.add(Refusal::HttpBadCredentials);
+        CsmError::BadCredentials
+    })
+}
+
+/// Passes when authentication is off or the request carries an admin's credentials.
+async fn require_admin(h: &CsmHandle, headers: &HeaderMap) -> Result<(), CsmError> {
+    match user_role(h, headers).await? {
+        Role::Admin => Ok(()),
+        Role::App => {
+            h.refusals.add(Refusal::HttpNotAdmin);
+            Err(CsmError::NotAdmin)
+        }
+    }
+}
+
 async fn put_da(
     State(h): State<CsmHandle>,
     Path(raw): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     b: Body,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     let register = async {
+        if let (Some(limiter), Some(Extension(ConnectInfo(peer)))) = (&h.limiter, peer) {
+            if let Err(wait) = limiter.take(peer.ip(), Instant::now()) {
+                h.refusals.add(Refusal::RateLimited);
+                return Err(CsmError::RateLimited(wait));
+            }
+        }
         let id = parse_id(&raw)?;
         let b = read_body(b, h.max_body_bytes).await?;
         let req = RegisterRequest::from_json(&b)?;
-        let reg = h.register(id, req).await?;
+        // The DA's own credentials, which re-registering it while it is online needs.
+        let password: Option<Zeroizing<Vec<u8>>> = basic_of(&headers)
+            .filter(|c| c.username == raw)
+            .map(|c| c.password);
+        let reg = h.register(id, req, password).await.inspect_err(|e| {
+            if matches!(e, CsmError::Online) {
+                h.refusals.add(Refusal::Takeover);
+            }
+        })?;
         Ok(RegisterResponse {
             id,
             state: "ok".into(),
@@ -99,12 +163,24 @@ async fn put_da(
 async fn get_da(
     State(h): State<CsmHandle>,
     Path(raw): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let get = async {
         let id = parse_id(&raw)?;
         let (record, _) = h.get(id).await?.ok_or(CsmError::NotFound)?;
         let mut v = serde_json::to_value(&record).unwrap_or(Value::Null);
+        // With authentication on, the rev (enough to deregister the DA) is for admins only.
+        let show_rev = match &h.users {
+            None => true,
+            Some(_) => {
+                headers.contains_key(header::AUTHORIZATION)
+                    && matches!(user_role(&h, &headers).await, Ok(Role::Admin))
+            }
+        };
         if let Value::Object(m) = &mut v {
+            if !show_rev {
+                m.remove("rev");
+            }
             m.insert("state".into(), "ok".into());
         }
         Ok(v)
@@ -127,7 +203,8 @@ async fn delete_da(
     delete.await.map(Json).map_err(ApiError::about(&raw))
 }
 
-async fn status(State(h): State<CsmHandle>) -> Result<Json<Value>, ApiError> {
+async fn status(State(h): State<CsmHandle>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    require_admin(&h, &headers).await?;
     let s = h.status().await?;
     let b = h.broker.stats();
     let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
@@ -138,7 +215,8 @@ async fn status(State(h): State<CsmHandle>) -> Result<Json<Value>, ApiError> {
 }
 
 /// Prometheus text format.
-async fn metrics(State(h): State<CsmHandle>) -> Result<Response, ApiError> {
+async fn metrics(State(h): State<CsmHandle>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&h, &headers).await?;
     let samples = crate::metrics::collect(&h).await?;
     Ok((
         [(
@@ -158,8 +236,10 @@ struct VarzQuery {
 /// `name: value` lines; `?name=X` for one value.
 async fn varz(
     State(h): State<CsmHandle>,
+    headers: HeaderMap,
     q: axum::extract::Query<VarzQuery>,
 ) -> Result<String, ApiError> {
+    require_admin(&h, &headers).await?;
     let samples = crate::metrics::collect(&h).await?;
     let name = q.name.as_deref();
     crate::metrics::varz(&samples, name)

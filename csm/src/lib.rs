@@ -16,6 +16,7 @@
 //! - [`funcs`]: Rhai in-process, Python in worker processes.
 //! - [`effect`], [`plan`]: what the state machines hand to the actor and to the engine.
 //! - [`store`]: the database writer thread. [`credentials`]: per-DA broker credentials.
+//!   [`rate`]: the per-address registration rate limit.
 //!   [`metrics`]: `/metrics` and `/varz`. [`error`]: the error types and their HTTP mapping.
 
 pub mod actor;
@@ -30,6 +31,7 @@ pub mod graphs;
 pub mod http;
 pub mod metrics;
 pub mod plan;
+pub mod rate;
 pub mod registry;
 pub mod store;
 
@@ -37,6 +39,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iot_auth::{Refusals, Users};
 use iot_broker::BrokerHandle;
 use iot_migrations::Db;
 use iot_proto::topics;
@@ -46,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
+use zeroize::Zeroizing;
 
 pub use actor::{Counters, Status};
 use coordinator::Coordinator;
@@ -85,6 +89,9 @@ pub struct CsmConfig {
     /// anyway (IoTtalk v2 ignored replies; a DA that never sends one still gets its data).
     /// 0: wait for the reply however long it takes.
     pub odf_ack_wait_ms: u64,
+    /// Registrations (PUT) accepted per source address, as `COUNT/PERIOD` (e.g. "200/1s");
+    /// more are answered 429 with `Retry-After`. "" for no limit.
+    pub registration_rate: String,
 }
 
 impl Default for CsmConfig {
@@ -99,6 +106,7 @@ impl Default for CsmConfig {
             odf_hold_max_bytes: 1024 * 1024,
             odf_hold_seconds: 60,
             odf_ack_wait_ms: 3000,
+            registration_rate: "10000/1s".into(),
         }
     }
 }
@@ -121,6 +129,12 @@ pub struct CsmHandle {
     pub python: Option<funcs::PythonPool>,
     /// The broker, for its stats.
     pub broker: BrokerHandle,
+    /// The controller users when authentication is on (operator endpoints need an admin).
+    pub users: Option<Users>,
+    /// Refusal counters (shared with the broker's CONNECT gate).
+    pub refusals: Refusals,
+    /// The registration rate limit, unless `csm.registration_rate` is "".
+    pub limiter: Option<Arc<rate::Limiter>>,
 }
 
 impl CsmHandle {
@@ -136,10 +150,21 @@ impl CsmHandle {
         rx.await.map_err(|_| CsmError::ShuttingDown)
     }
 
-    /// Registers (or re-registers) a DA; returns once it is stored.
-    pub async fn register(&self, id: DaId, req: RegisterRequest) -> Result<Registered, CsmError> {
+    /// Registers (or re-registers) a DA; returns once it is stored. Re-registering a DA that
+    /// is online needs `password`, the broker password of its current registration.
+    pub async fn register(
+        &self,
+        id: DaId,
+        req: RegisterRequest,
+        password: Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<Registered, CsmError> {
         let (reg, persisted) = self
-            .ask(|reply| actor::Request::Register { id, req, reply })
+            .ask(|reply| actor::Request::Register {
+                id,
+                req,
+                password,
+                reply,
+            })
             .await??;
         stored(persisted).await?;
         Ok(reg)
@@ -182,6 +207,8 @@ pub enum StartError {
     Restore(#[from] coordinator::RestoreError),
     #[error("broker: {0}")]
     Broker(#[from] iot_broker::BrokerError),
+    #[error("`csm.registration_rate`: {0}")]
+    Rate(#[from] rate::RateError),
 }
 
 /// What the CSM runs on, made by its caller: the bound HTTP listener, the broker, the database,
@@ -195,6 +222,10 @@ pub struct Wiring {
     pub db: Db,
     pub broker_url: BrokerUrl,
     pub credentials: Credentials,
+    /// The controller users when authentication is on; `None` when it is off.
+    pub users: Option<Users>,
+    /// Refusal counters, shared with the broker's CONNECT gate.
+    pub refusals: Refusals,
 }
 
 /// Starts the CSM: loads registrations, functions and graphs from the database (migrating it
@@ -213,7 +244,13 @@ pub async fn start(
         db,
         broker_url,
         credentials,
+        users,
+        refusals,
     } = wiring;
+    let limiter = match cfg.registration_rate.trim() {
+        "" => None,
+        r => Some(Arc::new(rate::Limiter::new(r.parse()?))),
+    };
     let (db, rows, funcs, graphs) = tokio::task::spawn_blocking(move || {
         let mut db = db;
         db.migrate()?;
@@ -273,6 +310,9 @@ pub async fn start(
         engine_stats: engine.stats.clone(),
         python: state.graphs.runtimes().python.clone(),
         broker: broker.clone(),
+        users,
+        refusals,
+        limiter,
     };
     let actor = actor::Actor {
         state,
@@ -300,6 +340,8 @@ pub async fn start(
     let app = http::router(handle.clone(), &cfg.path_prefix);
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
+        // The client's address, for the registration rate limit.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
         if let Err(e) = serve.await {

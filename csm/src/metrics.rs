@@ -136,6 +136,16 @@ pub async fn collect(h: &CsmHandle) -> Result<Vec<Sample>, crate::CsmError> {
         x.labels.push(("reason", reason.into()));
         out.push(x);
     }
+    for (why, n) in h.refusals.snapshot() {
+        let mut x = sample(
+            "auth_refused_total",
+            "Refused clients and requests, by reason (docs/security.md).",
+            Counter,
+            n as f64,
+        );
+        x.labels.push(("reason", why.as_str().into()));
+        out.push(x);
+    }
     let per_graph: [(&'static str, &'static str, &str, Kind); 8] = [
         (
             "graph_messages_in_total",

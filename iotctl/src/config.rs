@@ -25,6 +25,7 @@ pub struct Config {
     pub csm: CsmConfig,
     pub functions: FunctionsConfig,
     pub ccm: CcmConfig,
+    pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
 }
@@ -94,6 +95,18 @@ impl Default for CcmConfig {
             listen: "127.0.0.1:7788".into(),
         }
     }
+}
+
+/// `[auth]`: users and roles (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// MQTT clients must authenticate (users, or DAs with their registration credentials);
+    /// operator endpoints need an admin.
+    pub enabled: bool,
+    /// Start even though authentication is off and a listener is reachable from other
+    /// machines (logged as a warning at every start).
+    pub insecure_allow_public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +206,17 @@ impl Config {
         }
         if !self.csm.path_prefix.is_empty() && !self.csm.path_prefix.starts_with('/') {
             bail!("`csm.path_prefix` must start with / (e.g. \"/csm\")");
+        }
+        let rate = self.csm.registration_rate.trim();
+        if !rate.is_empty() {
+            rate.parse::<iot_csm::rate::Rate>()
+                .map_err(|e| anyhow!("`csm.registration_rate`: {e}"))?;
+        }
+        if self.auth.enabled && !self.broker.external.is_empty() {
+            bail!("`auth.enabled` needs the embedded broker, which enforces it; with `broker.external`, configure that broker's authentication and ACL instead (`iotctl acl export --format mosquitto`)");
+        }
+        if self.auth.enabled && !self.csm.da_credentials {
+            bail!("`auth.enabled` needs `csm.da_credentials = true`: DAs authenticate with the credentials of their registration reply");
         }
         Ok(())
     }

@@ -3,15 +3,18 @@
 //!
 //! Layout: [`config`] (typed settings), [`run`] (initdb, start: one `start_*` per component,
 //! wiring them, signals), [`runfile`] (the pidfile and the state file), [`service`] (stop,
-//! status), [`shell`] (interactive console), [`bench_cmd`] (the flags of `iotctl bench` and
+//! status), [`user_cmd`] (`iotctl user`), [`exposure`] (the public-bind check of `start`),
+//! [`shell`] (interactive console), [`bench_cmd`] (the flags of `iotctl bench` and
 //! where the controller is; the load tests themselves are the `iot-bench` crate).
 
 mod bench_cmd;
 mod config;
+mod exposure;
 mod run;
 mod runfile;
 mod service;
 mod shell;
+mod user_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +69,14 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// An admin user, when authentication is on (its password from IOTCTL_PASSWORD).
+        #[arg(long, env = "IOTCTL_USER")]
+        user: Option<String>,
+    },
+    /// Manage controller users (admin and app roles; see docs/security.md).
+    User {
+        #[command(subcommand)]
+        command: user_cmd::UserCommand,
     },
     /// Interactive console with the database and a broker connection ready.
     Shell,
@@ -149,7 +160,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 service::stop(&cfg).await?;
                 run::start(cfg, component).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Status { json } => service::status(&cfg, json).await,
+            Command::Status { json, user } => {
+                let login = service::Login::from_env(user)?;
+                service::status(&cfg, json, login.as_ref()).await
+            }
+            Command::User { command } => user_cmd::run(&cfg, command).await,
             Command::Shell => shell::run(&cfg).await.map(|()| ExitCode::SUCCESS),
             Command::Bench { command } => bench_cmd::run(&cfg, command).await,
         }

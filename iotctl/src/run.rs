@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use iot_auth::{Gate, Refusals, Users};
 use iot_broker::{
     Authenticator, BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl,
 };
@@ -42,6 +43,10 @@ pub async fn start(cfg: Config, component: Component) -> Result<()> {
         bail!(
             "the CCM and its web GUI are not built yet; `iotctl start` runs the broker and the CSM"
         );
+    }
+    crate::exposure::check(&cfg, component)?;
+    if cfg.auth.enabled && component != Component::All {
+        bail!("`auth.enabled` needs `iotctl start all`: the broker checks the DA credentials the CSM issues, in one process");
     }
     let data_dir = cfg.data_dir();
     std::fs::create_dir_all(&data_dir)
@@ -81,12 +86,40 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
     // Until then a DA's credentials are unknown and it is refused, and retries.
     let runs_csm = matches!(component, Component::All | Component::Csm);
     let credentials = Credentials::default();
-    let auth = (runs_csm && cfg.csm.da_credentials)
-        .then(|| Arc::new(credentials.clone()) as Arc<dyn Authenticator>);
+    let refusals = Refusals::default();
+    // With authentication on, controller users too (loaded now, then reloaded every few
+    // seconds so that `iotctl user` changes apply without a restart).
+    let users = if cfg.auth.enabled {
+        let users = Users::default();
+        let task = users
+            .load_and_reload(cfg.database.url.clone(), shutdown.clone())
+            .await?;
+        running.tasks.push(task);
+        if users.is_empty() {
+            tracing::warn!("authentication is on and there are no users: only DAs can connect; add an admin with `iotctl user add NAME --role admin`");
+        }
+        Some(users)
+    } else {
+        None
+    };
+    let auth = match &users {
+        Some(users) => Some(Arc::new(Gate {
+            users: users.clone(),
+            das: Arc::new(credentials.clone()),
+            refusals: refusals.clone(),
+        }) as Arc<dyn Authenticator>),
+        None => (runs_csm && cfg.csm.da_credentials)
+            .then(|| Arc::new(credentials.clone()) as Arc<dyn Authenticator>),
+    };
 
     let broker = start_broker(cfg, component, auth, &shutdown, &mut running).await?;
     if runs_csm {
-        start_csm(cfg, &broker, credentials, &shutdown, &mut running).await?;
+        let access = Access {
+            credentials,
+            users,
+            refusals,
+        };
+        start_csm(cfg, &broker, access, &shutdown, &mut running).await?;
     }
     // The CCM, once built, starts here the same way: `start_ccm(cfg, &broker, ...)`.
 
@@ -126,7 +159,12 @@ async fn start_broker(
     let embedded =
         cfg.broker.external.is_empty() && matches!(component, Component::All | Component::Broker);
     if embedded {
-        let (b, task) = EmbeddedBroker::start(&cfg.broker.embedded, auth, shutdown.clone()).await?;
+        let mut embedded_cfg = cfg.broker.embedded.clone();
+        if cfg.auth.enabled {
+            // Authentication on: every client names itself.
+            embedded_cfg.allow_anonymous = false;
+        }
+        let (b, task) = EmbeddedBroker::start(&embedded_cfg, auth, shutdown.clone()).await?;
         running.tasks.push(task);
         let (mqtt, ws) = (b.mqtt_addr(), b.ws_addr());
         let state = &mut running.state;
@@ -169,12 +207,21 @@ async fn start_broker(
     })
 }
 
-/// The CSM: its HTTP listener, database and routing, on `broker`; fills `credentials`, the
-/// store the embedded broker checks.
+/// Who may do what, shared by the broker's CONNECT check and the CSM.
+struct Access {
+    /// The DAs' broker credentials, filled by the CSM.
+    credentials: Credentials,
+    /// The controller users, when authentication is on.
+    users: Option<Users>,
+    refusals: Refusals,
+}
+
+/// The CSM: its HTTP listener, database and routing, on `broker`; fills the DA credentials
+/// the embedded broker checks.
 async fn start_csm(
     cfg: &Config,
     broker: &BrokerSide,
-    credentials: Credentials,
+    access: Access,
     shutdown: &CancellationToken,
     running: &mut Running,
 ) -> Result<()> {
@@ -202,7 +249,9 @@ async fn start_csm(
         broker: broker.handle.clone(),
         db,
         broker_url: broker.url.clone(),
-        credentials,
+        credentials: access.credentials,
+        users: access.users,
+        refusals: access.refusals,
     };
     let (_csm, task) = iot_csm::start(&csm_cfg, &cfg.functions, wiring, shutdown.clone()).await?;
     running.tasks.push(task);

@@ -38,7 +38,38 @@ const NOT_RUNNING: u8 = 3;
 /// reports them down: a busy controller can take seconds to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
+/// An operator's credentials for the CSM's `/status` when authentication is on.
+pub struct Login {
+    user: String,
+    password: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Login {
+    /// `--user`/`IOTCTL_USER` with the password in `IOTCTL_PASSWORD` (never on the command
+    /// line, where other users of the machine could read it).
+    pub fn from_env(user: Option<String>) -> Result<Option<Login>> {
+        let Some(user) = user else { return Ok(None) };
+        let password = std::env::var("IOTCTL_PASSWORD").map_err(|_| {
+            anyhow::anyhow!(
+                "--user {user} needs the password in the IOTCTL_PASSWORD environment variable"
+            )
+        })?;
+        Ok(Some(Login {
+            user,
+            password: zeroize::Zeroizing::new(password),
+        }))
+    }
+}
+
+pub async fn status(cfg: &Config, json: bool, login: Option<&Login>) -> Result<ExitCode> {
     let state: Option<RunState> =
         running_pid(&cfg.pidfile()).and_then(|_| runfile::read_state(cfg));
     let Some(state) = state else {
@@ -59,9 +90,13 @@ pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
             .unwrap_or(false),
         None => false,
     };
-    let csm = match &state.csm {
-        Some(base) => csm_status(base).await.ok(),
-        None => None,
+    let (csm, refused) = match &state.csm {
+        Some(base) => match csm_status(base, login).await {
+            Ok(Ok(v)) => (Some(v), None),
+            Ok(Err(code)) => (None, Some(code)),
+            Err(_) => (None, None),
+        },
+        None => (None, None),
     };
     let embedded = state.components.iter().any(|c| c == "broker");
     if json {
@@ -70,7 +105,7 @@ pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
             serde_json::json!({
                 "running": true, "pid": state.pid, "components": state.components,
                 "broker": {"up": broker_up, "address": state.mqtt, "ws": state.ws, "embedded": embedded},
-                "csm": {"up": csm.is_some(), "url": state.csm, "status": csm},
+                "csm": {"up": csm.is_some() || refused.is_some(), "url": state.csm, "status": csm, "refused": refused},
             })
         );
     } else {
@@ -110,12 +145,16 @@ pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
                     s["broker"]["sessions"], s["broker"]["dropped"], s["broker"]["host_dropped"]
                 );
             }
+            (Some(url), None) if refused.is_some() => println!(
+                "  csm     up    {url}  (details need an admin: --user NAME or IOTCTL_USER, with IOTCTL_PASSWORD; HTTP {})",
+                refused.unwrap_or_default()
+            ),
             (Some(url), None) => println!("  csm     down  {url}"),
             (None, _) => println!("  csm     not started"),
         }
         println!("  ccm     not built yet");
     }
-    let all_up = broker_up && (state.csm.is_none() || csm.is_some());
+    let all_up = broker_up && (state.csm.is_none() || csm.is_some() || refused.is_some());
     Ok(if all_up {
         ExitCode::SUCCESS
     } else {
@@ -123,13 +162,20 @@ pub async fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
     })
 }
 
-async fn csm_status(base: &str) -> Result<serde_json::Value> {
+/// The CSM's `/status`, or the HTTP status of a refusal (401, 403) when it needs an admin.
+async fn csm_status(
+    base: &str,
+    login: Option<&Login>,
+) -> Result<std::result::Result<serde_json::Value, u16>> {
     let client = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build()?;
-    Ok(client
-        .get(format!("{base}/status"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
+    let mut req = client.get(format!("{base}/status"));
+    if let Some(l) = login {
+        req = req.basic_auth(&l.user, Some(l.password.as_str()));
+    }
+    let resp = req.send().await?;
+    let code = resp.status().as_u16();
+    if code == 401 || code == 403 {
+        return Ok(Err(code));
+    }
+    Ok(Ok(resp.error_for_status()?.json().await?))
 }

@@ -6,6 +6,7 @@
 //! - [`Db`]: one connection, SQLite or PostgreSQL, chosen by URL; [`Db::migrate`].
 //! - [`das`]: rows and queries of registered device applications; [`das::Write`] batches any write.
 //! - [`graphs`]: rows of graphs and functions.
+//! - [`users`]: controller users (name, role, Argon2id password hash).
 //!
 //! Every call here blocks: callers run them on a blocking thread, never on the async runtime.
 
@@ -20,6 +21,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 pub mod das;
 pub mod graphs;
 pub mod schema;
+pub mod users;
 
 /// The migrations in `sql/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("sql");

@@ -29,4 +29,13 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(das, functions, graphs,);
+diesel::table! {
+    users (name) {
+        name -> Text,
+        role -> Text,
+        password_hash -> Text,
+        created_time -> Double,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(das, functions, graphs, users,);

@@ -1,24 +1,28 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![doc = include_str!("../README.md")]
 //!
-//! Layout: [`App`] (the controller under test), [`Mqtt`] (a rumqttc test client that
-//! collects what it receives), [`PyDa`] (an iottalk-py DA in a child process).
+//! Layout: [`App`] (the controller under test, here), [`mqtt`] ([`Mqtt`], a rumqttc test
+//! client that collects what it receives), [`pyda`] ([`PyDa`], an iottalk-py DA in a child
+//! process), [`graph_client`] ([`GraphClient`]).
 //! Every wait is on a condition with a deadline, never a fixed sleep.
+
+pub mod graph_client;
+pub mod mqtt;
+pub mod pyda;
+
+pub use graph_client::GraphClient;
+pub use iot_proto::wire::graph_api::digest;
+pub use mqtt::{connack_code, Mqtt, Received};
+pub use pyda::PyDa;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
-use iot_proto::wire::graph_api::{GraphOk, GraphOp};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, NetworkOptions, Outgoing, Packet,
-    QoS,
-};
+use rumqttc::QoS;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 /// How long any single expected event may take.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -137,10 +141,17 @@ pub struct AppOptions {
     pub csm_listen: Option<String>,
     /// Fixed `host:port` for the embedded broker's MQTT listener instead of a free port.
     pub mqtt_listen: Option<String>,
+    /// Authentication on (`[auth] enabled = true`), with the admin user [`ADMIN_USER`]
+    /// created before the start; operator requests, [`App::mqtt`] and graph clients use it.
+    pub auth: bool,
     /// Extra environment for `iotctl`, e.g. `IOTCTL__BROKER__SCHEME=mqtts` to change a key
     /// of a section the generated config already has.
     pub env: Vec<(String, String)>,
 }
+
+/// The admin user of a controller started with [`AppOptions::auth`], and its password.
+pub const ADMIN_USER: &str = "test-admin";
+pub const ADMIN_PASSWORD: &str = "test-admin-password-5f1c";
 
 /// A `127.0.0.1:<port>` that was free a moment ago: binds port 0, reads the port, closes it.
 pub fn free_addr() -> String {
@@ -191,9 +202,32 @@ impl App {
             opts.csm_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.offline_expiry_seconds.unwrap_or(300),
         );
-        let config = merge_toml(&base, &opts.extra_toml);
+        let mut config = merge_toml(&base, &opts.extra_toml);
+        if opts.auth {
+            config = merge_toml(&config, "[auth]\nenabled = true\n");
+        }
         let config_path = data_dir.join("test-config.toml");
         std::fs::write(&config_path, config).expect("write config");
+        if opts.auth {
+            let out = iotctl_cli(
+                &config_path,
+                &[
+                    "user",
+                    "add",
+                    ADMIN_USER,
+                    "--role",
+                    "admin",
+                    "--password-stdin",
+                ],
+                Some(ADMIN_PASSWORD),
+            )
+            .await;
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() || text.contains("exists"),
+                "iotctl user add: {text}"
+            );
+        }
         let log = data_dir.join("iotctl.log");
         // A fixed port (a restarted controller's) can be taken for a moment by another test's
         // free port or outgoing connection: start again while the log says so, a few times.
@@ -314,6 +348,24 @@ impl App {
         next
     }
 
+    /// The admin's username and password when authentication is on.
+    pub fn admin(&self) -> Option<(&'static str, &'static str)> {
+        self.opts.auth.then_some((ADMIN_USER, ADMIN_PASSWORD))
+    }
+
+    /// `request` with the admin's HTTP Basic credentials when authentication is on.
+    pub fn operator(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.admin() {
+            Some((u, p)) => request.basic_auth(u, Some(p)),
+            None => request,
+        }
+    }
+
+    /// Runs `iotctl -c <this config> ARGS` with `stdin` written to its standard input.
+    pub async fn iotctl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        iotctl_cli(&self.config, args, stdin).await
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -364,8 +416,7 @@ impl App {
 
     /// `/status` of the CSM.
     pub async fn status(&self) -> Value {
-        self.http
-            .get(format!("{}/status", self.csm))
+        self.operator(self.http.get(format!("{}/status", self.csm)))
             .send()
             .await
             .expect("status")
@@ -377,8 +428,7 @@ impl App {
     /// `/metrics` of the CSM (Prometheus text), checked to be served as text.
     pub async fn metrics(&self) -> String {
         let r = self
-            .http
-            .get(format!("{}/metrics", self.csm))
+            .operator(self.http.get(format!("{}/metrics", self.csm)))
             .send()
             .await
             .expect("metrics");
@@ -396,8 +446,9 @@ impl App {
     }
 
     /// A test MQTT client connected to this controller's broker.
+    /// As the admin when authentication is on.
     pub async fn mqtt(&self, will: Option<(String, Value)>) -> Mqtt {
-        Mqtt::connect(&self.mqtt, will).await
+        Mqtt::connect_as(&self.mqtt, will, self.admin()).await
     }
 
     /// Attaches to the device API as `client`: the subscription (announcements follow on it)
@@ -470,35 +521,31 @@ impl Drop for App {
     }
 }
 
-/// Connects to the broker at `addr` with a username and password; returns the CONNACK code
-/// (0 = accepted). While nothing listens on `addr` yet it tries again every few milliseconds
-/// (up to [`WAIT`]), so it can be started before the broker to hit its first moments.
-pub async fn connack_code(addr: &str, user: &str, password: &str) -> u8 {
-    let (host, port) = addr.rsplit_once(':').expect("host:port");
-    let mut opts = MqttOptions::new(
-        format!("cred-{}", new_id()),
-        host,
-        port.parse().expect("port"),
-    );
-    opts.set_credentials(user, password);
-    let (_client, mut ev) = AsyncClient::new(opts, 10);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = tokio::time::timeout_at(deadline, ev.poll())
+/// Runs `iotctl -c CONFIG ARGS` with `stdin` written to its standard input.
+pub async fn iotctl_cli(config: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(iotctl_bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn iotctl");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input
+            .write_all(format!("{text}\n").as_bytes())
             .await
-            .expect("an answer to CONNECT");
-        match r {
-            Ok(Event::Incoming(Packet::ConnAck(a))) => return a.code as u8,
-            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return code as u8,
-            Err(rumqttc::ConnectionError::Io(e))
-                if e.kind() == std::io::ErrorKind::ConnectionRefused =>
-            {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Ok(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
+            .expect("write stdin");
     }
+    drop(input);
+    tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("iotctl finishes in time")
+        .expect("iotctl output")
 }
 
 /// A typical registration body (one IDF, one ODF).
@@ -510,447 +557,3 @@ pub fn register_body() -> Value {
         "profile": {"model": "Dummy_Device"},
     })
 }
-
-/// What a [`Mqtt`] client receives.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub topic: String,
-    pub payload: Bytes,
-    pub retain: bool,
-    pub qos: QoS,
-}
-
-impl Received {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
-    }
-}
-
-/// A rumqttc client for tests: its event loop runs in a task that forwards publishes and
-/// SUBACKs; [`Mqtt::kill`] drops the socket without DISCONNECT, so the will fires.
-#[derive(Debug)]
-pub struct Mqtt {
-    pub client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Received>,
-    subacks: mpsc::UnboundedReceiver<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Mqtt {
-    pub async fn connect(addr: &str, will: Option<(String, Value)>) -> Mqtt {
-        let (host, port) = addr.rsplit_once(':').expect("host:port");
-        let client_id = format!("test-{}", new_id());
-        let mut opts = MqttOptions::new(client_id.clone(), host, port.parse().expect("port"));
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
-        if let Some((topic, payload)) = will {
-            opts.set_last_will(LastWill::new(
-                topic,
-                payload.to_string(),
-                QoS::AtMostOnce,
-                true,
-            ));
-        }
-        let (client, mut ev) = AsyncClient::new(opts, 100);
-        // rumqttc's default of 5 s for the TCP connect, the CONNACK and each flush is a time
-        // limit a loaded machine can exceed.
-        let mut net = NetworkOptions::new();
-        net.set_connection_timeout(WAIT.as_secs());
-        ev.set_network_options(net);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (stx, subacks) = mpsc::unbounded_channel();
-        let (ctx, mut connected) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let mut up = false;
-            loop {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = tx.send(Received {
-                            topic: p.topic.clone(),
-                            payload: p.payload.clone(),
-                            retain: p.retain,
-                            qos: p.qos,
-                        });
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = stx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        up = true;
-                        let _ = ctx.send(());
-                    }
-                    // `disconnect` waits for this: everything queued before it is written.
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                    Ok(_) => {}
-                    // Before the first CONNACK nothing is subscribed: trying again is harmless.
-                    Err(e) if !up => {
-                        eprintln!("test MQTT client {client_id}: cannot connect yet ({e})");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(ConnectionError::RequestsDone) => return,
-                    // rumqttc would connect again with a clean session, without the
-                    // subscriptions: the client stops instead, so that a test waiting for a
-                    // message fails with "connection closed" rather than a silent timeout.
-                    Err(e) => {
-                        eprintln!("test MQTT client {client_id}: connection lost ({e}); it stops");
-                        return;
-                    }
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, connected.recv())
-            .await
-            .expect("CONNACK in time");
-        Mqtt {
-            client,
-            rx,
-            subacks,
-            task,
-        }
-    }
-
-    /// Subscribes and waits for the SUBACK.
-    pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.client.subscribe(filter, qos).await.expect("subscribe");
-        tokio::time::timeout(WAIT, self.subacks.recv())
-            .await
-            .expect("SUBACK in time")
-            .expect("the connection is up (see the test MQTT client's message above)");
-    }
-
-    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, qos: QoS, retain: bool) {
-        self.client
-            .publish(topic, qos, retain, payload.into())
-            .await
-            .expect("publish");
-    }
-
-    pub async fn publish_json(&self, topic: &str, v: &Value, retain: bool) {
-        self.publish(topic, v.to_string(), QoS::ExactlyOnce, retain)
-            .await;
-    }
-
-    /// The next message matching `pred`, skipping others.
-    pub async fn recv_until(&mut self, what: &str, pred: impl Fn(&Received) -> bool) -> Received {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(m)) if pred(&m) => return m,
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("connection closed while waiting for {what}"),
-                Err(_) => panic!("timed out waiting for {what}"),
-            }
-        }
-    }
-
-    /// Everything received from now until the connection closes (e.g. the controller stops),
-    /// at most [`WAIT`]: what reached this client before a restart, read after it.
-    pub async fn until_closed(&mut self) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut out = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(m)) => out.push(m),
-                Ok(None) => return out,
-                Err(_) => panic!("the connection did not close; received {out:?}"),
-            }
-        }
-    }
-
-    /// The next device API announcement `kind` (`register`, `online`, ...) about DA `id`.
-    pub async fn announcement(&mut self, kind: &str, id: &str) -> Value {
-        self.recv_until(&format!("{kind} announcement of {id}"), |r| {
-            let v = r.json();
-            v["op"] == "anno" && v["type"] == kind && (v["da"]["id"] == id || v["da"] == id)
-        })
-        .await
-        .json()
-    }
-
-    /// The retained messages currently stored for `filter`: subscribes to it, then to a
-    /// marker topic with a retained message of its own; once the marker arrives, every
-    /// retained message of `filter` has been delivered before it.
-    pub async fn retained(&mut self, filter: &str) -> Vec<Received> {
-        let marker = format!("test-marker/{}", new_id());
-        self.publish(&marker, "m", QoS::AtLeastOnce, true).await;
-        self.subscribe(filter, QoS::AtLeastOnce).await;
-        self.subscribe(&marker, QoS::AtLeastOnce).await;
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(m)) if m.topic == marker => break,
-                Ok(Some(m)) if m.retain => out.push(m),
-                Ok(Some(_)) => {}
-                _ => panic!("marker not received"),
-            }
-        }
-        let _ = self.client.unsubscribe(filter).await;
-        let _ = self.client.unsubscribe(&marker).await;
-        self.publish(&marker, "", QoS::AtLeastOnce, true).await;
-        out
-    }
-
-    /// Polls [`Mqtt::retained`] until `done` holds for what it returns, at most [`WAIT`]: the
-    /// broker sends each SUBSCRIBE's retained messages from a task of its own, so the marker
-    /// of one call can overtake a message that is stored. For where a message is expected.
-    pub async fn retained_until(
-        &mut self,
-        filter: &str,
-        what: &str,
-        done: impl Fn(&[Received]) -> bool,
-    ) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let got = self.retained(filter).await;
-            if done(&got) {
-                return got;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what} retained on {filter}; last {got:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Drops the connection without DISCONNECT: the broker publishes the will.
-    pub fn kill(self) {
-        self.task.abort();
-    }
-
-    /// Sends DISCONNECT (after everything queued before it) and waits until it is written.
-    pub async fn disconnect(mut self) {
-        if self.client.disconnect().await.is_ok() {
-            let _ = tokio::time::timeout(WAIT, &mut self.task).await;
-        }
-        self.task.abort();
-    }
-}
-
-/// An unmodified iottalk-py DA (`py/da.py`) in a child process.
-#[derive(Debug)]
-pub struct PyDa {
-    child: Child,
-    stdin: ChildStdin,
-    events: mpsc::UnboundedReceiver<Value>,
-    pub id: String,
-    /// The SDK's log (paho's packets at debug level), printed when a test fails.
-    log: tempfile::NamedTempFile,
-}
-
-impl PyDa {
-    /// Starts a DA registering at `api_url` with the given features (JSON lists as the SDK
-    /// takes them, e.g. `[["Dummy_Sensor", ["int"]]]`).
-    pub async fn spawn(api_url: &str, id: &str, name: &str, idf: Value, odf: Value) -> PyDa {
-        let log = tempfile::NamedTempFile::new().expect("log file");
-        let stderr = log.reopen().expect("log file");
-        let mut child = Command::new(python())
-            .arg(workspace().join("tests/py/da.py"))
-            .args([api_url, id, name, &idf.to_string(), &odf.to_string()])
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn python DA");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let (tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        PyDa {
-            child,
-            stdin,
-            events,
-            id: id.to_owned(),
-            log,
-        }
-    }
-
-    /// A DA of a fresh id registered at `app` (see [`PyDa::spawn`]).
-    pub async fn registered(app: &App, name: &str, idf: Value, odf: Value) -> PyDa {
-        let mut da = PyDa::spawn(&app.csm, &new_id(), name, idf, odf).await;
-        da.expect("registered").await;
-        da
-    }
-
-    /// The next data event, as its list.
-    pub async fn data(&mut self) -> Value {
-        self.expect("data").await["data"].clone()
-    }
-
-    /// Pushes `value` on `idf` until the push succeeds (the IDF is connected).
-    pub async fn push(&mut self, idf: &str, value: Value) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            self.send(&format!("push {idf} {value}")).await;
-            if self.expect("pushed").await["ok"] == true {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "IDF {idf} never connected"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The next event named `name` (others are skipped); panics on an `error` event.
-    pub async fn expect(&mut self, name: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(v)) if v["event"] == name => return v,
-                Ok(Some(v)) if v["event"] == "error" && name != "error" => panic!("DA error: {v}"),
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("DA exited while waiting for {name}"),
-                Err(_) => panic!("timed out waiting for DA event {name}"),
-            }
-        }
-    }
-
-    /// Every event up to and including the first one named `name`.
-    pub async fn events_until(&mut self, name: &str) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(v)) => {
-                    let done = v["event"] == name;
-                    seen.push(v);
-                    if done {
-                        return seen;
-                    }
-                }
-                Ok(None) => panic!("DA exited while waiting for {name}; saw {seen:?}"),
-                Err(_) => panic!("timed out waiting for DA event {name}; saw {seen:?}"),
-            }
-        }
-    }
-
-    pub async fn send(&mut self, cmd: &str) {
-        self.stdin
-            .write_all(format!("{cmd}\n").as_bytes())
-            .await
-            .expect("write to DA");
-        self.stdin.flush().await.expect("flush");
-    }
-
-    /// Deregisters as the SDK does on Ctrl-C (offline, then DELETE) and waits for the exit.
-    pub async fn deregister(mut self) {
-        self.send("deregister").await;
-        self.expect("deregistered").await;
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
-    }
-
-    /// Exits without deregistering.
-    pub async fn exit(mut self) {
-        self.send("exit").await;
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
-    }
-}
-
-impl Drop for PyDa {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-            eprintln!("---- iottalk-py DA {} log ----\n{text}", self.id);
-        }
-    }
-}
-
-/// A graph API client for one graph: the shared [`iot_client::GraphClient`] under a fresh
-/// client name, with the assertions tests make on replies.
-#[derive(Debug)]
-pub struct GraphClient {
-    pub api: iot_client::GraphClient,
-    pub gid: String,
-}
-
-impl GraphClient {
-    /// A client of a fresh name for graph `gid` (not attached yet).
-    pub async fn new(app: &App, gid: &str) -> GraphClient {
-        let (host, port) = app.mqtt.rsplit_once(':').expect("host:port");
-        let mut opts = iot_client::GraphClientOptions::new(
-            host,
-            port.parse().expect("port"),
-            format!("t{}", &new_id()[..8]),
-        );
-        opts.reply_timeout = WAIT;
-        opts.connect_timeout = WAIT;
-        let api = iot_client::GraphClient::connect(opts)
-            .await
-            .expect("graph API client connects");
-        GraphClient {
-            api,
-            gid: gid.to_owned(),
-        }
-    }
-
-    /// A fresh graph, attached.
-    pub async fn attached(app: &App) -> GraphClient {
-        let mut g = Self::new(app, &new_id()).await;
-        g.ok(json!({"op": "attach"})).await;
-        g
-    }
-
-    /// The `<client>` level of this client's topics.
-    pub fn client(&self) -> &str {
-        self.api.name()
-    }
-
-    /// Sends a request and returns its reply (any state).
-    pub async fn send(&mut self, req: Value) -> Value {
-        let Value::Object(body) = req.clone() else {
-            panic!("a request is a JSON object: {req}");
-        };
-        let reply = self
-            .api
-            .send(&self.gid, body)
-            .await
-            .unwrap_or_else(|e| panic!("request {req}: {e}"));
-        Value::Object(reply.fields)
-    }
-
-    /// Sends a request that must succeed.
-    pub async fn ok(&mut self, req: Value) -> Value {
-        let r = self.send(req.clone()).await;
-        assert_eq!(r["state"], "ok", "request {req} failed: {r}");
-        r
-    }
-
-    /// Sends a request that must fail; returns the reason.
-    pub async fn err(&mut self, req: Value) -> String {
-        let r = self.send(req.clone()).await;
-        assert_eq!(r["state"], "error", "request {req} should fail: {r}");
-        r["reason"].as_str().unwrap_or_default().to_owned()
-    }
-
-    /// Adds functions (digests computed by the client).
-    pub async fn add_funcs(&mut self, codes: &[&str]) {
-        let op = GraphOp::add_funcs(codes.iter().copied());
-        let ok = self
-            .api
-            .request(&self.gid, op)
-            .await
-            .unwrap_or_else(|e| panic!("add_funcs: {e}"));
-        let digests: Vec<String> = codes.iter().map(|c| digest(c)).collect();
-        assert_eq!(ok, GraphOk::Digests(digests));
-    }
-
-    /// Links a DA's feature (`side` is `idf` or `odf`) with no function.
-    pub async fn link(&mut self, da: &str, side: &str, feature: &str) {
-        let mut body = json!({"op": "add_link", "da_id": da, "func": null});
-        body[side] = json!(feature);
-        self.ok(body).await;
-    }
-}
-
-pub use iot_proto::wire::graph_api::digest;

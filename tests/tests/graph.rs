@@ -100,10 +100,15 @@ impl Drop for Dai {
     }
 }
 
+/// Publishes with `mosquitto_pub`, as the admin when authentication is on.
 async fn mosquitto_pub(app: &App, topic: &str, msg: &str) {
     let (host, port) = app.mqtt.rsplit_once(':').unwrap();
-    let out = tokio::process::Command::new("mosquitto_pub")
-        .args(["-h", host, "-p", port, "-q", "2", "-t", topic, "-m", msg])
+    let mut cmd = tokio::process::Command::new("mosquitto_pub");
+    cmd.args(["-h", host, "-p", port, "-q", "2", "-t", topic, "-m", msg]);
+    if let Some((user, password)) = app.admin() {
+        cmd.args(["-u", user, "-P", password]);
+    }
+    let out = cmd
         .output()
         .await
         .expect("mosquitto_pub (apt-get install mosquitto-clients)");
@@ -196,8 +201,8 @@ def Dummy_Sensor():
     return n
 ";
 
-async fn walkthrough(idf_code: &str, join_code: &str) {
-    let app = App::spawn().await;
+async fn walkthrough(opts: AppOptions, idf_code: &str, join_code: &str) {
+    let app = App::start(opts).await;
     let dir = tempfile::tempdir().unwrap();
     let (idf_id, odf_id) = (new_id(), new_id());
     let flag = dir.path().join("go");
@@ -224,6 +229,26 @@ async fn walkthrough(idf_code: &str, join_code: &str) {
     let mut odf = Dai::spawn(&dir.path().join("sa_odf.py"));
     let mut idf = Dai::spawn(&dir.path().join("sa_idf.py"));
     app.wait_online(2).await;
+
+    if app.admin().is_some() {
+        // Without credentials, nobody reaches the graph API.
+        let (host, port) = app.mqtt.rsplit_once(':').unwrap();
+        let out = tokio::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-t",
+                "iottalk/api/req/gui/graph/1",
+                "-m",
+                "{}",
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "anonymous mosquitto_pub accepted");
+    }
 
     // Replies are read by a subscriber; the requests go out with mosquitto_pub -q 2.
     let mut res = app.mqtt(None).await;
@@ -280,12 +305,35 @@ async fn walkthrough(idf_code: &str, join_code: &str) {
 
 #[tokio::test]
 async fn spec_walkthrough_with_python_functions() {
-    walkthrough("def run(x): return int(x)\n", "def run(x): return x ** 2\n").await;
+    walkthrough(
+        AppOptions::default(),
+        "def run(x): return int(x)\n",
+        "def run(x): return x ** 2\n",
+    )
+    .await;
+}
+
+/// The same walkthrough with authentication on: the graph ops are published by an admin user
+/// (`mosquitto_pub -u -P`), the unmodified iottalk-py DAs connect with the credentials of
+/// their registration replies; a client without credentials is refused.
+#[tokio::test]
+async fn spec_walkthrough_with_auth_on() {
+    let opts = AppOptions {
+        auth: true,
+        ..AppOptions::default()
+    };
+    walkthrough(
+        opts,
+        "def run(x): return int(x)\n",
+        "def run(x): return x ** 2\n",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn spec_walkthrough_with_rhai_functions() {
     walkthrough(
+        AppOptions::default(),
         "fn run(x) { if type_of(x) == \"f64\" { x.to_int() } else { x } }\n",
         "fn run(x) { x * x }\n",
     )

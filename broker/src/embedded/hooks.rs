@@ -114,7 +114,10 @@ impl Handler for AuthHook {
                     AuthResult::BadUsernameOrPassword
                 }
             }
-            None => AuthResult::NotAuthorized,
+            None => {
+                self.auth.refused_anonymous();
+                AuthResult::NotAuthorized
+            }
         };
         (false, Some(HookResult::AuthResult(result)))
     }

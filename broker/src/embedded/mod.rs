@@ -48,6 +48,9 @@ const HOST_CLIENT_ID: &str = "iotctl";
 /// before the first client connects.
 pub trait Authenticator: Send + Sync + fmt::Debug {
     fn check(&self, username: &str, password: &[u8]) -> bool;
+
+    /// A CONNECT without a username was refused (anonymous clients not allowed): for counting.
+    fn refused_anonymous(&self) {}
 }
 
 /// The embedded broker. A cheap handle: clones share one server.

@@ -327,6 +327,29 @@ impl Registry {
     }
 
     /// `DELETE /{id}` with the DA's rev.
+    /// A re-registration of a DA that is online must come from that DA: it proves it with
+    /// `password`, the broker password of its current registration. Registering a new id, or
+    /// an offline one (a device restarting), needs nothing.
+    pub fn check_takeover(&self, id: &DaId, password: Option<&[u8]>) -> Result<(), CsmError> {
+        let Some(da) = self.das.get(id) else {
+            return Ok(());
+        };
+        if da.presence != PresenceState::Online {
+            return Ok(());
+        }
+        match (password, da.password_sha256) {
+            (Some(p), Some(want)) => {
+                let got: [u8; 32] = Sha256::digest(p).into();
+                if bool::from(subtle::ConstantTimeEq::ct_eq(&got[..], &want[..])) {
+                    Ok(())
+                } else {
+                    Err(CsmError::Online)
+                }
+            }
+            _ => Err(CsmError::Online),
+        }
+    }
+
     pub fn deregister(
         &mut self,
         id: &DaId,

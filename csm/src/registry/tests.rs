@@ -470,3 +470,40 @@ fn an_odf_whose_da_never_replies_to_connect_opens_after_the_wait() {
     assert!(gates(&fx).is_empty());
     assert_eq!(st.unacked_links(), 0);
 }
+
+#[test]
+fn an_online_da_is_re_registered_only_with_its_password() {
+    let mut st = Registry::new(RegistryConfig { credentials: true });
+    let reg = st.register(id(1), req(None), 1.0, &mut Vec::new()).unwrap();
+    let password = reg.password.clone().unwrap();
+    // Registered but not online yet: anyone may re-register (a device restarting).
+    st.check_takeover(&id(1), None).unwrap();
+    st.check_takeover(&id(2), None).unwrap();
+    let topic = topics::ctrl_i(&id(1));
+    let mut fx = Vec::new();
+    st.uplink(
+        &topic,
+        &presence(&reg.record.rev, "online"),
+        false,
+        1.0,
+        &mut fx,
+    );
+    assert!(matches!(
+        st.check_takeover(&id(1), None),
+        Err(CsmError::Online)
+    ));
+    assert!(matches!(
+        st.check_takeover(&id(1), Some(b"guess")),
+        Err(CsmError::Online)
+    ));
+    st.check_takeover(&id(1), Some(password.as_bytes()))
+        .unwrap();
+    st.uplink(
+        &topic,
+        &presence(&reg.record.rev, "offline"),
+        false,
+        1.0,
+        &mut fx,
+    );
+    st.check_takeover(&id(1), None).unwrap();
+}

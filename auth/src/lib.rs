@@ -1,0 +1,19 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![doc = include_str!("../README.md")]
+//!
+//! Layout:
+//! - [`password`]: Argon2id hashing and verification, generated passwords, user-name rules.
+//! - [`users`]: [`Users`], the users in memory, reloaded from the database.
+//! - [`gate`]: [`Gate`], the broker's CONNECT check (users, then DAs).
+//! - [`basic`]: HTTP Basic credentials.
+//! - [`refusals`]: [`Refusals`], counters by reason.
+
+pub mod basic;
+pub mod gate;
+pub mod password;
+pub mod refusals;
+pub mod users;
+
+pub use gate::Gate;
+pub use refusals::{Refusal, Refusals};
+pub use users::Users;
