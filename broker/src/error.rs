@@ -56,6 +56,13 @@ pub enum BrokerError {
         key: &'static str,
         limit: usize,
     },
+    /// A host publish on a topic deeper than the broker accepts.
+    #[error("topic of {levels} levels does not fit `{key}` = {limit}")]
+    TopicLevels {
+        levels: usize,
+        key: &'static str,
+        limit: usize,
+    },
     /// The embedded broker could not route a host publish.
     #[error("publishing to `{topic}` failed: {reason}")]
     Publish { topic: String, reason: String },

@@ -19,6 +19,9 @@ pub mod topics;
 pub mod url;
 pub mod wire;
 
+#[cfg(test)]
+mod proptests;
+
 pub use ids::{DaId, FeatureName, IdError, MsgId, Rev};
 pub use qos::QoS;
 pub use wire::WireError;

@@ -18,6 +18,8 @@ const MAX_PAYLOAD_BYTES: usize = 256 * 1024 * 1024;
 /// Smallest `max_inflight`: a paho client sends up to 20 QoS 2 messages without waiting, and
 /// rmqtt disconnects a client that overflows the window (logged only at debug).
 const MIN_INFLIGHT: u16 = 64;
+/// Largest `max_topic_levels`: a topic is at most 65,535 bytes, so at most 32,768 levels.
+const MAX_TOPIC_LEVELS: usize = 32_768;
 
 /// Settings of the embedded broker (`[broker]` in the controller's config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +41,9 @@ pub struct EmbeddedConfig {
     pub allow_anonymous: bool,
     /// How long a client publish waits for a full host subscription before it is dropped.
     pub host_send_timeout_ms: u64,
+    /// Most levels (`a/b/c` has 3) of a topic filter a client may subscribe to (SUBACK failure
+    /// for deeper ones) or of a topic it may publish on (deeper publishes are dropped, counted).
+    pub max_topic_levels: usize,
 }
 
 impl Default for EmbeddedConfig {
@@ -52,6 +57,7 @@ impl Default for EmbeddedConfig {
             max_mqueue_len: 1000,
             allow_anonymous: true,
             host_send_timeout_ms: 1000,
+            max_topic_levels: 128,
         }
     }
 }
@@ -63,6 +69,7 @@ pub(super) struct Checked {
     pub ws_listen: Option<SocketAddr>,
     pub max_packet_bytes: u32,
     pub inflight: NonZeroU16,
+    pub max_topic_levels: usize,
 }
 
 impl EmbeddedConfig {
@@ -84,7 +91,20 @@ impl EmbeddedConfig {
             ws_listen,
             max_packet_bytes: self.max_packet_bytes()?,
             inflight: self.inflight()?,
+            max_topic_levels: self.topic_levels()?,
         })
+    }
+
+    pub(super) fn topic_levels(&self) -> Result<usize, BrokerError> {
+        Some(self.max_topic_levels)
+            .filter(|n| (1..=MAX_TOPIC_LEVELS).contains(n))
+            .ok_or(BrokerError::OutOfRange {
+                key: "broker.max_topic_levels",
+                value: self.max_topic_levels as u64,
+                min: 1,
+                max: MAX_TOPIC_LEVELS as u64,
+                why: " (a topic of thousands of levels could exhaust the broker's stack)",
+            })
     }
 
     /// The listener's packet limit: `max_payload_bytes` plus room for the header.
@@ -163,6 +183,16 @@ mod tests {
             text.contains("broker.ws_listen") && text.contains("localhost"),
             "{text}"
         );
+        for levels in [0, MAX_TOPIC_LEVELS + 1] {
+            let text = check(EmbeddedConfig {
+                max_topic_levels: levels,
+                ..EmbeddedConfig::default()
+            });
+            assert!(
+                text.contains("`broker.max_topic_levels`") && text.contains("between 1 and 32768"),
+                "{text}"
+            );
+        }
         let off = EmbeddedConfig {
             ws_listen: String::new(),
             ..EmbeddedConfig::default()

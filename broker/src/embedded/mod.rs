@@ -7,10 +7,12 @@
 //! fed by a `MessagePublish` hook through [`LocalRouter`]. Not here: ACLs, TLS, clustering.
 //!
 //! Layout: this file (the server and [`Broker`] for it), [`config`] ([`EmbeddedConfig`] and its
-//! validation), `hooks` (host subscriptions, drop counting, authentication).
+//! validation), `hooks` (host subscriptions, drop counting, authentication), `limits` (the
+//! topic-level limit on publishes and wills).
 
 pub mod config;
 mod hooks;
+mod limits;
 
 pub use config::EmbeddedConfig;
 
@@ -64,6 +66,7 @@ struct Inner {
     local: LocalRouter,
     dropped: Arc<AtomicU64>,
     max_payload_bytes: usize,
+    max_topic_levels: usize,
     mqtt_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
     host: From,
@@ -93,6 +96,8 @@ impl EmbeddedBroker {
             .max_mqueue_len(cfg.max_mqueue_len)
             .allow_anonymous(cfg.allow_anonymous)
             .allow_zero_keepalive(true)
+            // Deeper SUBSCRIBE filters get SUBACK failure; publishes are checked in `limits`.
+            .max_topic_levels(checked.max_topic_levels)
             // rmqtt gives a message without a Message Expiry Interval one of 5 min: it dropped
             // QoS 1/2 messages queued for an offline persistent session after 5 min and added
             // `MessageExpiryInterval: 300` to every PUBLISH sent to an MQTT 5 client. Zero means
@@ -148,6 +153,7 @@ impl EmbeddedBroker {
         // The listeners are bound, but no connection is accepted before `server.run()` below:
         // the authenticator is in place for the very first CONNECT.
         hooks::register_hooks(&scx, &local, &dropped, auth).await;
+        limits::register(&scx, checked.max_topic_levels).await;
 
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, mqtt_addr.port());
         let mut ws_addr = None;
@@ -171,6 +177,7 @@ impl EmbeddedBroker {
                 local,
                 dropped,
                 max_payload_bytes: cfg.max_payload_bytes,
+                max_topic_levels: checked.max_topic_levels,
                 mqtt_addr,
                 ws_addr,
                 host,
@@ -296,6 +303,13 @@ impl Broker for EmbeddedBroker {
                 bytes: msg.payload.len(),
                 key: "broker.max_payload_bytes",
                 limit: self.inner.max_payload_bytes,
+            });
+        }
+        if limits::levels(&msg.topic) > self.inner.max_topic_levels {
+            return Err(BrokerError::TopicLevels {
+                levels: limits::levels(&msg.topic),
+                key: "broker.max_topic_levels",
+                limit: self.inner.max_topic_levels,
             });
         }
         let scx = &self.inner.scx;

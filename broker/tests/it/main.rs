@@ -3,6 +3,7 @@
 //! 127.0.0.1:1883 on this machine. Tests wait on conditions with timeouts, never on fixed sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deep_topics;
 mod embedded;
 mod external;
 mod raw;

@@ -1,0 +1,91 @@
+//! The topic-level limit of the embedded broker (`broker.max_topic_levels`) for what rmqtt does
+//! not check itself: rmqtt refuses deeper SUBSCRIBE filters (its listener setting, SUBACK
+//! failure 0x80 for that filter only), but neither PUBLISH topics nor wills. A topic of
+//! thousands of levels, retained or matched against a deep filter, overflows the stack of
+//! rmqtt's recursive topic tries and aborts the whole process.
+//!
+//! Registered by `hooks::register_hooks`' caller before the server accepts connections, at a
+//! priority above every other handler so a refused publish reaches no host subscription.
+//! Not here: topic syntax (rmqtt's codec) and ACLs.
+
+use async_trait::async_trait;
+use rmqtt::codec::v5::PublishAckReason;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, Priority, ReturnType, Type};
+use rmqtt::types::{FromType, PublishAclResult, PublishResult};
+
+/// Above the default priority (0) of our other handlers and of rmqtt's plugins.
+const PRIORITY: Priority = 1000;
+
+/// Number of levels of an MQTT topic or filter: one more than its `/` count.
+pub(crate) fn levels(topic: &str) -> usize {
+    topic.bytes().filter(|b| *b == b'/').count() + 1
+}
+
+/// Registers the publish checks for `max_levels` (the validated `broker.max_topic_levels`).
+pub(super) async fn register(scx: &ServerContext, max_levels: usize) {
+    let register = scx.extends.hook_mgr().register();
+    let check = TopicLevels { max_levels };
+    register
+        .add_priority(Type::MessagePublish, PRIORITY, Box::new(check))
+        .await;
+    register
+        .add_priority(Type::MessagePublishCheckAcl, PRIORITY, Box::new(check))
+        .await;
+    register.start().await;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TopicLevels {
+    max_levels: usize,
+}
+
+#[async_trait]
+impl Handler for TopicLevels {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        match param {
+            // First of the publish hooks: a deep topic goes no further (host subscriptions
+            // never see it). A client's publish is then refused by the ACL step below; a will
+            // skips that step, so it loses its retain flag here (routing a deep topic is safe,
+            // storing it in the retainer's trie is not).
+            Parameter::MessagePublish(_, from, p) if levels(&p.topic) > self.max_levels => {
+                if matches!(from.typ(), FromType::LastWill) && p.retain {
+                    tracing::debug!(client.id = %from.client_id, "will with too many topic levels: not retained");
+                    let mut p = (*p).clone();
+                    p.inner.retain = false;
+                    return (false, Some(HookResult::Publish(p)));
+                }
+                (false, acc)
+            }
+            // Refused without disconnecting: dropped (and counted by the MessageDropped hook);
+            // an MQTT 5 client gets reason 0x90 (topic name invalid) on its PUBACK/PUBREC.
+            Parameter::MessagePublishCheckAcl(s, p) if levels(&p.topic) > self.max_levels => {
+                tracing::debug!(client.id = %s.id.client_id, levels = levels(&p.topic), "publish with too many topic levels refused");
+                let refused = PublishResult::reason_code(
+                    PublishAckReason::TopicNameInvalid,
+                    Some("too many topic levels".into()),
+                    false,
+                );
+                (
+                    false,
+                    Some(HookResult::PublishAclResult(PublishAclResult(refused))),
+                )
+            }
+            _ => (true, acc),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::levels;
+
+    #[test]
+    fn levels_count_slashes() {
+        assert_eq!(levels("a"), 1);
+        assert_eq!(levels(""), 1);
+        assert_eq!(levels("a/b"), 2);
+        assert_eq!(levels("/"), 2);
+        assert_eq!(levels(&vec!["a"; 10_000].join("/")), 10_000);
+    }
+}
