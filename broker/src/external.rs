@@ -483,6 +483,7 @@ impl Broker for ExternalBroker {
             sessions: 0,
             dropped: 0,
             host_dropped: self.inner.local.host_dropped(),
+            ..BrokerStats::default()
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`embedded`]: rmqtt in-process, with TCP and WebSocket listeners; [`EmbeddedConfig`]
 //!   and its validation.
 //! - [`external`]: a connection to another broker (Mosquitto, ...) over rumqttc.
+//! - [`acl`]: [`TopicAcl`], the per-client topic rules the embedded broker enforces.
 //! - [`local`]: the in-process fan-out of messages to host subscriptions, shared by both.
 //! - [`url`]: `mqtt://host:port` parsed once into an [`MqttUrl`].
 //! - [`error`]: [`BrokerError`], one variant per failure.
@@ -19,13 +20,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub mod acl;
 pub mod embedded;
 pub mod error;
 pub mod external;
 pub mod local;
 mod locks;
 
-pub use embedded::{Authenticator, EmbeddedBroker, EmbeddedConfig};
+pub use acl::{ClientRef, TopicAcl};
+pub use embedded::{Authenticator, EmbeddedBroker, EmbeddedConfig, Security};
 pub use error::BrokerError;
 pub use external::{ExternalBroker, ExternalConfig};
 pub use iot_proto::url::{self, MqttUrl, UrlError};
@@ -66,6 +69,10 @@ pub struct BrokerStats {
     pub dropped: u64,
     /// Messages not handed to a host subscription because its channel stayed full.
     pub host_dropped: u64,
+    /// PUBLISHes (wills included) refused by the topic ACL (embedded only).
+    pub acl_denied_publish: u64,
+    /// SUBSCRIBE filters refused by the topic ACL (embedded only).
+    pub acl_denied_subscribe: u64,
 }
 
 /// A host subscription: a bounded stream of the messages matching one filter.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::time::{delay_queue, DelayQueue};
 use zeroize::Zeroizing;
 
+use crate::acl::DaGrants;
 use crate::checks::Checks;
 use crate::coordinator::Coordinator;
 use crate::credentials::Credentials;
@@ -121,6 +122,8 @@ pub(crate) struct Actor {
     pub broker: BrokerHandle,
     pub store: Store,
     pub credentials: Credentials,
+    /// The data topics each DA may use, for the topic ACL: kept in step with its links.
+    pub grants: DaGrants,
     pub counters: Arc<Counters>,
     /// `None` disables expiry.
     pub offline_expiry: Option<Duration>,
@@ -339,6 +342,11 @@ impl Actor {
         for e in fx {
             match e {
                 Effect::Publish(msg) => {
+                    // A control message (CONNECT, DISCONNECT) changes what the DA may use:
+                    // its grants follow before it reads the message.
+                    if let Some(id) = ctrl_o_da(&msg.topic) {
+                        self.grants.refresh(&self.state.registry, &id);
+                    }
                     if let Err(e) = self.broker.publish(msg).await {
                         tracing::warn!(error = %e, "publish failed");
                     }
@@ -371,12 +379,20 @@ impl Actor {
                     username,
                     password_sha256,
                 } => {
+                    if let Ok(id) = username.parse::<DaId>() {
+                        self.grants.refresh(&self.state.registry, &id);
+                    }
                     self.credentials.set(username, password_sha256);
                 }
             }
         }
         persisted
     }
+}
+
+/// The DA a control message on `<id>/ctrl/o` is for.
+fn ctrl_o_da(topic: &str) -> Option<DaId> {
+    topic.strip_suffix("/ctrl/o")?.parse().ok()
 }
 
 /// A receiver that is already resolved (nothing needed storing).

@@ -15,10 +15,12 @@
 //!   [`plan`]; never touches the state.
 //! - [`funcs`]: Rhai in-process, Python in worker processes.
 //! - [`effect`], [`plan`]: what the state machines hand to the actor and to the engine.
+//! - [`acl`]: the topic ACL (who may publish and subscribe where) and the DAs' link grants.
 //! - [`store`]: the database writer thread. [`credentials`]: per-DA broker credentials.
 //!   [`rate`]: the per-address registration rate limit.
 //!   [`metrics`]: `/metrics` and `/varz`. [`error`]: the error types and their HTTP mapping.
 
+pub mod acl;
 pub mod actor;
 pub mod checks;
 pub mod coordinator;
@@ -226,6 +228,9 @@ pub struct Wiring {
     pub users: Option<Users>,
     /// Refusal counters, shared with the broker's CONNECT gate.
     pub refusals: Refusals,
+    /// The DAs' data-topic grants the broker's topic ACL reads; the CSM keeps them in step
+    /// with the links (an unshared default when no ACL is enforced).
+    pub grants: acl::DaGrants,
 }
 
 /// Starts the CSM: loads registrations, functions and graphs from the database (migrating it
@@ -246,6 +251,7 @@ pub async fn start(
         credentials,
         users,
         refusals,
+        grants,
     } = wiring;
     let limiter = match cfg.registration_rate.trim() {
         "" => None,
@@ -273,6 +279,7 @@ pub async fn start(
         funcs.into_iter().map(|f| (f.digest, f.code)).collect(),
         graphs.into_iter().map(|g| (g.gid, g.doc)).collect(),
     )?;
+    grants.rebuild(&state.registry);
     tracing::info!(
         das.restored = state.registry.len(),
         graphs.restored = state.graphs.len(),
@@ -319,6 +326,7 @@ pub async fn start(
         broker,
         store: store::Store::spawn(db),
         credentials,
+        grants,
         counters,
         offline_expiry: (cfg.offline_expiry_seconds > 0)
             .then(|| Duration::from_secs(cfg.offline_expiry_seconds)),

@@ -136,6 +136,19 @@ pub async fn collect(h: &CsmHandle) -> Result<Vec<Sample>, crate::CsmError> {
         x.labels.push(("reason", reason.into()));
         out.push(x);
     }
+    for (action, n) in [
+        ("publish", b.acl_denied_publish),
+        ("subscribe", b.acl_denied_subscribe),
+    ] {
+        let mut x = sample(
+            "acl_denied_total",
+            "PUBLISHes (wills included) and SUBSCRIBE filters refused by the topic ACL.",
+            Counter,
+            n as f64,
+        );
+        x.labels.push(("action", action.into()));
+        out.push(x);
+    }
     for (why, n) in h.refusals.snapshot() {
         let mut x = sample(
             "auth_refused_total",

@@ -3,10 +3,11 @@
 //!
 //! Layout: [`config`] (typed settings), [`run`] (initdb, start: one `start_*` per component,
 //! wiring them, signals), [`runfile`] (the pidfile and the state file), [`service`] (stop,
-//! status), [`user_cmd`] (`iotctl user`), [`exposure`] (the public-bind check of `start`),
+//! status), [`user_cmd`] (`iotctl user`), [`acl_cmd`] (`iotctl acl export`), [`exposure`] (the public-bind check of `start`),
 //! [`shell`] (interactive console), [`bench_cmd`] (the flags of `iotctl bench` and
 //! where the controller is; the load tests themselves are the `iot-bench` crate).
 
+mod acl_cmd;
 mod bench_cmd;
 mod config;
 mod exposure;
@@ -72,6 +73,11 @@ enum Command {
         /// An admin user, when authentication is on (its password from IOTCTL_PASSWORD).
         #[arg(long, env = "IOTCTL_USER")]
         user: Option<String>,
+    },
+    /// The topic ACL for an external broker (see docs/security.md).
+    Acl {
+        #[command(subcommand)]
+        command: acl_cmd::AclCommand,
     },
     /// Manage controller users (admin and app roles; see docs/security.md).
     User {
@@ -165,6 +171,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 service::status(&cfg, json, login.as_ref()).await
             }
             Command::User { command } => user_cmd::run(&cfg, command).await,
+            Command::Acl { command } => acl_cmd::run(&cfg, command).await,
             Command::Shell => shell::run(&cfg).await.map(|()| ExitCode::SUCCESS),
             Command::Bench { command } => bench_cmd::run(&cfg, command).await,
         }

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use iot_auth::{Gate, Refusals, Users};
 use iot_broker::{
-    Authenticator, BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl,
+    Authenticator, BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl, Security,
 };
+use iot_csm::acl::{ControllerAcl, DaGrants};
 use iot_csm::Credentials;
 use iot_migrations::Db;
 use iot_proto::wire::BrokerUrl;
@@ -102,22 +103,33 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
     } else {
         None
     };
-    let auth = match &users {
-        Some(users) => Some(Arc::new(Gate {
-            users: users.clone(),
-            das: Arc::new(credentials.clone()),
-            refusals: refusals.clone(),
-        }) as Arc<dyn Authenticator>),
-        None => (runs_csm && cfg.csm.da_credentials)
-            .then(|| Arc::new(credentials.clone()) as Arc<dyn Authenticator>),
+    let grants = DaGrants::default();
+    let security = match &users {
+        Some(users) => Security {
+            auth: Some(Arc::new(Gate {
+                users: users.clone(),
+                das: Arc::new(credentials.clone()),
+                refusals: refusals.clone(),
+            })),
+            acl: Some(Arc::new(ControllerAcl {
+                roles: Arc::new(users.clone()),
+                grants: grants.clone(),
+            })),
+        },
+        None => Security {
+            auth: (runs_csm && cfg.csm.da_credentials)
+                .then(|| Arc::new(credentials.clone()) as Arc<dyn Authenticator>),
+            acl: None,
+        },
     };
 
-    let broker = start_broker(cfg, component, auth, &shutdown, &mut running).await?;
+    let broker = start_broker(cfg, component, security, &shutdown, &mut running).await?;
     if runs_csm {
         let access = Access {
             credentials,
             users,
             refusals,
+            grants,
         };
         start_csm(cfg, &broker, access, &shutdown, &mut running).await?;
     }
@@ -152,7 +164,7 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
 async fn start_broker(
     cfg: &Config,
     component: Component,
-    auth: Option<Arc<dyn Authenticator>>,
+    security: Security,
     shutdown: &CancellationToken,
     running: &mut Running,
 ) -> Result<BrokerSide> {
@@ -164,7 +176,8 @@ async fn start_broker(
             // Authentication on: every client names itself.
             embedded_cfg.allow_anonymous = false;
         }
-        let (b, task) = EmbeddedBroker::start(&embedded_cfg, auth, shutdown.clone()).await?;
+        let (b, task) =
+            EmbeddedBroker::start_secured(&embedded_cfg, security, shutdown.clone()).await?;
         running.tasks.push(task);
         let (mqtt, ws) = (b.mqtt_addr(), b.ws_addr());
         let state = &mut running.state;
@@ -214,6 +227,8 @@ struct Access {
     /// The controller users, when authentication is on.
     users: Option<Users>,
     refusals: Refusals,
+    /// The DAs' data-topic grants the topic ACL reads, kept by the CSM.
+    grants: DaGrants,
 }
 
 /// The CSM: its HTTP listener, database and routing, on `broker`; fills the DA credentials
@@ -252,6 +267,7 @@ async fn start_csm(
         credentials: access.credentials,
         users: access.users,
         refusals: access.refusals,
+        grants: access.grants,
     };
     let (_csm, task) = iot_csm::start(&csm_cfg, &cfg.functions, wiring, shutdown.clone()).await?;
     running.tasks.push(task);

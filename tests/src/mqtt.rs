@@ -64,7 +64,7 @@ impl Received {
 pub struct Mqtt {
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Received>,
-    subacks: mpsc::UnboundedReceiver<()>,
+    subacks: mpsc::UnboundedReceiver<Vec<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -116,8 +116,13 @@ impl Mqtt {
                             qos: p.qos,
                         });
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = stx.send(());
+                    Ok(Event::Incoming(Packet::SubAck(a))) => {
+                        let granted = a
+                            .return_codes
+                            .iter()
+                            .map(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)))
+                            .collect::<Vec<bool>>();
+                        let _ = stx.send(granted);
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         up = true;
@@ -153,13 +158,22 @@ impl Mqtt {
         }
     }
 
-    /// Subscribes and waits for the SUBACK.
+    /// Subscribes and waits for the SUBACK; panics if the broker refused the filter.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.client.subscribe(filter, qos).await.expect("subscribe");
+        let granted = self.subscribe_many(&[filter], qos).await;
+        assert_eq!(granted, [true], "SUBSCRIBE {filter} refused");
+    }
+
+    /// Subscribes to `filters` in one SUBSCRIBE; returns whether each was granted.
+    pub async fn subscribe_many(&mut self, filters: &[&str], qos: QoS) -> Vec<bool> {
+        let subs = filters
+            .iter()
+            .map(|f| rumqttc::SubscribeFilter::new((*f).to_owned(), qos));
+        self.client.subscribe_many(subs).await.expect("subscribe");
         tokio::time::timeout(WAIT, self.subacks.recv())
             .await
             .expect("SUBACK in time")
-            .expect("the connection is up (see the test MQTT client's message above)");
+            .expect("the connection is up (see the test MQTT client's message above)")
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, qos: QoS, retain: bool) {

@@ -4,12 +4,14 @@
 //! settings ordinary clients need (see the crate README for each one and why), registers the
 //! retainer and shared-subscription plugins and our hooks, and runs until the shutdown token is
 //! cancelled. Host publishes enter rmqtt like its HTTP API's publishes do; host subscriptions are
-//! fed by a `MessagePublish` hook through [`LocalRouter`]. Not here: ACLs, TLS, clustering.
+//! fed by a `MessagePublish` hook through [`LocalRouter`]. Not here: the ACL rules themselves
+//! (a [`TopicAcl`] given in [`Security`]), TLS, clustering.
 //!
 //! Layout: this file (the server and [`Broker`] for it), [`config`] ([`EmbeddedConfig`] and its
 //! validation), `hooks` (host subscriptions, drop counting, authentication), `limits` (the
-//! topic-level limit on publishes and wills).
+//! topic-level limit on publishes and wills), `acl_hooks` (the [`TopicAcl`] enforced).
 
+mod acl_hooks;
 pub mod config;
 mod hooks;
 mod limits;
@@ -33,6 +35,7 @@ use rmqtt::types::{ClientId, CodecPublish, From, Id, Publish, TopicFilter, Topic
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::acl::TopicAcl;
 use crate::local::{valid_topic, LocalRouter};
 use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
 
@@ -55,6 +58,16 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
     fn refused_anonymous(&self) {}
 }
 
+/// Who may connect and what they may do, enforced from the first connection on.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Checks every CONNECT with a username (see [`Authenticator`]); `None`: any accepted.
+    pub auth: Option<Arc<dyn Authenticator>>,
+    /// Checks every client PUBLISH, SUBSCRIBE filter and will (see [`TopicAcl`]); `None`: all
+    /// allowed.
+    pub acl: Option<Arc<dyn TopicAcl>>,
+}
+
 /// The embedded broker. A cheap handle: clones share one server.
 #[derive(Clone)]
 pub struct EmbeddedBroker {
@@ -65,6 +78,7 @@ struct Inner {
     scx: ServerContext,
     local: LocalRouter,
     dropped: Arc<AtomicU64>,
+    acl_denied: Arc<acl_hooks::AclCounts>,
     max_payload_bytes: usize,
     max_topic_levels: usize,
     mqtt_addr: SocketAddr,
@@ -85,6 +99,17 @@ impl EmbeddedBroker {
         auth: Option<Arc<dyn Authenticator>>,
         shutdown: CancellationToken,
     ) -> Result<(EmbeddedBroker, JoinHandle<()>), BrokerError> {
+        Self::start_secured(cfg, Security { auth, acl: None }, shutdown).await
+    }
+
+    /// [`start`](Self::start) with a topic ACL as well as an authenticator, both in place
+    /// before the first client connects.
+    pub async fn start_secured(
+        cfg: &EmbeddedConfig,
+        security: Security,
+        shutdown: CancellationToken,
+    ) -> Result<(EmbeddedBroker, JoinHandle<()>), BrokerError> {
+        let Security { auth, acl } = security;
         let checked = cfg.checked()?;
 
         let builder = Builder::new()
@@ -154,6 +179,10 @@ impl EmbeddedBroker {
         // the authenticator is in place for the very first CONNECT.
         hooks::register_hooks(&scx, &local, &dropped, auth).await;
         limits::register(&scx, checked.max_topic_levels).await;
+        let acl_denied = Arc::new(acl_hooks::AclCounts::default());
+        if let Some(acl) = acl {
+            acl_hooks::register(&scx, acl, acl_denied.clone()).await;
+        }
 
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, mqtt_addr.port());
         let mut ws_addr = None;
@@ -176,6 +205,7 @@ impl EmbeddedBroker {
                 scx: scx.clone(),
                 local,
                 dropped,
+                acl_denied,
                 max_payload_bytes: cfg.max_payload_bytes,
                 max_topic_levels: checked.max_topic_levels,
                 mqtt_addr,
@@ -382,6 +412,8 @@ impl Broker for EmbeddedBroker {
             sessions: u64::try_from(self.inner.scx.connections.count()).unwrap_or(0),
             dropped: self.inner.dropped.load(Ordering::Relaxed),
             host_dropped: self.inner.local.host_dropped(),
+            acl_denied_publish: self.inner.acl_denied.publish.load(Ordering::Relaxed),
+            acl_denied_subscribe: self.inner.acl_denied.subscribe.load(Ordering::Relaxed),
         }
     }
 }

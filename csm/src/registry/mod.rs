@@ -216,6 +216,11 @@ impl Registry {
             .count()
     }
 
+    /// The ids of every registered DA.
+    pub fn ids(&self) -> Vec<DaId> {
+        self.das.keys().copied().collect()
+    }
+
     pub fn contains(&self, id: &DaId) -> bool {
         self.das.contains_key(id)
     }

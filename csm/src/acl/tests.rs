@@ -1,0 +1,121 @@
+use super::*;
+
+#[derive(Debug)]
+struct Table;
+
+impl Roles for Table {
+    fn role(&self, username: &str) -> Option<Role> {
+        match username {
+            "ops" => Some(Role::Admin),
+            "app1" => Some(Role::App),
+            _ => None,
+        }
+    }
+}
+
+fn client(username: Option<&str>) -> ClientRef<'_> {
+    ClientRef {
+        username,
+        client_id: "c",
+    }
+}
+
+fn acl() -> (ControllerAcl, DaId, DaId) {
+    let grants = DaGrants::default();
+    let (a, b) = (DaId::new_v4(), DaId::new_v4());
+    grants.set(
+        a,
+        Grants {
+            publish: ["data/idf-a".to_owned()].into(),
+            subscribe: ["data/odf-a".to_owned()].into(),
+        },
+    );
+    (
+        ControllerAcl {
+            roles: Arc::new(Table),
+            grants,
+        },
+        a,
+        b,
+    )
+}
+
+#[test]
+fn admins_may_do_everything_and_strangers_nothing() {
+    let (acl, a, _) = acl();
+    let ops = client(Some("ops"));
+    for t in ["#", "iottalk/api/req/gui/graph/1", &format!("{a}/ctrl/o")] {
+        assert!(acl.may_publish(&ops, t) || t == "#");
+        assert!(acl.may_subscribe(&ops, t));
+    }
+    for who in [None, Some("nobody"), Some("A1B2")] {
+        let c = client(who);
+        assert!(!acl.may_publish(&c, "iottalk/rpc/x/req"));
+        assert!(!acl.may_subscribe(&c, "iottalk/rpc/x/res/1"));
+    }
+}
+
+#[test]
+fn apps_use_request_response_and_their_device_api_only() {
+    let (acl, a, _) = acl();
+    let app = client(Some("app1"));
+    assert!(acl.may_publish(&app, &format!("iottalk/rpc/{a}/req")));
+    assert!(acl.may_publish(&app, "iottalk/rpc/other/res/n1"));
+    assert!(acl.may_subscribe(&app, "iottalk/rpc/app1/res/+"));
+    assert!(acl.may_subscribe(&app, "iottalk/rpc/app1/#"));
+    assert!(acl.may_publish(&app, "iottalk/api/req/app1/device"));
+    assert!(acl.may_subscribe(&app, "iottalk/api/res/app1/device"));
+    for t in [
+        "iottalk/api/req/app1/graph/1",
+        "iottalk/api/req/gui/device",
+        &format!("{a}/ctrl/i"),
+        "data/idf-a",
+    ] {
+        assert!(!acl.may_publish(&app, t), "{t}");
+    }
+    for f in [
+        "#",
+        "iottalk/rpc/+/req",
+        "iottalk/rpc/#",
+        "iottalk/api/res/gui/device",
+        "data/odf-a",
+    ] {
+        assert!(!acl.may_subscribe(&app, f), "{f}");
+    }
+}
+
+#[test]
+fn das_use_their_channels_and_the_topics_of_their_links() {
+    let (acl, a, b) = acl();
+    let (sa, sb) = (a.to_string(), b.to_string());
+    let da_a = client(Some(&sa));
+    let da_b = client(Some(&sb));
+    assert!(acl.may_publish(&da_a, &format!("{a}/ctrl/i")));
+    assert!(acl.may_subscribe(&da_a, &format!("{a}/ctrl/o")));
+    assert!(acl.may_publish(&da_a, "data/idf-a"));
+    assert!(acl.may_subscribe(&da_a, "data/odf-a"));
+    assert!(acl.may_subscribe(&da_a, &format!("iottalk/rpc/{a}/req")));
+    assert!(acl.may_publish(&da_a, &format!("iottalk/rpc/{b}/req")));
+    // Another DA's channels and links, other directions, wildcards, the APIs: refused.
+    for t in [
+        format!("{b}/ctrl/i"),
+        format!("{a}/ctrl/o"),
+        "data/odf-a".to_owned(),
+        "iottalk/api/req/gui/graph/1".to_owned(),
+        "iottalk/api/req/x/device".to_owned(),
+    ] {
+        assert!(!acl.may_publish(&da_a, &t), "{t}");
+    }
+    for f in [
+        format!("{b}/ctrl/o"),
+        "+/ctrl/o".to_owned(),
+        "#".to_owned(),
+        "data/idf-a".to_owned(),
+        "data/+".to_owned(),
+        format!("iottalk/rpc/{b}/req"),
+        "iottalk/rpc/+/req".to_owned(),
+    ] {
+        assert!(!acl.may_subscribe(&da_a, &f), "{f}");
+    }
+    assert!(!acl.may_publish(&da_b, "data/idf-a"), "b has no links");
+}
