@@ -51,7 +51,7 @@ impl Default for PathsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `listen`, `ws_listen`, `max_payload_bytes`, `max_inflight`, `max_sessions`,
-    /// `max_mqueue_len`, `allow_anonymous`, `host_send_timeout_ms`, `max_topic_levels`.
+    /// `max_mqueue_len`, `allow_anonymous`, `host_send_timeout_ms`, `max_topic_levels`, `handshake_timeout_ms`.
     #[serde(flatten)]
     pub embedded: EmbeddedConfig,
     pub external: String,

@@ -3,17 +3,19 @@
 //!
 //! Layout: [`App`] (the controller under test, here), [`mqtt`] ([`Mqtt`], a rumqttc test
 //! client that collects what it receives), [`pyda`] ([`PyDa`], an iottalk-py DA in a child
-//! process), [`graph_client`] ([`GraphClient`]).
+//! process), [`raw_da`] ([`RawDa`], a DA on raw MQTT), [`graph_client`] ([`GraphClient`]).
 //! Every wait is on a condition with a deadline, never a fixed sleep.
 
 pub mod graph_client;
 pub mod mqtt;
 pub mod pyda;
+pub mod raw_da;
 
 pub use graph_client::GraphClient;
 pub use iot_proto::wire::graph_api::digest;
 pub use mqtt::{connack_code, Mqtt, Received};
 pub use pyda::PyDa;
+pub use raw_da::RawDa;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use iot_tests::*;
 use rumqttc::QoS;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn auth_on() -> AppOptions {
     AppOptions {
@@ -38,65 +38,6 @@ async fn until_denied(app: &App, action: &str, n: f64) {
             "{action} refusals never reached {n}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A DA on raw MQTT with the credentials of its registration reply: online, subscribed to
-/// its downlink.
-struct RawDa {
-    mqtt: Mqtt,
-    id: String,
-    password: String,
-}
-
-impl RawDa {
-    async fn online(app: &App) -> RawDa {
-        let id = new_id();
-        let reply = app.register(&id).await;
-        let password = reply["password"].as_str().unwrap().to_owned();
-        let ctrl_i = format!("{id}/ctrl/i");
-        let will = json!({"state": "offline", "rev": reply["rev"]});
-        let mut mqtt = Mqtt::connect_as(
-            &app.mqtt,
-            Some((ctrl_i.clone(), will)),
-            Some((&id, &password)),
-        )
-        .await;
-        mqtt.subscribe(&format!("{id}/ctrl/o"), QoS::AtLeastOnce)
-            .await;
-        mqtt.publish_json(
-            &ctrl_i,
-            &json!({"state": "online", "rev": reply["rev"]}),
-            true,
-        )
-        .await;
-        RawDa { mqtt, id, password }
-    }
-
-    /// Takes the next CONNECT or DISCONNECT; for a CONNECT of an ODF, subscribes to the
-    /// topic first; acknowledges; returns the signal.
-    async fn signal(&mut self, command: &str) -> Value {
-        let ctrl_o = format!("{}/ctrl/o", self.id);
-        let s = self
-            .mqtt
-            .recv_until(command, |r| {
-                r.topic == ctrl_o && r.json()["command"] == command
-            })
-            .await
-            .json();
-        if command == "CONNECT" && s.get("odf").is_some() {
-            self.mqtt
-                .subscribe(s["topic"].as_str().unwrap(), QoS::AtLeastOnce)
-                .await;
-        }
-        self.mqtt
-            .publish_json(
-                &format!("{}/ctrl/i", self.id),
-                &json!({"msg_id": s["msg_id"], "state": "ok"}),
-                false,
-            )
-            .await;
-        s
     }
 }
 

@@ -100,7 +100,8 @@ async fn stale_retained_will_does_not_flip_a_reregistered_da() {
     let app = App::spawn().await;
     let id = new_id();
     let ctrl = format!("{id}/ctrl/i");
-    let rev1 = app.register(&id).await["rev"].clone();
+    let reply1 = app.register(&id).await;
+    let rev1 = reply1["rev"].clone();
     // First session: online with rev1, will = offline rev1.
     let first = app
         .mqtt(Some((
@@ -113,8 +114,20 @@ async fn stale_retained_will_does_not_flip_a_reregistered_da() {
         .await;
     app.wait_status("DA online", |s| s["online"] == 1).await;
 
-    // Re-registration: rev2, a second session goes online.
-    let rev2 = app.register(&id).await["rev"].clone();
+    // Re-registration while online (so with the DA's credentials): rev2, a second session
+    // goes online.
+    let reply2: Value = app
+        .http
+        .put(app.url(&id))
+        .basic_auth(&id, reply1["password"].as_str())
+        .json(&register_body())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rev2 = reply2["rev"].clone();
     assert_ne!(rev1, rev2);
     let second = app
         .mqtt(Some((

@@ -44,6 +44,9 @@ pub struct EmbeddedConfig {
     /// Most levels (`a/b/c` has 3) of a topic filter a client may subscribe to (SUBACK failure
     /// for deeper ones) or of a topic it may publish on (deeper publishes are dropped, counted).
     pub max_topic_levels: usize,
+    /// How long a new connection may take to send its CONNECT (and, for WebSocket, its
+    /// upgrade) before it is closed.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for EmbeddedConfig {
@@ -58,6 +61,7 @@ impl Default for EmbeddedConfig {
             allow_anonymous: true,
             host_send_timeout_ms: 1000,
             max_topic_levels: 128,
+            handshake_timeout_ms: 10_000,
         }
     }
 }

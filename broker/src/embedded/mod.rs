@@ -121,6 +121,8 @@ impl EmbeddedBroker {
             .max_mqueue_len(cfg.max_mqueue_len)
             .allow_anonymous(cfg.allow_anonymous)
             .allow_zero_keepalive(true)
+            // A client that connects and sends no (or half a) CONNECT is closed after this.
+            .handshake_timeout(Duration::from_millis(cfg.handshake_timeout_ms.max(1)))
             // Deeper SUBSCRIBE filters get SUBACK failure; publishes are checked in `limits`.
             .max_topic_levels(checked.max_topic_levels)
             // rmqtt gives a message without a Message Expiry Interval one of 5 min: it dropped
