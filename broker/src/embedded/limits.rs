@@ -1,4 +1,5 @@
-//! The topic-level limit of the embedded broker (`broker.max_topic_levels`) for what rmqtt does
+//! The topic-level and payload limits of the embedded broker (`broker.max_topic_levels`,
+//! `broker.max_payload_bytes`). Topic levels: for what rmqtt does
 //! not check itself: rmqtt refuses deeper SUBSCRIBE filters (its listener setting, SUBACK
 //! failure 0x80 for that filter only), but neither PUBLISH topics nor wills. A topic of
 //! thousands of levels, retained or matched against a deep filter, overflows the stack of
@@ -22,10 +23,15 @@ pub(crate) fn levels(topic: &str) -> usize {
     topic.bytes().filter(|b| *b == b'/').count() + 1
 }
 
-/// Registers the publish checks for `max_levels` (the validated `broker.max_topic_levels`).
-pub(super) async fn register(scx: &ServerContext, max_levels: usize) {
+/// Registers the publish checks for `max_levels` (the validated `broker.max_topic_levels`)
+/// and `max_payload` (`broker.max_payload_bytes`: the listener's packet limit leaves room for
+/// headers, so a payload a little over it would otherwise pass).
+pub(super) async fn register(scx: &ServerContext, max_levels: usize, max_payload: usize) {
     let register = scx.extends.hook_mgr().register();
-    let check = TopicLevels { max_levels };
+    let check = TopicLevels {
+        max_levels,
+        max_payload,
+    };
     register
         .add_priority(Type::MessagePublish, PRIORITY, Box::new(check))
         .await;
@@ -38,6 +44,7 @@ pub(super) async fn register(scx: &ServerContext, max_levels: usize) {
 #[derive(Debug, Clone, Copy)]
 struct TopicLevels {
     max_levels: usize,
+    max_payload: usize,
 }
 
 #[async_trait]
@@ -64,6 +71,23 @@ impl Handler for TopicLevels {
                 let refused = PublishResult::reason_code(
                     PublishAckReason::TopicNameInvalid,
                     Some("too many topic levels".into()),
+                    false,
+                );
+                (
+                    false,
+                    Some(HookResult::PublishAclResult(PublishAclResult(refused))),
+                )
+            }
+            // A client's payload over `max_payload_bytes`: no host subscription sees it, and it
+            // is refused without disconnecting (MQTT 5: reason 0x97, quota exceeded).
+            Parameter::MessagePublish(Some(_), _, p) if p.payload.len() > self.max_payload => {
+                (false, acc)
+            }
+            Parameter::MessagePublishCheckAcl(s, p) if p.payload.len() > self.max_payload => {
+                tracing::debug!(client.id = %s.id.client_id, payload.bytes = p.payload.len(), "publish over broker.max_payload_bytes refused");
+                let refused = PublishResult::reason_code(
+                    PublishAckReason::QuotaExceeded,
+                    Some("payload larger than broker.max_payload_bytes".into()),
                     false,
                 );
                 (

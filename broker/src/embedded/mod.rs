@@ -180,7 +180,7 @@ impl EmbeddedBroker {
         // The listeners are bound, but no connection is accepted before `server.run()` below:
         // the authenticator is in place for the very first CONNECT.
         hooks::register_hooks(&scx, &local, &dropped, auth).await;
-        limits::register(&scx, checked.max_topic_levels).await;
+        limits::register(&scx, checked.max_topic_levels, cfg.max_payload_bytes).await;
         let acl_denied = Arc::new(acl_hooks::AclCounts::default());
         if let Some(acl) = acl {
             acl_hooks::register(&scx, acl, acl_denied.clone()).await;
