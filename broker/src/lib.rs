@@ -10,6 +10,8 @@
 //! - [`local`]: the in-process fan-out of messages to host subscriptions, shared by both.
 //! - [`url`]: `mqtt://host:port` parsed once into an [`MqttUrl`].
 //! - [`error`]: [`BrokerError`], one variant per failure.
+//! - [`tls`]: [`TlsFiles`], the certificate and key of the TLS listeners (and the CSM's
+//!   HTTPS), checked into a rustls server configuration.
 //! - `locks`: how std locks are taken (poisoning ignored), the one helper for it.
 
 use std::fmt;
@@ -24,6 +26,7 @@ pub mod error;
 pub mod external;
 pub mod local;
 mod locks;
+pub mod tls;
 
 pub use embedded::{Authenticator, EmbeddedBroker, EmbeddedConfig};
 pub use error::BrokerError;
@@ -31,6 +34,7 @@ pub use external::{ExternalBroker, ExternalConfig};
 pub use iot_proto::url::{self, MqttUrl, UrlError};
 /// MQTT quality of service: the one type of the workspace, defined in `iot-proto`.
 pub use iot_proto::QoS;
+pub use tls::{TlsError, TlsFiles};
 
 /// One MQTT application message as the servers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,11 +8,13 @@
 //!
 //! Layout: this file (the server and [`Broker`] for it), [`config`] ([`EmbeddedConfig`] and its
 //! validation), `hooks` (host subscriptions, drop counting, authentication), `limits` (the
-//! topic-level limit on publishes and wills).
+//! topic-level limit on publishes and wills), `tls` (the MQTT-over-TLS and WebSocket-over-TLS
+//! listeners).
 
 pub mod config;
 mod hooks;
 mod limits;
+mod tls;
 
 pub use config::EmbeddedConfig;
 
@@ -69,6 +71,7 @@ struct Inner {
     max_topic_levels: usize,
     mqtt_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
+    secure: tls::SecureAddrs,
     host: From,
 }
 
@@ -114,6 +117,8 @@ impl EmbeddedBroker {
             "broker.listen",
         )?;
         let mqtt_addr = local_addr(&tcp, "MQTT over TCP", "broker.listen")?;
+        let secure = tls::bind_secure(&builder, cfg, &checked)?;
+        let secure_addrs = secure.addrs();
         let ws = match checked.ws_listen {
             None => None,
             Some(addr) => {
@@ -161,7 +166,7 @@ impl EmbeddedBroker {
             server = server.listener_by_id(l, addr.port());
             ws_addr = Some(addr);
         }
-        let server = server.build();
+        let server = secure.add_to(server).build();
 
         let host = From::from_admin(Id::new(
             scx.node.id(),
@@ -180,10 +185,11 @@ impl EmbeddedBroker {
                 max_topic_levels: checked.max_topic_levels,
                 mqtt_addr,
                 ws_addr,
+                secure: secure_addrs,
                 host,
             }),
         };
-        tracing::info!(mqtt.addr = %mqtt_addr, ws.addr = ?ws_addr, "embedded MQTT broker listening");
+        tracing::info!(mqtt.addr = %mqtt_addr, ws.addr = ?ws_addr, tls.addr = ?secure_addrs.tls, wss.addr = ?secure_addrs.wss, "embedded MQTT broker listening");
 
         let task = tokio::spawn(async move {
             tokio::select! {
