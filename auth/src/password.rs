@@ -119,7 +119,10 @@ mod tests {
             "a1b2c3d4-0000-4000-8000-000000000000",
             "11b2c3d4-0000-4000-8000-000000000000",
         ] {
-            assert!(matches!(check_name(id), Err(PasswordError::NameIsDaId(_))), "{id}");
+            assert!(
+                matches!(check_name(id), Err(PasswordError::NameIsDaId(_))),
+                "{id}"
+            );
         }
     }
 }

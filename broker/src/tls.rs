@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+/// The rustls server configuration [`TlsFiles::server_config`] makes.
+pub use rustls::ServerConfig;
 
 /// The server certificate chain and its private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,7 @@
 //! - [`store`]: the database writer thread. [`credentials`]: per-DA broker credentials.
 //!   [`rate`]: the per-address registration rate limit.
 //!   [`metrics`]: `/metrics` and `/varz`. [`error`]: the error types and their HTTP mapping.
+//!   [`tls`]: HTTPS in front of the router (`csm.tls`).
 
 pub mod actor;
 pub mod checks;
@@ -34,6 +35,7 @@ pub mod plan;
 pub mod rate;
 pub mod registry;
 pub mod store;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +94,9 @@ pub struct CsmConfig {
     /// Registrations (PUT) accepted per source address, as `COUNT/PERIOD` (e.g. "200/1s");
     /// more are answered 429 with `Retry-After`. "" for no limit.
     pub registration_rate: String,
+    /// Serve the API over HTTPS on `listen` (with the certificate the caller gives in
+    /// [`Wiring::tls`]).
+    pub tls: bool,
 }
 
 impl Default for CsmConfig {
@@ -107,6 +112,7 @@ impl Default for CsmConfig {
             odf_hold_seconds: 60,
             odf_ack_wait_ms: 3000,
             registration_rate: "10000/1s".into(),
+            tls: false,
         }
     }
 }
@@ -226,6 +232,8 @@ pub struct Wiring {
     pub users: Option<Users>,
     /// Refusal counters, shared with the broker's CONNECT gate.
     pub refusals: Refusals,
+    /// Serve HTTPS with this configuration instead of HTTP (`csm.tls`).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// Starts the CSM: loads registrations, functions and graphs from the database (migrating it
@@ -246,6 +254,7 @@ pub async fn start(
         credentials,
         users,
         refusals,
+        tls,
     } = wiring;
     let limiter = match cfg.registration_rate.trim() {
         "" => None,
@@ -340,6 +349,11 @@ pub async fn start(
     let app = http::router(handle.clone(), &cfg.path_prefix);
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
+        if let Some(config) = tls {
+            tls::serve(listener, config, app, http_shutdown).await;
+            let _ = actor_task.await;
+            return;
+        }
         // The client's address, for the registration rate limit.
         let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let serve =

@@ -4,6 +4,7 @@
 //! Layout: [`config`] (typed settings), [`run`] (initdb, start: one `start_*` per component,
 //! wiring them, signals), [`runfile`] (the pidfile and the state file), [`service`] (stop,
 //! status), [`user_cmd`] (`iotctl user`), [`exposure`] (the public-bind check of `start`),
+//! [`tls`] (`[tls]` and its checks),
 //! [`shell`] (interactive console), [`bench_cmd`] (the flags of `iotctl bench` and
 //! where the controller is; the load tests themselves are the `iot-bench` crate).
 
@@ -14,6 +15,7 @@ mod run;
 mod runfile;
 mod service;
 mod shell;
+mod tls;
 mod user_cmd;
 
 use std::path::PathBuf;
