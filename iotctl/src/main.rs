@@ -4,13 +4,14 @@
 //! Layout: [`config`] (typed settings), [`run`] (initdb, start: one `start_*` per component,
 //! wiring them, signals), [`runfile`] (the pidfile and the state file), [`service`] (stop,
 //! status), [`user_cmd`] (`iotctl user`), [`exposure`] (the public-bind check of `start`),
-//! [`tls`] (`[tls]` and its checks),
+//! [`tls`] (`[tls]` and its checks), [`gencert`] (a CA and server certificate to try TLS),
 //! [`shell`] (interactive console), [`bench_cmd`] (the flags of `iotctl bench` and
 //! where the controller is; the load tests themselves are the `iot-bench` crate).
 
 mod bench_cmd;
 mod config;
 mod exposure;
+mod gencert;
 mod run;
 mod runfile;
 mod service;
@@ -49,6 +50,18 @@ enum Command {
     Genconf {
         dest: PathBuf,
         /// Overwrite DEST if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a CA (ca.pem) and a server certificate signed by it (server.pem, server.key)
+    /// into DIR, to try TLS out; prints the configuration lines to add.
+    Gencert {
+        dir: PathBuf,
+        /// Another name or IP address the certificate is for (besides localhost, 127.0.0.1
+        /// and ::1); repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Overwrite the files if they exist.
         #[arg(long)]
         force: bool,
     },
@@ -145,6 +158,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         println!("wrote the default configuration to {}", dest.display());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Gencert { dir, hosts, force } = &cli.command {
+        gencert::run(dir, hosts, *force)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let cfg = Config::load(cli.config.as_deref())?;
     init_tracing(&cfg, cli.debug);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -152,7 +169,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Genconf { .. } => Ok(ExitCode::SUCCESS),
+            Command::Genconf { .. } | Command::Gencert { .. } => Ok(ExitCode::SUCCESS),
             Command::Initdb => run::initdb(&cfg).await.map(|()| ExitCode::SUCCESS),
             Command::Start { component } => {
                 run::start(cfg, component).await.map(|()| ExitCode::SUCCESS)
