@@ -77,4 +77,10 @@ pub enum BrokerError {
     NoSuback { url: String, filter: String },
     #[error("the broker connection is closed")]
     Closed,
+    /// A TLS listener is configured without a certificate and key.
+    #[error("`{key}` is set but there is no certificate: set `tls.cert_file` and `tls.key_file` (`iotctl gencert DIR` makes a pair to try it out)")]
+    NoCertificate { key: &'static str },
+    /// The certificate or key of the TLS listeners cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }

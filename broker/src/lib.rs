@@ -11,6 +11,8 @@
 //! - [`local`]: the in-process fan-out of messages to host subscriptions, shared by both.
 //! - [`url`]: `mqtt://host:port` parsed once into an [`MqttUrl`].
 //! - [`error`]: [`BrokerError`], one variant per failure.
+//! - [`tls`]: [`TlsFiles`], the certificate and key of the TLS listeners (and the CSM's
+//!   HTTPS), checked into a rustls server configuration.
 //! - `locks`: how std locks are taken (poisoning ignored), the one helper for it.
 
 use std::fmt;
@@ -26,6 +28,7 @@ pub mod error;
 pub mod external;
 pub mod local;
 mod locks;
+pub mod tls;
 
 pub use acl::{ClientRef, TopicAcl};
 pub use embedded::{Authenticator, EmbeddedBroker, EmbeddedConfig, Security};
@@ -34,6 +37,7 @@ pub use external::{ExternalBroker, ExternalConfig};
 pub use iot_proto::url::{self, MqttUrl, UrlError};
 /// MQTT quality of service: the one type of the workspace, defined in `iot-proto`.
 pub use iot_proto::QoS;
+pub use tls::{TlsError, TlsFiles};
 
 /// One MQTT application message as the servers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,7 @@
 //! - [`store`]: the database writer thread. [`credentials`]: per-DA broker credentials.
 //!   [`rate`]: the per-address registration rate limit.
 //!   [`metrics`]: `/metrics` and `/varz`. [`error`]: the error types and their HTTP mapping.
+//!   [`serve`]: the HTTP(S) server loop (`csm.tls`, `csm.header_timeout_ms`).
 
 pub mod acl;
 pub mod actor;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod plan;
 pub mod rate;
 pub mod registry;
+pub mod serve;
 pub mod store;
 
 use std::collections::HashMap;
@@ -94,6 +96,12 @@ pub struct CsmConfig {
     /// Registrations (PUT) accepted per source address, as `COUNT/PERIOD` (e.g. "200/1s");
     /// more are answered 429 with `Retry-After`. "" for no limit.
     pub registration_rate: String,
+    /// How long a client may take to send a request's headers before its connection is
+    /// dropped (slow clients holding connections open).
+    pub header_timeout_ms: u64,
+    /// Serve the API over HTTPS on `listen` (with the certificate the caller gives in
+    /// [`Wiring::tls`]).
+    pub tls: bool,
 }
 
 impl Default for CsmConfig {
@@ -109,6 +117,8 @@ impl Default for CsmConfig {
             odf_hold_seconds: 60,
             odf_ack_wait_ms: 3000,
             registration_rate: "10000/1s".into(),
+            header_timeout_ms: 30_000,
+            tls: false,
         }
     }
 }
@@ -231,6 +241,8 @@ pub struct Wiring {
     /// The DAs' data-topic grants the broker's topic ACL reads; the CSM keeps them in step
     /// with the links (an unshared default when no ACL is enforced).
     pub grants: acl::DaGrants,
+    /// Serve HTTPS with this configuration instead of HTTP (`csm.tls`).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// Starts the CSM: loads registrations, functions and graphs from the database (migrating it
@@ -252,6 +264,7 @@ pub async fn start(
         users,
         refusals,
         grants,
+        tls,
     } = wiring;
     let limiter = match cfg.registration_rate.trim() {
         "" => None,
@@ -346,15 +359,10 @@ pub async fn start(
     ));
 
     let app = http::router(handle.clone(), &cfg.path_prefix);
+    let header_timeout = Duration::from_millis(cfg.header_timeout_ms.max(1));
     let http_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
-        // The client's address, for the registration rate limit.
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "csm http server failed");
-        }
+        serve::serve(listener, tls, header_timeout, app, http_shutdown).await;
         let _ = actor_task.await;
     });
     Ok((handle, task))

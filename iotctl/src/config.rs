@@ -26,6 +26,7 @@ pub struct Config {
     pub functions: FunctionsConfig,
     pub ccm: CcmConfig,
     pub auth: AuthConfig,
+    pub tls: crate::tls::TlsConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
 }
@@ -51,7 +52,8 @@ impl Default for PathsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `listen`, `ws_listen`, `max_payload_bytes`, `max_inflight`, `max_sessions`,
-    /// `max_mqueue_len`, `allow_anonymous`, `host_send_timeout_ms`, `max_topic_levels`, `handshake_timeout_ms`.
+    /// `max_mqueue_len`, `allow_anonymous`, `host_send_timeout_ms`, `max_topic_levels`,
+    /// `handshake_timeout_ms`, `tls_listen`, `wss_listen`.
     #[serde(flatten)]
     pub embedded: EmbeddedConfig,
     pub external: String,
@@ -59,6 +61,8 @@ pub struct BrokerConfig {
     pub advertise_port: u16,
     pub advertise_ws_port: u16,
     pub scheme: String,
+    /// Tell DAs the TLS listeners (`mqtts`, `wss`) instead of the plain ones.
+    pub advertise_tls: bool,
 }
 
 impl Default for BrokerConfig {
@@ -70,6 +74,7 @@ impl Default for BrokerConfig {
             advertise_port: 0,
             advertise_ws_port: 0,
             scheme: "mqtt".into(),
+            advertise_tls: false,
         }
     }
 }
@@ -215,6 +220,7 @@ impl Config {
         if self.auth.enabled && !self.broker.external.is_empty() {
             bail!("`auth.enabled` needs the embedded broker, which enforces it; with `broker.external`, configure that broker's authentication and ACL instead (`iotctl acl export --format mosquitto`)");
         }
+        crate::tls::validate(self)?;
         if self.auth.enabled && !self.csm.da_credentials {
             bail!("`auth.enabled` needs `csm.da_credentials = true`: DAs authenticate with the credentials of their registration reply");
         }

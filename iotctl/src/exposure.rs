@@ -18,6 +18,15 @@ pub fn listeners(cfg: &Config, component: Component) -> Vec<(&'static str, Strin
         if !cfg.broker.embedded.ws_listen.is_empty() {
             out.push(("broker.ws_listen", cfg.broker.embedded.ws_listen.clone()));
         }
+        let b = &cfg.broker.embedded;
+        for (key, addr) in [
+            ("broker.tls_listen", &b.tls_listen),
+            ("broker.wss_listen", &b.wss_listen),
+        ] {
+            if !addr.trim().is_empty() {
+                out.push((key, addr.clone()));
+            }
+        }
     }
     if matches!(component, Component::All | Component::Csm) {
         out.push(("csm.listen", cfg.csm.listen.clone()));
@@ -83,6 +92,17 @@ mod tests {
         cfg.broker.embedded.ws_listen = "[::]:1884".into();
         let err = check(&cfg, Component::Broker).unwrap_err().to_string();
         assert!(err.contains("broker.ws_listen"), "{err}");
+        cfg.broker.embedded.ws_listen = String::new();
+        for key in ["tls_listen", "wss_listen"] {
+            let mut c = cfg.clone();
+            let addr = "0.0.0.0:8883".to_owned();
+            match key {
+                "tls_listen" => c.broker.embedded.tls_listen = addr,
+                _ => c.broker.embedded.wss_listen = addr,
+            }
+            let err = check(&c, Component::Broker).unwrap_err().to_string();
+            assert!(err.contains(&format!("broker.{key}")), "{err}");
+        }
         cfg.auth.insecure_allow_public = true;
         check(&cfg, Component::All).unwrap();
         cfg.auth.insecure_allow_public = false;

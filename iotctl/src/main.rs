@@ -3,7 +3,9 @@
 //!
 //! Layout: [`config`] (typed settings), [`run`] (initdb, start: one `start_*` per component,
 //! wiring them, signals), [`runfile`] (the pidfile and the state file), [`service`] (stop,
-//! status), [`user_cmd`] (`iotctl user`), [`acl_cmd`] (`iotctl acl export`), [`exposure`] (the public-bind check of `start`),
+//! status), [`user_cmd`] (`iotctl user`), [`acl_cmd`] (`iotctl acl export`), [`exposure`]
+//! (the public-bind check of `start`), [`tls`] (`[tls]` and its checks), [`gencert`] (a CA
+//! and server certificate to try TLS),
 //! [`shell`] (interactive console), [`bench_cmd`] (the flags of `iotctl bench` and
 //! where the controller is; the load tests themselves are the `iot-bench` crate).
 
@@ -11,10 +13,12 @@ mod acl_cmd;
 mod bench_cmd;
 mod config;
 mod exposure;
+mod gencert;
 mod run;
 mod runfile;
 mod service;
 mod shell;
+mod tls;
 mod user_cmd;
 
 use std::path::PathBuf;
@@ -48,6 +52,18 @@ enum Command {
     Genconf {
         dest: PathBuf,
         /// Overwrite DEST if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a CA (ca.pem) and a server certificate signed by it (server.pem, server.key)
+    /// into DIR, to try TLS out; prints the configuration lines to add.
+    Gencert {
+        dir: PathBuf,
+        /// Another name or IP address the certificate is for (besides localhost, 127.0.0.1
+        /// and ::1); repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Overwrite the files if they exist.
         #[arg(long)]
         force: bool,
     },
@@ -149,6 +165,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         println!("wrote the default configuration to {}", dest.display());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Gencert { dir, hosts, force } = &cli.command {
+        gencert::run(dir, hosts, *force)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let cfg = Config::load(cli.config.as_deref())?;
     init_tracing(&cfg, cli.debug);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -156,7 +176,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Genconf { .. } => Ok(ExitCode::SUCCESS),
+            Command::Genconf { .. } | Command::Gencert { .. } => Ok(ExitCode::SUCCESS),
             Command::Initdb => run::initdb(&cfg).await.map(|()| ExitCode::SUCCESS),
             Command::Start { component } => {
                 run::start(cfg, component).await.map(|()| ExitCode::SUCCESS)

@@ -138,11 +138,13 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
     let state = &running.state;
     runfile::write_state(cfg, state)?;
     println!(
-        "iotctl ready: pid={} mqtt={} ws={} csm={}",
+        "iotctl ready: pid={} mqtt={} ws={} csm={} mqtts={} wss={}",
         state.pid,
         state.mqtt.as_deref().unwrap_or("-"),
         state.ws.as_deref().unwrap_or("-"),
         state.csm.as_deref().unwrap_or("-"),
+        state.mqtts.as_deref().unwrap_or("-"),
+        state.wss.as_deref().unwrap_or("-"),
     );
     tracing::info!(components = ?state.components, "iotctl started");
 
@@ -172,6 +174,7 @@ async fn start_broker(
         cfg.broker.external.is_empty() && matches!(component, Component::All | Component::Broker);
     if embedded {
         let mut embedded_cfg = cfg.broker.embedded.clone();
+        embedded_cfg.tls = crate::tls::files(cfg);
         if cfg.auth.enabled {
             // Authentication on: every client names itself.
             embedded_cfg.allow_anonymous = false;
@@ -184,12 +187,26 @@ async fn start_broker(
         state.components.push("broker".into());
         state.mqtt = Some(mqtt.to_string());
         state.ws = ws.map(|a| a.to_string());
-        let url = broker_url(
-            cfg,
-            &mqtt.ip().to_string(),
-            mqtt.port(),
-            or_bound(cfg.broker.advertise_ws_port, ws.map_or(0, |a| a.port())),
-        );
+        state.mqtts = b.tls_addr().map(|a| a.to_string());
+        state.wss = b.wss_addr().map(|a| a.to_string());
+        let url = match b.tls_addr().filter(|_| cfg.broker.advertise_tls) {
+            // `broker.advertise_tls`: the TLS listeners instead (docs/security.md, TLS).
+            Some(tls) => crate::tls::secure_url(broker_url(
+                cfg,
+                &tls.ip().to_string(),
+                tls.port(),
+                or_bound(
+                    cfg.broker.advertise_ws_port,
+                    b.wss_addr().map_or(0, |a| a.port()),
+                ),
+            )),
+            None => broker_url(
+                cfg,
+                &mqtt.ip().to_string(),
+                mqtt.port(),
+                or_bound(cfg.broker.advertise_ws_port, ws.map_or(0, |a| a.port())),
+            ),
+        };
         return Ok(BrokerSide {
             handle: Arc::new(b),
             url,
@@ -268,11 +285,13 @@ async fn start_csm(
         users: access.users,
         refusals: access.refusals,
         grants: access.grants,
+        tls: crate::tls::https(cfg)?,
     };
     let (_csm, task) = iot_csm::start(&csm_cfg, &cfg.functions, wiring, shutdown.clone()).await?;
     running.tasks.push(task);
     running.state.components.push("csm".into());
-    running.state.csm = Some(format!("http://{addr}{}", cfg.csm.path_prefix));
+    let scheme = if cfg.csm.tls { "https" } else { "http" };
+    running.state.csm = Some(format!("{scheme}://{addr}{}", cfg.csm.path_prefix));
     Ok(())
 }
 

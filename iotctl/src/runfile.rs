@@ -24,6 +24,12 @@ pub struct RunState {
     /// Base URL of the CSM HTTP API.
     pub csm: Option<String>,
     pub started: f64,
+    /// `host:port` of the embedded broker's MQTT-over-TLS listener, when on.
+    #[serde(default)]
+    pub mqtts: Option<String>,
+    /// `host:port` of its MQTT-over-WebSocket-over-TLS listener, when on.
+    #[serde(default)]
+    pub wss: Option<String>,
 }
 
 impl RunState {
@@ -36,6 +42,8 @@ impl RunState {
             ws: None,
             csm: None,
             started: iot_csm::now_epoch(),
+            mqtts: None,
+            wss: None,
         }
     }
 }

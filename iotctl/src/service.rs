@@ -104,7 +104,7 @@ pub async fn status(cfg: &Config, json: bool, login: Option<&Login>) -> Result<E
             "{}",
             serde_json::json!({
                 "running": true, "pid": state.pid, "components": state.components,
-                "broker": {"up": broker_up, "address": state.mqtt, "ws": state.ws, "embedded": embedded},
+                "broker": {"up": broker_up, "address": state.mqtt, "ws": state.ws, "mqtts": state.mqtts, "wss": state.wss, "embedded": embedded},
                 "csm": {"up": csm.is_some() || refused.is_some(), "url": state.csm, "status": csm, "refused": refused},
             })
         );
@@ -122,6 +122,14 @@ pub async fn status(cfg: &Config, json: bool, login: Option<&Login>) -> Result<E
                 .map(|w| format!("  ws://{w}/mqtt"))
                 .unwrap_or_default()
         );
+        if state.mqtts.is_some() || state.wss.is_some() {
+            let (mqtts, wss) = (state.mqtts.as_deref(), state.wss.as_deref());
+            println!(
+                "          tls   mqtts://{}  wss://{}/mqtt",
+                mqtts.unwrap_or("-"),
+                wss.unwrap_or("-")
+            );
+        }
         match (&state.csm, &csm) {
             (Some(url), Some(s)) => {
                 println!(

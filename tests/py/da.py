@@ -16,12 +16,29 @@ Reads commands on stdin, one per line:
 """
 import json
 import logging
+import os
 import queue
 import sys
 
 from iottalkpy.dan import Client
 from iottalkpy.exceptions import RegistrationError
 from iottalkpy import dan
+from paho.mqtt import client as paho_client
+
+# Opt-in MQTT over TLS for the TLS tests: iottalk-py 2.3.1 ignores the scheme of the
+# registration reply (`url.scheme` "mqtts") and never calls paho's tls_set, so it speaks
+# plain MQTT to whatever port it is told. With IOTTALK_TEST_MQTT_CAFILE set, every paho
+# client it makes calls tls_set with that CA. The SDK itself stays unmodified.
+MQTT_CAFILE = os.environ.get("IOTTALK_TEST_MQTT_CAFILE")
+if MQTT_CAFILE:
+    _PlainClient = paho_client.Client
+
+    class TlsClient(_PlainClient):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tls_set(ca_certs=MQTT_CAFILE)
+
+    paho_client.Client = TlsClient
 
 # The SDK hands paho its logger: at debug level every MQTT packet goes to stderr, which the
 # test prints when it fails.

@@ -3,13 +3,15 @@
 //!
 //! Layout: [`App`] (the controller under test, here), [`mqtt`] ([`Mqtt`], a rumqttc test
 //! client that collects what it receives), [`pyda`] ([`PyDa`], an iottalk-py DA in a child
-//! process), [`raw_da`] ([`RawDa`], a DA on raw MQTT), [`graph_client`] ([`GraphClient`]).
+//! process), [`raw_da`] ([`RawDa`], a DA on raw MQTT), [`graph_client`] ([`GraphClient`]),
+//! [`tls`] (certificates from `iotctl gencert`).
 //! Every wait is on a condition with a deadline, never a fixed sleep.
 
 pub mod graph_client;
 pub mod mqtt;
 pub mod pyda;
 pub mod raw_da;
+pub mod tls;
 
 pub use graph_client::GraphClient;
 pub use iot_proto::wire::graph_api::digest;
@@ -149,6 +151,8 @@ pub struct AppOptions {
     /// Extra environment for `iotctl`, e.g. `IOTCTL__BROKER__SCHEME=mqtts` to change a key
     /// of a section the generated config already has.
     pub env: Vec<(String, String)>,
+    /// A CA certificate (PEM file) [`App::http`] trusts, for a controller serving HTTPS.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The admin user of a controller started with [`AppOptions::auth`], and its password.
@@ -174,6 +178,10 @@ pub struct App {
     /// `host:port` of the MQTT broker DAs use.
     pub mqtt: String,
     pub ws: Option<String>,
+    /// `host:port` of the MQTT-over-TLS listener, when on.
+    pub mqtts: Option<String>,
+    /// `host:port` of the MQTT-over-WebSocket-over-TLS listener, when on.
+    pub wss: Option<String>,
     pub opts: AppOptions,
     pub http: reqwest::Client,
 }
@@ -301,8 +309,10 @@ impl App {
             csm: field("csm").expect("csm url"),
             mqtt: field("mqtt").expect("mqtt addr"),
             ws: field("ws"),
+            mqtts: field("mqtts"),
+            wss: field("wss"),
+            http: tls::http_client(opts.ca_file.as_deref()),
             opts,
-            http: reqwest::Client::new(),
         }
     }
 

@@ -25,12 +25,25 @@ impl PyDa {
     /// Starts a DA registering at `api_url` with the given features (JSON lists as the SDK
     /// takes them, e.g. `[["Dummy_Sensor", ["int"]]]`).
     pub async fn spawn(api_url: &str, id: &str, name: &str, idf: Value, odf: Value) -> PyDa {
+        Self::spawn_with_env(api_url, id, name, idf, odf, &[]).await
+    }
+
+    /// [`PyDa::spawn`] with extra environment, e.g. `REQUESTS_CA_BUNDLE` for an `https` URL.
+    pub async fn spawn_with_env(
+        api_url: &str,
+        id: &str,
+        name: &str,
+        idf: Value,
+        odf: Value,
+        env: &[(&str, &str)],
+    ) -> PyDa {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let stderr = log.reopen().expect("log file");
         let mut child = Command::new(python())
             .arg(workspace().join("tests/py/da.py"))
             .args([api_url, id, name, &idf.to_string(), &odf.to_string()])
             .env("PYTHONUNBUFFERED", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -24,7 +24,7 @@ fn options(auth: bool) -> AppOptions {
     AppOptions {
         auth,
         extra_toml: format!(
-            "[csm]\nmax_body_bytes = {MAX_BODY}\n[broker]\nmax_payload_bytes = {MAX_PAYLOAD}\nhandshake_timeout_ms = 1000\n"
+            "[csm]\nmax_body_bytes = {MAX_BODY}\nheader_timeout_ms = 1000\n[broker]\nmax_payload_bytes = {MAX_PAYLOAD}\nhandshake_timeout_ms = 1000\n"
         ),
         ..AppOptions::default()
     }
@@ -353,8 +353,9 @@ async fn hostile_mqtt_sizes_and_depth(app: &App) {
     assert_eq!(got.topic, big_topic);
 }
 
-/// A slowloris client holds HTTP connections open by sending headers a byte at a time;
-/// registrations from others go through meanwhile.
+/// A slowloris client holds HTTP connections open by sending headers a byte at a time:
+/// registrations from others go through meanwhile, and each slow connection is dropped once
+/// `csm.header_timeout_ms` has passed.
 async fn slowloris(app: &App) {
     let addr = app
         .csm
@@ -378,6 +379,14 @@ async fn slowloris(app: &App) {
         let (code, body) = app.put(&new_id(), &register_body()).await;
         assert_eq!(code, 200, "round {round}: {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for mut s in socks {
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(WAIT, async {
+            while let Ok(1..) = s.read(&mut buf).await {}
+        })
+        .await
+        .expect("a slowloris connection is dropped in time");
     }
 }
 

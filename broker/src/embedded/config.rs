@@ -47,6 +47,15 @@ pub struct EmbeddedConfig {
     /// How long a new connection may take to send its CONNECT (and, for WebSocket, its
     /// upgrade) before it is closed.
     pub handshake_timeout_ms: u64,
+    /// MQTT over TLS, `host:port` (8883 by convention); empty disables it. Needs `tls`.
+    pub tls_listen: String,
+    /// MQTT over WebSocket over TLS (any path, e.g. `/mqtt`), `host:port`; empty disables it.
+    /// Needs `tls`.
+    pub wss_listen: String,
+    /// The certificate and key of the TLS listeners (`[tls]` of the controller's config, not
+    /// a `[broker]` key).
+    #[serde(skip)]
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for EmbeddedConfig {
@@ -62,6 +71,9 @@ impl Default for EmbeddedConfig {
             host_send_timeout_ms: 1000,
             max_topic_levels: 128,
             handshake_timeout_ms: 10_000,
+            tls_listen: String::new(),
+            wss_listen: String::new(),
+            tls: None,
         }
     }
 }
@@ -74,6 +86,8 @@ pub(super) struct Checked {
     pub max_packet_bytes: u32,
     pub inflight: NonZeroU16,
     pub max_topic_levels: usize,
+    pub tls_listen: Option<SocketAddr>,
+    pub wss_listen: Option<SocketAddr>,
 }
 
 impl EmbeddedConfig {
@@ -86,16 +100,15 @@ impl EmbeddedConfig {
 
     pub(super) fn checked(&self) -> Result<Checked, BrokerError> {
         let listen = parse_addr(&self.listen, "broker.listen")?;
-        let ws_listen = match self.ws_listen.trim() {
-            "" => None,
-            addr => Some(parse_addr(addr, "broker.ws_listen")?),
-        };
+        let ws_listen = optional_addr(&self.ws_listen, "broker.ws_listen")?;
         Ok(Checked {
             listen,
             ws_listen,
             max_packet_bytes: self.max_packet_bytes()?,
             inflight: self.inflight()?,
             max_topic_levels: self.topic_levels()?,
+            tls_listen: optional_addr(&self.tls_listen, "broker.tls_listen")?,
+            wss_listen: optional_addr(&self.wss_listen, "broker.wss_listen")?,
         })
     }
 
@@ -136,6 +149,14 @@ impl EmbeddedConfig {
                 max: u16::MAX.into(),
                 why: " (paho clients send up to 20 QoS 2 messages at once, and a client that overflows the window is disconnected)",
             })
+    }
+}
+
+/// An address, or `None` for "" (the listener is off).
+fn optional_addr(addr: &str, key: &'static str) -> Result<Option<SocketAddr>, BrokerError> {
+    match addr.trim() {
+        "" => Ok(None),
+        addr => parse_addr(addr, key).map(Some),
     }
 }
 

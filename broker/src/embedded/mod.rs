@@ -9,12 +9,14 @@
 //!
 //! Layout: this file (the server and [`Broker`] for it), [`config`] ([`EmbeddedConfig`] and its
 //! validation), `hooks` (host subscriptions, drop counting, authentication), `limits` (the
-//! topic-level limit on publishes and wills), `acl_hooks` (the [`TopicAcl`] enforced).
+//! topic-level limit on publishes and wills), `acl_hooks` (the [`TopicAcl`] enforced), `tls`
+//! (the MQTT-over-TLS and WebSocket-over-TLS listeners).
 
 mod acl_hooks;
 pub mod config;
 mod hooks;
 mod limits;
+mod tls;
 
 pub use config::EmbeddedConfig;
 
@@ -83,6 +85,7 @@ struct Inner {
     max_topic_levels: usize,
     mqtt_addr: SocketAddr,
     ws_addr: Option<SocketAddr>,
+    secure: tls::SecureAddrs,
     host: From,
 }
 
@@ -141,6 +144,8 @@ impl EmbeddedBroker {
             "broker.listen",
         )?;
         let mqtt_addr = local_addr(&tcp, "MQTT over TCP", "broker.listen")?;
+        let secure = tls::bind_secure(&builder, cfg, &checked)?;
+        let secure_addrs = secure.addrs();
         let ws = match checked.ws_listen {
             None => None,
             Some(addr) => {
@@ -192,7 +197,7 @@ impl EmbeddedBroker {
             server = server.listener_by_id(l, addr.port());
             ws_addr = Some(addr);
         }
-        let server = server.build();
+        let server = secure.add_to(server).build();
 
         let host = From::from_admin(Id::new(
             scx.node.id(),
@@ -212,10 +217,11 @@ impl EmbeddedBroker {
                 max_topic_levels: checked.max_topic_levels,
                 mqtt_addr,
                 ws_addr,
+                secure: secure_addrs,
                 host,
             }),
         };
-        tracing::info!(mqtt.addr = %mqtt_addr, ws.addr = ?ws_addr, "embedded MQTT broker listening");
+        tracing::info!(mqtt.addr = %mqtt_addr, ws.addr = ?ws_addr, tls.addr = ?secure_addrs.tls, wss.addr = ?secure_addrs.wss, "embedded MQTT broker listening");
 
         let task = tokio::spawn(async move {
             tokio::select! {

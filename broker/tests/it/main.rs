@@ -7,6 +7,7 @@ mod deep_topics;
 mod embedded;
 mod external;
 mod raw;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
