@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use iot_broker::{EmbeddedConfig, MqttUrl};
+use iot_broker::{EmbeddedConfig, MqttUrl, TlsFiles};
 use iot_csm::{CsmConfig, FunctionsConfig};
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +26,7 @@ pub struct Config {
     pub functions: FunctionsConfig,
     pub ccm: CcmConfig,
     pub auth: AuthConfig,
-    pub tls: crate::tls::TlsConfig,
+    pub tls: TlsConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
 }
@@ -112,6 +112,16 @@ pub struct AuthConfig {
     /// Start even though authentication is off and a listener is reachable from other
     /// machines (logged as a warning at every start).
     pub insecure_allow_public: bool,
+}
+
+/// `[tls]`: PEM files; "" = none. `~` is the home directory.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate, then any intermediate CA certificates.
+    pub cert_file: String,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,7 +230,7 @@ impl Config {
         if self.auth.enabled && !self.broker.external.is_empty() {
             bail!("`auth.enabled` needs the embedded broker, which enforces it; with `broker.external`, configure that broker's authentication and ACL instead (`iotctl acl export --format mosquitto`)");
         }
-        crate::tls::validate(self)?;
+        self.validate_tls()?;
         if self.auth.enabled && !self.csm.da_credentials {
             bail!("`auth.enabled` needs `csm.da_credentials = true`: DAs authenticate with the credentials of their registration reply");
         }
@@ -237,6 +247,61 @@ impl Config {
 
     pub fn statefile(&self) -> PathBuf {
         self.data_dir().join("iotctl.state.json")
+    }
+}
+
+/// `[tls]` and the keys that use it.
+impl Config {
+    /// The files of `[tls]`, `~` expanded; `None` when neither is set.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        let t = &self.tls;
+        (!t.cert_file.is_empty() || !t.key_file.is_empty()).then(|| {
+            TlsFiles::new(
+                iot_migrations::expand_home(&t.cert_file),
+                iot_migrations::expand_home(&t.key_file),
+            )
+        })
+    }
+
+    /// The keys that ask for a TLS listener, set in `cfg`.
+    fn tls_listeners(&self) -> Vec<&'static str> {
+        let b = &self.broker.embedded;
+        let mut keys = Vec::new();
+        if !b.tls_listen.trim().is_empty() {
+            keys.push("broker.tls_listen");
+        }
+        if !b.wss_listen.trim().is_empty() {
+            keys.push("broker.wss_listen");
+        }
+        if self.csm.tls {
+            keys.push("csm.tls");
+        }
+        keys
+    }
+
+    /// Checks `[tls]` and the keys that use it: a TLS listener without both files, one file
+    /// without the other, files that cannot be used, `broker.advertise_tls` without a TLS
+    /// listener to advertise.
+    fn validate_tls(&self) -> Result<()> {
+        let t = &self.tls;
+        match (t.cert_file.is_empty(), t.key_file.is_empty()) {
+            (false, true) => bail!("`tls.cert_file` is set but `tls.key_file` is not: set both"),
+            (true, false) => bail!("`tls.key_file` is set but `tls.cert_file` is not: set both"),
+            _ => {}
+        }
+        let users = self.tls_listeners();
+        match self.tls_files() {
+            None => {
+                if let Some(key) = users.first() {
+                    bail!("`{key}` needs a certificate: set `tls.cert_file` and `tls.key_file` (PEM files; `iotctl gencert DIR` makes a pair to try it out)");
+                }
+            }
+            Some(f) => f.check()?,
+        }
+        if self.broker.advertise_tls && self.broker.embedded.tls_listen.trim().is_empty() {
+            bail!("`broker.advertise_tls` tells DAs the embedded broker's TLS listener, and `broker.tls_listen` is not set (behind a TLS proxy or with a TLS external broker, set `broker.scheme = \"mqtts\"` and `broker.advertise_port` instead)");
+        }
+        Ok(())
     }
 }
 

@@ -174,7 +174,7 @@ async fn start_broker(
         cfg.broker.external.is_empty() && matches!(component, Component::All | Component::Broker);
     if embedded {
         let mut embedded_cfg = cfg.broker.embedded.clone();
-        embedded_cfg.tls = crate::tls::files(cfg);
+        embedded_cfg.tls = cfg.tls_files();
         if cfg.auth.enabled {
             // Authentication on: every client names itself.
             embedded_cfg.allow_anonymous = false;
