@@ -15,9 +15,9 @@ pub mod tls;
 
 pub use graph_client::GraphClient;
 pub use iot_proto::wire::graph_api::digest;
-pub use mqtt::{connack_code, Mqtt, Received};
+pub use mqtt::{connack_code, connack_with, Mqtt, Received};
 pub use pyda::PyDa;
-pub use raw_da::RawDa;
+pub use raw_da::{LinkedPair, RawDa};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -371,6 +371,16 @@ impl App {
             Some((u, p)) => request.basic_auth(u, Some(p)),
             None => request,
         }
+    }
+
+    /// The value of the `/metrics` sample whose line starts with `sample` (name and labels,
+    /// e.g. `iotctl_acl_denied_total{action="publish"}`); panics if there is none.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{sample}` in /metrics:\n{text}"))
     }
 
     /// Runs `iotctl -c <this config> ARGS` with `stdin` written to its standard input.

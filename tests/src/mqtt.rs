@@ -16,13 +16,28 @@ use crate::{new_id, WAIT};
 /// (0 = accepted). While nothing listens on `addr` yet it tries again every few milliseconds
 /// (up to [`WAIT`]), so it can be started before the broker to hit its first moments.
 pub async fn connack_code(addr: &str, user: &str, password: &str) -> u8 {
+    connack_with(addr, Some((user, password)), None).await
+}
+
+/// [`connack_code`] with optional credentials (`None`: anonymous) and an optional will on
+/// `will_topic`.
+pub async fn connack_with(
+    addr: &str,
+    credentials: Option<(&str, &str)>,
+    will_topic: Option<&str>,
+) -> u8 {
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let mut opts = MqttOptions::new(
         format!("cred-{}", new_id()),
         host,
         port.parse().expect("port"),
     );
-    opts.set_credentials(user, password);
+    if let Some((user, password)) = credentials {
+        opts.set_credentials(user, password);
+    }
+    if let Some(topic) = will_topic {
+        opts.set_last_will(LastWill::new(topic, "{}", QoS::AtMostOnce, true));
+    }
     let (_client, mut ev) = AsyncClient::new(opts, 10);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {

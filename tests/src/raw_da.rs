@@ -66,3 +66,39 @@ impl RawDa {
         s
     }
 }
+
+/// Two DAs on raw MQTT, `a`'s IDF `Dummy_Sensor` linked to `b`'s ODF `Dummy_Control` in graph
+/// `gid` (by the admin when authentication is on), both CONNECTs acknowledged.
+#[derive(Debug)]
+pub struct LinkedPair {
+    pub a: RawDa,
+    pub b: RawDa,
+    /// a's IDF data topic (a publishes there).
+    pub ta: String,
+    /// b's ODF data topic (b reads there).
+    pub tb: String,
+    pub graph: crate::GraphClient,
+}
+
+impl LinkedPair {
+    pub async fn start(app: &App, gid: &str) -> LinkedPair {
+        let mut a = RawDa::online(app).await;
+        let mut b = RawDa::online(app).await;
+        app.wait_online(2).await;
+        let mut graph = crate::GraphClient::new(app, gid).await;
+        graph.ok(json!({"op": "attach"})).await;
+        graph.link(&a.id, "idf", "Dummy_Sensor").await;
+        graph.link(&b.id, "odf", "Dummy_Control").await;
+        let topic = |s: Value| s["topic"].as_str().unwrap_or_default().to_owned();
+        let ta = topic(a.signal("CONNECT").await);
+        let tb = topic(b.signal("CONNECT").await);
+        app.wait_links_acked().await;
+        LinkedPair {
+            a,
+            b,
+            ta,
+            tb,
+            graph,
+        }
+    }
+}

@@ -21,12 +21,8 @@ fn auth_on() -> AppOptions {
 
 /// `iotctl_acl_denied_total{action=...}` now.
 async fn denied(app: &App, action: &str) -> f64 {
-    let m = app.metrics().await;
-    let line = format!("iotctl_acl_denied_total{{action=\"{action}\"}}");
-    m.lines()
-        .find_map(|l| l.strip_prefix(line.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line} in /metrics:\n{m}"))
+    app.metric(&format!("iotctl_acl_denied_total{{action=\"{action}\"}}"))
+        .await
 }
 
 /// Waits until the `action` refusal counter reaches `n`.
@@ -41,46 +37,16 @@ async fn until_denied(app: &App, action: &str, n: f64) {
     }
 }
 
-/// The CONNACK code of a client connecting as `user` with a will on `will_topic`.
-async fn connack_with_will(addr: &str, user: &str, password: &str, will_topic: &str) -> u8 {
-    use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet};
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let mut opts = MqttOptions::new(format!("will-{}", new_id()), host, port.parse().unwrap());
-    opts.set_credentials(user, password);
-    opts.set_last_will(LastWill::new(will_topic, "{}", QoS::AtMostOnce, true));
-    let (_c, mut ev) = AsyncClient::new(opts, 10);
-    loop {
-        match tokio::time::timeout(WAIT, ev.poll())
-            .await
-            .expect("CONNACK")
-        {
-            Ok(Event::Incoming(Packet::ConnAck(a))) => return a.code as u8,
-            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return code as u8,
-            Ok(_) => {}
-            Err(e) => panic!("{e:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_da_uses_only_its_own_channels_and_the_topics_of_its_links() {
     let mut app = App::start(auth_on()).await;
-    let mut a = RawDa::online(&app).await;
-    let mut b = RawDa::online(&app).await;
-    app.wait_online(2).await;
-    let mut g = GraphClient::new(&app, "acl").await;
-    g.ok(json!({"op": "attach"})).await;
-    g.link(&a.id, "idf", "Dummy_Sensor").await;
-    g.link(&b.id, "odf", "Dummy_Control").await;
-    let ta = a.signal("CONNECT").await["topic"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let tb = b.signal("CONNECT").await["topic"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.wait_links_acked().await;
+    let LinkedPair {
+        mut a,
+        mut b,
+        ta,
+        tb,
+        graph: mut g,
+    } = LinkedPair::start(&app, "acl").await;
 
     // Routing works through the ACL.
     a.mqtt.publish_json(&ta, &json!([1]), false).await;
@@ -130,12 +96,12 @@ async fn a_da_uses_only_its_own_channels_and_the_topics_of_its_links() {
     // A will on another DA's uplink is refused at CONNECT; its own is fine.
     let other = format!("{}/ctrl/i", b.id);
     assert_eq!(
-        connack_with_will(&app.mqtt, &a.id, &a.password, &other).await,
+        connack_with(&app.mqtt, Some((&a.id, &a.password)), Some(&other)).await,
         5
     );
     let own = format!("{}/ctrl/i", a.id);
     assert_eq!(
-        connack_with_will(&app.mqtt, &a.id, &a.password, &own).await,
+        connack_with(&app.mqtt, Some((&a.id, &a.password)), Some(&own)).await,
         0
     );
 
@@ -331,21 +297,15 @@ async fn mqtt5_clients_get_not_authorized_reason_codes() {
 #[tokio::test]
 async fn the_mosquitto_export_enforces_the_same_rules_in_mosquitto() {
     let app = App::start(auth_on()).await;
-    let mut a = RawDa::online(&app).await;
-    let mut b = RawDa::online(&app).await;
-    app.wait_online(2).await;
-    let mut g = GraphClient::new(&app, "export").await;
-    g.ok(json!({"op": "attach"})).await;
-    g.link(&a.id, "idf", "Dummy_Sensor").await;
-    g.link(&b.id, "odf", "Dummy_Control").await;
-    let ta = a.signal("CONNECT").await["topic"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let tb = b.signal("CONNECT").await["topic"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let LinkedPair {
+        a,
+        b,
+        ta,
+        tb,
+        graph,
+        ..
+    } = LinkedPair::start(&app, "export").await;
+    drop(graph);
     let out = app
         .iotctl(
             &["user", "add", "app1", "--role", "app", "--password-stdin"],

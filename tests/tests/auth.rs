@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use iot_tests::*;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
 use serde_json::{json, Value};
 
 fn auth_on() -> AppOptions {
@@ -17,22 +16,10 @@ fn auth_on() -> AppOptions {
     }
 }
 
-/// The CONNACK code of a CONNECT without a username.
-async fn anonymous_connack(addr: &str) -> u8 {
-    let (host, port) = addr.rsplit_once(':').unwrap();
-    let opts = MqttOptions::new(format!("anon-{}", new_id()), host, port.parse().unwrap());
-    let (_c, mut ev) = AsyncClient::new(opts, 10);
-    loop {
-        match tokio::time::timeout(WAIT, ev.poll())
-            .await
-            .expect("CONNACK")
-        {
-            Ok(Event::Incoming(Packet::ConnAck(a))) => return a.code as u8,
-            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return code as u8,
-            Ok(_) => {}
-            Err(e) => panic!("{e:?}"),
-        }
-    }
+/// `iotctl_auth_refused_total{reason=...}` now.
+async fn refused(app: &App, reason: &str) -> f64 {
+    app.metric(&format!("iotctl_auth_refused_total{{reason=\"{reason}\"}}"))
+        .await
 }
 
 /// Polls until `connack_code(user, password)` is `want` (users are reloaded every 2 s).
@@ -59,14 +46,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The value of one sample line of `/metrics`.
-fn metric(text: &str, line_start: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
-}
-
 #[tokio::test]
 async fn users_are_managed_from_the_cli_and_checked_at_connect() {
     let app = App::start(auth_on()).await;
@@ -81,7 +60,7 @@ async fn users_are_managed_from_the_cli_and_checked_at_connect() {
         connack_code(&app.mqtt, "nobody", "x").await,
         4 | 5
     ));
-    assert_eq!(anonymous_connack(&app.mqtt).await, 5);
+    assert_eq!(connack_with(&app.mqtt, None, None).await, 5);
 
     // A user added while the controller runs: generated password printed once.
     let out = app
@@ -144,18 +123,8 @@ async fn users_are_managed_from_the_cli_and_checked_at_connect() {
     until_connack(&app, "app1", "second-password", false).await;
 
     // Every refusal is counted.
-    let m = app.metrics().await;
-    assert!(
-        metric(
-            &m,
-            "iotctl_auth_refused_total{reason=\"mqtt_bad_credentials\"}"
-        ) >= 3.0,
-        "{m}"
-    );
-    assert!(
-        metric(&m, "iotctl_auth_refused_total{reason=\"mqtt_anonymous\"}") >= 1.0,
-        "{m}"
-    );
+    assert!(refused(&app, "mqtt_bad_credentials").await >= 3.0);
+    assert!(refused(&app, "mqtt_anonymous").await >= 1.0);
     // Passwords never reach the log.
     let log = app.log_text();
     for secret in [ADMIN_PASSWORD, password.as_str(), "second-password"] {
@@ -281,20 +250,9 @@ async fn operator_endpoints_need_an_admin() {
         .unwrap();
     assert!(stdout(&out).contains("registered 1"), "{}", stdout(&out));
 
-    let m = app.metrics().await;
-    assert!(
-        metric(
-            &m,
-            "iotctl_auth_refused_total{reason=\"http_no_credentials\"}"
-        ) >= 3.0
-    );
-    assert!(
-        metric(
-            &m,
-            "iotctl_auth_refused_total{reason=\"http_bad_credentials\"}"
-        ) >= 3.0
-    );
-    assert!(metric(&m, "iotctl_auth_refused_total{reason=\"http_not_admin\"}") >= 3.0);
+    assert!(refused(&app, "http_no_credentials").await >= 3.0);
+    assert!(refused(&app, "http_bad_credentials").await >= 3.0);
+    assert!(refused(&app, "http_not_admin").await >= 3.0);
 }
 
 /// Re-registering a DA that is online needs its credentials (with authentication off too);
@@ -377,11 +335,7 @@ async fn an_online_da_cannot_be_taken_over_by_re_registering_it() {
     app.wait_status("offline", |s| s["online"] == 0).await;
     assert_eq!(app.put(&id, &register_body()).await.0, 200);
     da.kill();
-    let m = app.metrics().await;
-    assert!(
-        metric(&m, "iotctl_auth_refused_total{reason=\"takeover\"}") >= 3.0,
-        "{m}"
-    );
+    assert!(refused(&app, "takeover").await >= 3.0);
 }
 
 /// An iottalk-py DA that exits without deregistering comes back under the same id.
@@ -445,11 +399,7 @@ async fn registration_is_rate_limited_per_address() {
     );
     // Other requests are not limited.
     assert_eq!(app.status().await["registered"], 3);
-    let m = app.metrics().await;
-    assert_eq!(
-        metric(&m, "iotctl_auth_refused_total{reason=\"rate_limited\"}"),
-        1.0
-    );
+    assert_eq!(refused(&app, "rate_limited").await, 1.0);
 }
 
 /// `iotctl start` will not expose a listener beyond loopback without authentication, and says

@@ -69,22 +69,14 @@ struct Canary {
 
 impl Canary {
     async fn start(app: &App) -> Canary {
-        let mut a = RawDa::online(app).await;
-        let mut b = RawDa::online(app).await;
-        app.wait_online(2).await;
-        let mut g = GraphClient::new(app, "canary").await;
-        g.ok(json!({"op": "attach"})).await;
-        g.link(&a.id, "idf", "Dummy_Sensor").await;
-        g.link(&b.id, "odf", "Dummy_Control").await;
-        let ta = a.signal("CONNECT").await["topic"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let tb = b.signal("CONNECT").await["topic"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        app.wait_links_acked().await;
+        let LinkedPair {
+            a,
+            mut b,
+            ta,
+            tb,
+            graph,
+        } = LinkedPair::start(app, "canary").await;
+        drop(graph);
         let (sent, seen) = (
             Arc::new(AtomicU64::new(0)),
             Arc::new(Mutex::new(Vec::new())),
