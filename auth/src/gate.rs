@@ -17,12 +17,16 @@ pub struct Gate {
     pub refusals: Refusals,
 }
 
+#[async_trait::async_trait]
 impl Authenticator for Gate {
-    fn check(&self, username: &str, password: &[u8]) -> bool {
+    async fn check(&self, username: &str, password: &[u8]) -> bool {
         let ok = if self.users.contains(username) {
-            self.users.check(username, password).is_some()
+            self.users
+                .check_async(username, password.to_vec())
+                .await
+                .is_some()
         } else {
-            self.das.check(username, password)
+            self.das.check(username, password).await
         };
         if !ok {
             self.refusals.add(Refusal::MqttBadCredentials);

@@ -15,6 +15,7 @@ use iot_migrations::Db;
 use iot_proto::auth::{Role, Roles};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +33,26 @@ struct Entry {
     verified: Option<[u8; 32]>,
 }
 
+/// How many Argon2 verifications run at once (each takes tens of milliseconds of one core
+/// and 19 MiB): a flood of wrong passwords waits here instead of taking every core.
+const ARGON2_AT_ONCE: usize = 2;
+
 /// The controller users, by name. Cheap to clone: clones share one table.
-#[derive(Clone, Default)]
-pub struct Users(Arc<RwLock<HashMap<String, Entry>>>);
+#[derive(Clone)]
+pub struct Users {
+    table: Arc<RwLock<HashMap<String, Entry>>>,
+    /// Permits for Argon2 runs from async code ([`Users::check_async`]).
+    argon2: Arc<Semaphore>,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Self {
+            table: Arc::default(),
+            argon2: Arc::new(Semaphore::new(ARGON2_AT_ONCE)),
+        }
+    }
+}
 
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,7 +64,7 @@ impl Users {
     /// Replaces the table with `rows`; rows with an unknown role are skipped (and logged).
     /// Verification memos of users whose hash did not change are kept.
     pub fn replace(&self, rows: Vec<UserRow>) {
-        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.table.write().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::with_capacity(rows.len());
         for row in rows {
             let Ok(role) = row.role.parse::<Role>() else {
@@ -70,7 +88,10 @@ impl Users {
     }
 
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,7 +100,7 @@ impl Users {
 
     /// Whether a user of that name exists.
     pub fn contains(&self, name: &str) -> bool {
-        self.0
+        self.table
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(name)
@@ -90,7 +111,7 @@ impl Users {
     pub fn check(&self, name: &str, password: &[u8]) -> Option<Role> {
         let digest: [u8; 32] = Sha256::digest(password).into();
         let entry = self
-            .0
+            .table
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(name)
@@ -103,11 +124,36 @@ impl Users {
         if !password::verify(&entry.phc, password) {
             return None;
         }
-        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.table.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = map.get_mut(name).filter(|e| e.phc == entry.phc) {
             e.verified = Some(digest);
         }
         Some(entry.role)
+    }
+
+    /// [`Users::check`] from async code: a memoised password answers at once; an Argon2 run
+    /// waits for one of a few permits and runs on a blocking thread, never on the async
+    /// threads that route messages.
+    pub async fn check_async(&self, name: &str, password: Vec<u8>) -> Option<Role> {
+        let password = zeroize::Zeroizing::new(password);
+        if let Some(role) = self.memoised(name, &password) {
+            return Some(role);
+        }
+        let _permit = self.argon2.acquire().await.ok()?;
+        let (users, name) = (self.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || users.check(&name, &password))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The role of `name` if `password` is the one that last verified for it.
+    fn memoised(&self, name: &str, password: &[u8]) -> Option<Role> {
+        let digest: [u8; 32] = Sha256::digest(password).into();
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = table.get(name)?;
+        let v = entry.verified?;
+        bool::from(v.ct_eq(&digest)).then_some(entry.role)
     }
 
     /// Loads the table from the database at `url` now, then every [`RELOAD_EVERY`] until
@@ -164,7 +210,7 @@ impl Users {
 
 impl Roles for Users {
     fn role(&self, username: &str) -> Option<Role> {
-        self.0
+        self.table
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(username)

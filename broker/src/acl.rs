@@ -16,8 +16,9 @@ pub struct ClientRef<'a> {
 /// Who may publish and subscribe where. Called on broker connection tasks for every PUBLISH
 /// and every SUBSCRIBE filter: keep it fast (no blocking I/O, no `.await`).
 pub trait TopicAcl: Send + Sync + fmt::Debug {
-    /// Whether `client` may publish on `topic` (its will included, checked at CONNECT).
-    fn may_publish(&self, client: &ClientRef<'_>, topic: &str) -> bool;
+    /// Whether `client` may publish on `topic`, retained if `retain` (its will included,
+    /// checked at CONNECT).
+    fn may_publish(&self, client: &ClientRef<'_>, topic: &str, retain: bool) -> bool;
     /// Whether `client` may subscribe to `filter` (every topic the filter matches must be
     /// one the client may read).
     fn may_subscribe(&self, client: &ClientRef<'_>, filter: &str) -> bool;

@@ -21,8 +21,9 @@ impl Credentials {
     }
 }
 
+#[async_trait::async_trait]
 impl iot_broker::Authenticator for Credentials {
-    fn check(&self, username: &str, password: &[u8]) -> bool {
+    async fn check(&self, username: &str, password: &[u8]) -> bool {
         let want = self
             .0
             .read()
@@ -32,9 +33,6 @@ impl iot_broker::Authenticator for Credentials {
         let Some(want) = want else { return false };
         let got: [u8; 32] = Sha256::digest(password).into();
         // Constant-time comparison: the time taken does not reveal how many bytes matched.
-        want.iter()
-            .zip(got.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        bool::from(subtle::ConstantTimeEq::ct_eq(&want[..], &got[..]))
     }
 }

@@ -90,8 +90,8 @@ fn basic_of(headers: &HeaderMap) -> Option<BasicCredentials> {
     basic::parse(headers.get(header::AUTHORIZATION)?.as_bytes())
 }
 
-/// The role of the user whose credentials `headers` carry, counting refusals. Off the async
-/// threads: a password check is one Argon2 run.
+/// The role of the user whose credentials `headers` carry, counting refusals. A password
+/// check is one Argon2 run: off the async threads, a few at a time (`Users::check_async`).
 async fn user_role(h: &CsmHandle, headers: &HeaderMap) -> Result<Role, CsmError> {
     let Some(users) = h.users.clone() else {
         return Ok(Role::Admin);
@@ -100,9 +100,8 @@ async fn user_role(h: &CsmHandle, headers: &HeaderMap) -> Result<Role, CsmError>
         h.refusals.add(Refusal::HttpNoCredentials);
         return Err(CsmError::NoCredentials);
     };
-    let role = tokio::task::spawn_blocking(move || users.check(&creds.username, &creds.password))
-        .await
-        .map_err(|_| CsmError::ShuttingDown)?;
+    let password = creds.password.to_vec();
+    let role = users.check_async(&creds.username, password).await;
     role.ok_or_else(|| {
         h.refusals.add(Refusal::HttpBadCredentials);
         CsmError::BadCredentials

@@ -104,6 +104,14 @@ async fn a_da_uses_only_its_own_channels_and_the_topics_of_its_links() {
         connack_with(&app.mqtt, Some((&a.id, &a.password)), Some(&own)).await,
         0
     );
+    // The will is looked at only once the credentials are good: a stranger's forbidden will
+    // is a bad password (4), not an ACL refusal (nothing to count or log for it).
+    let before = denied(&app, "publish").await;
+    assert_eq!(
+        connack_with(&app.mqtt, Some((&a.id, "wrong")), Some(&other)).await,
+        4
+    );
+    assert_eq!(denied(&app, "publish").await, before);
 
     // mosquitto_sub with a DA's credentials cannot read everything.
     let (host, port) = app.mqtt.rsplit_once(':').unwrap();
@@ -240,7 +248,9 @@ async fn an_app_user_uses_request_response_and_the_device_api_only() {
         true,
     )
     .await;
-    until_denied(&app, "publish", 2.0).await;
+    // Nor a retained request (the broker would keep it for ever).
+    user.publish(&req_topic, "{}", QoS::AtLeastOnce, true).await;
+    until_denied(&app, "publish", 3.0).await;
     let s = app.status().await;
     assert!(s["graphs"].get("g").is_none() && s["online"] == 1, "{s}");
 }

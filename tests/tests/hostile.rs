@@ -450,6 +450,22 @@ async fn thousand_hash_subscribers(app: &App, canary: &Canary) {
     assert!(n >= 1000.0, "{n}");
 }
 
+/// 200 CONNECTs at once with a user's name and wrong passwords (each an Argon2 run): all
+/// refused, and routing meanwhile is not starved (the checks run a few at a time off the
+/// async threads).
+async fn wrong_passwords(app: &App) {
+    let mut joins = Vec::new();
+    for i in 0..200 {
+        let addr = app.mqtt.clone();
+        joins.push(tokio::spawn(async move {
+            connack_code(&addr, ADMIN_USER, &format!("wrong-{i}")).await
+        }));
+    }
+    for j in joins {
+        assert_eq!(j.await.unwrap(), 4);
+    }
+}
+
 async fn hostile_suite(auth: bool) {
     let app = App::start(options(auth)).await;
     let canary = Canary::start(&app).await;
@@ -471,6 +487,8 @@ async fn hostile_suite(auth: bool) {
     if auth {
         thousand_hash_subscribers(&app, &canary).await;
         canary.flowing("1,000 # subscribers").await;
+        wrong_passwords(&app).await;
+        canary.flowing("a flood of wrong passwords").await;
     }
     canary.finish().await;
     assert!(!app.log_text().contains("panicked"), "{}", app.log_text());

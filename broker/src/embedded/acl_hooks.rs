@@ -1,13 +1,13 @@
-//! The embedded broker's enforcement of a [`TopicAcl`]: rmqtt hooks for client PUBLISHes,
-//! SUBSCRIBE filters and wills (checked at CONNECT, as rmqtt publishes wills without asking).
+//! The embedded broker's enforcement of a [`TopicAcl`]: rmqtt hooks for client PUBLISHes and
+//! SUBSCRIBE filters.
 //!
 //! A refused PUBLISH is dropped before any host subscription sees it (the check runs as a
 //! `MessagePublish` handler above the one feeding host subscriptions) and again in
 //! `MessagePublishCheckAcl`, which refuses it without disconnecting: MQTT 5 clients get reason
 //! 0x87 on their PUBACK/PUBREC, MQTT 3.1.1 clients nothing. A refused filter gets SUBACK
-//! failure (0x80; 0x87 for MQTT 5), the other filters of the same SUBSCRIBE are unaffected. A
-//! CONNECT whose will names a topic the client may not publish on is refused (not authorized).
-//! Every refusal is counted; each client's refusals are logged at most once a minute.
+//! failure (0x80; 0x87 for MQTT 5), the other filters of the same SUBSCRIBE are unaffected.
+//! (Wills are checked with the credentials, in `hooks`.) Every refusal is counted; each
+//! client's refusals are logged at most once a minute.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use rmqtt::codec::v5::SubscribeAckReason;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, Priority, ReturnType, Type};
-use rmqtt::types::{AuthResult, FromType, LastWill, PublishAclResult, SubscribeAclResult};
+use rmqtt::types::{FromType, PublishAclResult, SubscribeAclResult};
 
 use crate::acl::{ClientRef, TopicAcl};
 
@@ -48,7 +48,6 @@ pub(super) async fn register(scx: &ServerContext, acl: Arc<dyn TopicAcl>, counts
         Type::MessagePublish,
         Type::MessagePublishCheckAcl,
         Type::ClientSubscribeCheckAcl,
-        Type::ClientAuthenticate,
     ] {
         register
             .add_priority(t, PRIORITY, Box::new(check.clone()))
@@ -69,20 +68,25 @@ impl AclHook {
     fn refused(&self, client: &ClientRef<'_>, action: &str, topic: &str) {
         let now = Instant::now();
         let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
-        if logged.len() >= LOG_TRACKED {
+        if logged.len() >= LOG_TRACKED && !logged.contains_key(client.client_id) {
             logged.retain(|_, at| now.duration_since(*at) < LOG_EVERY);
+            if logged.len() >= LOG_TRACKED {
+                // Refusals from this many clients within a minute: counted, not logged.
+                return;
+            }
         }
         let due = logged
             .get(client.client_id)
             .is_none_or(|at| now.duration_since(*at) >= LOG_EVERY);
         if due {
             logged.insert(client.client_id.to_owned(), now);
-            let shown: String = topic.chars().take(128).collect();
+            // Debug-escaped and cut short: names come from clients (no forged log lines).
+            let clip = |s: &str| s.chars().take(128).collect::<String>();
             tracing::warn!(
-                mqtt.client_id = %client.client_id,
-                mqtt.username = client.username.unwrap_or("-"),
+                mqtt.client_id = ?clip(client.client_id),
+                mqtt.username = ?clip(client.username.unwrap_or("-")),
                 acl.action = action,
-                mqtt.topic = %shown,
+                mqtt.topic = ?clip(topic),
                 "topic ACL refused a client (further refusals of this client are not logged for a minute)"
             );
         }
@@ -106,7 +110,11 @@ impl Handler for AclHook {
                     Some(HookResult::Publish(p)) => p.topic.as_ref(),
                     _ => p.topic.as_ref(),
                 };
-                if self.acl.may_publish(&client, topic) {
+                let retain = match &acc {
+                    Some(HookResult::Publish(p)) => p.retain,
+                    _ => p.retain,
+                };
+                if self.acl.may_publish(&client, topic, retain) {
                     (true, acc)
                 } else {
                     (false, acc)
@@ -117,7 +125,7 @@ impl Handler for AclHook {
                     username: s.id.username.as_ref().map(|u| u.as_ref()),
                     client_id: s.id.client_id.as_ref(),
                 };
-                if self.acl.may_publish(&client, &p.topic) {
+                if self.acl.may_publish(&client, &p.topic, p.retain) {
                     return (true, acc);
                 }
                 self.counts.publish.fetch_add(1, Ordering::Relaxed);
@@ -137,30 +145,6 @@ impl Handler for AclHook {
                 self.refused(&client, "subscribe", &sub.topic_filter);
                 let refused = SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized);
                 (false, Some(HookResult::SubscribeAclResult(refused)))
-            }
-            // Wills are published by rmqtt without an ACL check: their topic is checked here,
-            // before the credentials (a refusal either way).
-            Parameter::ClientAuthenticate(info) => {
-                let Some(will) = info.last_will() else {
-                    return (true, acc);
-                };
-                let topic = match &will {
-                    LastWill::V3(w) => w.topic.as_ref(),
-                    LastWill::V5(w) => w.topic.as_ref(),
-                };
-                let client = ClientRef {
-                    username: info.username().map(|u| u.as_ref()),
-                    client_id: info.client_id().as_ref(),
-                };
-                if self.acl.may_publish(&client, topic) {
-                    return (true, acc);
-                }
-                self.counts.publish.fetch_add(1, Ordering::Relaxed);
-                self.refused(&client, "will", topic);
-                (
-                    false,
-                    Some(HookResult::AuthResult(AuthResult::NotAuthorized)),
-                )
             }
             _ => (true, acc),
         }

@@ -1,5 +1,5 @@
 //! The embedded broker's rmqtt hooks: host subscriptions (`MessagePublish`), drop counting
-//! (`MessageDropped`) and CONNECT authentication (`ClientAuthenticate`). Registered once by
+//! (`MessageDropped`) and CONNECT authentication with the will's topic (`ClientAuthenticate`). Registered once by
 //! [`register_hooks`] before the server accepts connections. Not here: the server's settings
 //! (see `mod.rs`).
 
@@ -9,9 +9,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
-use rmqtt::types::AuthResult;
+use rmqtt::types::{AuthResult, LastWill};
 
+use super::acl_hooks::AclCounts;
 use super::{from_rmqtt_qos, Authenticator};
+use crate::acl::{ClientRef, TopicAcl};
 use crate::local::LocalRouter;
 use crate::Message;
 
@@ -22,6 +24,7 @@ pub(super) async fn register_hooks(
     local: &LocalRouter,
     dropped: &Arc<AtomicU64>,
     auth: Option<Arc<dyn Authenticator>>,
+    will_check: Option<(Arc<dyn TopicAcl>, Arc<AclCounts>)>,
 ) {
     let register = scx.extends.hook_mgr().register();
     let publish = PublishHook {
@@ -34,7 +37,10 @@ pub(super) async fn register_hooks(
     register.add(Type::MessageDropped, Box::new(drops)).await;
     if let Some(auth) = auth {
         register
-            .add(Type::ClientAuthenticate, Box::new(AuthHook { auth }))
+            .add(
+                Type::ClientAuthenticate,
+                Box::new(AuthHook { auth, will_check }),
+            )
             .await;
     }
     register.start().await;
@@ -93,10 +99,36 @@ impl Handler for DroppedHook {
     }
 }
 
-/// Checks CONNECT credentials with the [`Authenticator`]. rmqtt only asks when the client sent
-/// a username or anonymous clients are not allowed.
+/// Checks CONNECT credentials with the [`Authenticator`], then, with a topic ACL, the will's
+/// topic (rmqtt publishes wills without asking the ACL): only once the client is known, so an
+/// anonymous flood costs no more than a refusal. rmqtt only asks when the client sent a
+/// username or anonymous clients are not allowed.
 struct AuthHook {
     auth: Arc<dyn Authenticator>,
+    will_check: Option<(Arc<dyn TopicAcl>, Arc<AclCounts>)>,
+}
+
+impl AuthHook {
+    /// Whether the will of `info` (if any) names a topic its client may publish on.
+    fn will_allowed(&self, info: &rmqtt::types::ConnectInfo, username: &str) -> bool {
+        let (Some((acl, counts)), Some(will)) = (&self.will_check, info.last_will()) else {
+            return true;
+        };
+        let topic = match &will {
+            LastWill::V3(w) => w.topic.as_ref(),
+            LastWill::V5(w) => w.topic.as_ref(),
+        };
+        let client = ClientRef {
+            username: Some(username),
+            client_id: info.client_id().as_ref(),
+        };
+        if acl.may_publish(&client, topic, will.retain()) {
+            return true;
+        }
+        counts.publish.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(mqtt.username = %username, "CONNECT refused: its will names a topic it may not publish on");
+        false
+    }
 }
 
 #[async_trait]
@@ -108,10 +140,12 @@ impl Handler for AuthHook {
         let result = match info.username() {
             Some(user) => {
                 let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
-                if self.auth.check(user, password) {
-                    AuthResult::Allow(false, None)
-                } else {
+                if !self.auth.check(user, password).await {
                     AuthResult::BadUsernameOrPassword
+                } else if !self.will_allowed(info, user) {
+                    AuthResult::NotAuthorized
+                } else {
+                    AuthResult::Allow(false, None)
                 }
             }
             None => {

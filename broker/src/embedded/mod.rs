@@ -46,6 +46,8 @@ use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
 const LISTEN_BACKLOG: i32 = 4096;
 /// How long shutdown waits for connected clients to be disconnected.
 const SHUTDOWN_KICK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest client id accepted (MQTT requires 23; SDKs use about 50).
+const MAX_CLIENT_ID_BYTES: usize = 256;
 /// The client id host publishes carry.
 const HOST_CLIENT_ID: &str = "iotctl";
 
@@ -53,8 +55,9 @@ const HOST_CLIENT_ID: &str = "iotctl";
 /// for every CONNECT with a username (and, when anonymous clients are not allowed, without
 /// one): keep it fast (no blocking I/O). Given to [`EmbeddedBroker::start`], so it is in place
 /// before the first client connects.
+#[async_trait]
 pub trait Authenticator: Send + Sync + fmt::Debug {
-    fn check(&self, username: &str, password: &[u8]) -> bool;
+    async fn check(&self, username: &str, password: &[u8]) -> bool;
 
     /// A CONNECT without a username was refused (anonymous clients not allowed): for counting.
     fn refused_anonymous(&self) {}
@@ -124,6 +127,8 @@ impl EmbeddedBroker {
             .max_mqueue_len(cfg.max_mqueue_len)
             .allow_anonymous(cfg.allow_anonymous)
             .allow_zero_keepalive(true)
+            // rmqtt's default is 65,535 bytes per client id; ids end up in logs and maps.
+            .max_clientid_len(MAX_CLIENT_ID_BYTES)
             // A client that connects and sends no (or half a) CONNECT is closed after this.
             .handshake_timeout(Duration::from_millis(cfg.handshake_timeout_ms.max(1)))
             // Deeper SUBSCRIBE filters get SUBACK failure; publishes are checked in `limits`.
@@ -184,9 +189,10 @@ impl EmbeddedBroker {
         let dropped = Arc::new(AtomicU64::new(0));
         // The listeners are bound, but no connection is accepted before `server.run()` below:
         // the authenticator is in place for the very first CONNECT.
-        hooks::register_hooks(&scx, &local, &dropped, auth).await;
-        limits::register(&scx, checked.max_topic_levels, cfg.max_payload_bytes).await;
         let acl_denied = Arc::new(acl_hooks::AclCounts::default());
+        let will_check = acl.clone().map(|acl| (acl, acl_denied.clone()));
+        hooks::register_hooks(&scx, &local, &dropped, auth, will_check).await;
+        limits::register(&scx, checked.max_topic_levels, cfg.max_payload_bytes).await;
         if let Some(acl) = acl {
             acl_hooks::register(&scx, acl, acl_denied.clone()).await;
         }

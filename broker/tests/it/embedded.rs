@@ -536,8 +536,9 @@ async fn websocket_listener_speaks_mqtt() {
 #[derive(Debug)]
 struct OnePassword;
 
+#[async_trait::async_trait]
 impl Authenticator for OnePassword {
-    fn check(&self, username: &str, password: &[u8]) -> bool {
+    async fn check(&self, username: &str, password: &[u8]) -> bool {
         username == "dev" && password == b"secret"
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! - an `admin` user may do everything;
 //! - an `app` user: request/response services (publish requests `iottalk/rpc/+/req` and
-//!   replies `iottalk/rpc/+/res/+`, read `iottalk/rpc/<name>/#`) and the read-only device API
-//!   under its own name (`iottalk/api/req|res/<name>/device`);
+//!   replies `iottalk/rpc/+/res/+`, never retained; read `iottalk/rpc/<name>/#`) and the
+//!   read-only device API under its own name (`iottalk/api/req|res/<name>/device`);
 //! - a DA (its id as username): its control channels (publish `<id>/ctrl/i`, read
 //!   `<id>/ctrl/o`), the data topics of its links (publish on IDF topics, read ODF topics;
 //!   [`DaGrants`], kept by the actor as CONNECT and DISCONNECT go out), and request/response
@@ -133,11 +133,15 @@ impl ControllerAcl {
 }
 
 impl TopicAcl for ControllerAcl {
-    fn may_publish(&self, client: &ClientRef<'_>, topic: &str) -> bool {
-        let rpc = || RPC_PUBLISH.iter().any(|p| matches(p, topic));
+    fn may_publish(&self, client: &ClientRef<'_>, topic: &str, retain: bool) -> bool {
+        // Request/response is never retained: open to every DA and app, a retained message
+        // there would be stored by the broker for ever (and replayed to every subscriber).
+        let rpc = || !retain && RPC_PUBLISH.iter().any(|p| matches(p, topic));
         match self.who(client) {
             Who::Admin => true,
-            Who::App(name) => rpc() || topic == format!("iottalk/api/req/{name}/device"),
+            Who::App(name) => {
+                rpc() || (!retain && topic == format!("iottalk/api/req/{name}/device"))
+            }
             Who::Da(id) => {
                 topic == iot_proto::topics::ctrl_i(&id)
                     || rpc()

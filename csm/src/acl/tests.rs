@@ -45,12 +45,12 @@ fn admins_may_do_everything_and_strangers_nothing() {
     let (acl, a, _) = acl();
     let ops = client(Some("ops"));
     for t in ["#", "iottalk/api/req/gui/graph/1", &format!("{a}/ctrl/o")] {
-        assert!(acl.may_publish(&ops, t) || t == "#");
+        assert!(acl.may_publish(&ops, t, false) || t == "#");
         assert!(acl.may_subscribe(&ops, t));
     }
     for who in [None, Some("nobody"), Some("A1B2")] {
         let c = client(who);
-        assert!(!acl.may_publish(&c, "iottalk/rpc/x/req"));
+        assert!(!acl.may_publish(&c, "iottalk/rpc/x/req", false));
         assert!(!acl.may_subscribe(&c, "iottalk/rpc/x/res/1"));
     }
 }
@@ -59,11 +59,11 @@ fn admins_may_do_everything_and_strangers_nothing() {
 fn apps_use_request_response_and_their_device_api_only() {
     let (acl, a, _) = acl();
     let app = client(Some("app1"));
-    assert!(acl.may_publish(&app, &format!("iottalk/rpc/{a}/req")));
-    assert!(acl.may_publish(&app, "iottalk/rpc/other/res/n1"));
+    assert!(acl.may_publish(&app, &format!("iottalk/rpc/{a}/req"), false));
+    assert!(acl.may_publish(&app, "iottalk/rpc/other/res/n1", false));
     assert!(acl.may_subscribe(&app, "iottalk/rpc/app1/res/+"));
     assert!(acl.may_subscribe(&app, "iottalk/rpc/app1/#"));
-    assert!(acl.may_publish(&app, "iottalk/api/req/app1/device"));
+    assert!(acl.may_publish(&app, "iottalk/api/req/app1/device", false));
     assert!(acl.may_subscribe(&app, "iottalk/api/res/app1/device"));
     for t in [
         "iottalk/api/req/app1/graph/1",
@@ -71,7 +71,7 @@ fn apps_use_request_response_and_their_device_api_only() {
         &format!("{a}/ctrl/i"),
         "data/idf-a",
     ] {
-        assert!(!acl.may_publish(&app, t), "{t}");
+        assert!(!acl.may_publish(&app, t, false), "{t}");
     }
     for f in [
         "#",
@@ -90,12 +90,12 @@ fn das_use_their_channels_and_the_topics_of_their_links() {
     let (sa, sb) = (a.to_string(), b.to_string());
     let da_a = client(Some(&sa));
     let da_b = client(Some(&sb));
-    assert!(acl.may_publish(&da_a, &format!("{a}/ctrl/i")));
+    assert!(acl.may_publish(&da_a, &format!("{a}/ctrl/i"), false));
     assert!(acl.may_subscribe(&da_a, &format!("{a}/ctrl/o")));
-    assert!(acl.may_publish(&da_a, "data/idf-a"));
+    assert!(acl.may_publish(&da_a, "data/idf-a", false));
     assert!(acl.may_subscribe(&da_a, "data/odf-a"));
     assert!(acl.may_subscribe(&da_a, &format!("iottalk/rpc/{a}/req")));
-    assert!(acl.may_publish(&da_a, &format!("iottalk/rpc/{b}/req")));
+    assert!(acl.may_publish(&da_a, &format!("iottalk/rpc/{b}/req"), false));
     // Another DA's channels and links, other directions, wildcards, the APIs: refused.
     for t in [
         format!("{b}/ctrl/i"),
@@ -104,7 +104,7 @@ fn das_use_their_channels_and_the_topics_of_their_links() {
         "iottalk/api/req/gui/graph/1".to_owned(),
         "iottalk/api/req/x/device".to_owned(),
     ] {
-        assert!(!acl.may_publish(&da_a, &t), "{t}");
+        assert!(!acl.may_publish(&da_a, &t, false), "{t}");
     }
     for f in [
         format!("{b}/ctrl/o"),
@@ -117,5 +117,14 @@ fn das_use_their_channels_and_the_topics_of_their_links() {
     ] {
         assert!(!acl.may_subscribe(&da_a, &f), "{f}");
     }
-    assert!(!acl.may_publish(&da_b, "data/idf-a"), "b has no links");
+    assert!(
+        !acl.may_publish(&da_b, "data/idf-a", false),
+        "b has no links"
+    );
+    // Retained: its uplink (online/offline) yes, request/response never.
+    assert!(acl.may_publish(&da_a, &format!("{a}/ctrl/i"), true));
+    assert!(!acl.may_publish(&da_a, &format!("iottalk/rpc/{b}/req"), true));
+    let app = client(Some("app1"));
+    assert!(!acl.may_publish(&app, "iottalk/rpc/x/res/n", true));
+    assert!(!acl.may_publish(&app, "iottalk/api/req/app1/device", true));
 }
