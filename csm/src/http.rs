@@ -62,8 +62,17 @@ fn parse_id(raw: &str) -> Result<DaId, CsmError> {
 /// answer, so bodies up to this size are drained first.
 const DRAIN_LIMIT_BYTES: usize = 64 * 1024 * 1024;
 
-/// Reads a request body of at most `limit` bytes.
+/// How long a request body may take to arrive (a client trickling it holds a connection).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a request body of at most `limit` bytes, within [`BODY_TIMEOUT`].
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, CsmError> {
+    tokio::time::timeout(BODY_TIMEOUT, read_body_now(body, limit))
+        .await
+        .map_err(|_| CsmError::BodyUnreadable("the body took too long to arrive".into()))?
+}
+
+async fn read_body_now(body: Body, limit: usize) -> Result<Bytes, CsmError> {
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
     let mut seen = 0usize;

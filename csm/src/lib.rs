@@ -284,6 +284,7 @@ pub async fn start(
     let mut state = Coordinator::new(
         RegistryConfig {
             credentials: cfg.da_credentials,
+            hide_rev: users.is_some(),
         },
         runtimes,
     );

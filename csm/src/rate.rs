@@ -1,6 +1,6 @@
 //! The per-source-address rate limit of registrations (`csm.registration_rate`, e.g.
-//! `"200/1s"`): a token bucket per IP address holding up to N tokens, refilled at N per
-//! period. A std `Mutex`: held for a map lookup only, never across an `.await`.
+//! `"200/1s"`): a token bucket per source (an IPv4 address, an IPv6 /64) holding up to N
+//! tokens, refilled at N per period. A std `Mutex`: held for a map lookup only, never across an `.await`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -77,11 +77,17 @@ impl Limiter {
     /// Takes a token for `ip` at `now`; when there is none, the whole seconds to wait
     /// (at least 1) for the `Retry-After` header.
     pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+        let ip = source(ip);
         let cap = f64::from(self.rate.count);
         let per_token = self.rate.per.as_secs_f64() / cap;
         let mut map = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
             map.retain(|_, b| refill(b, now, cap, per_token) < cap);
+            if map.len() >= MAX_TRACKED {
+                // That many sources within one period: start over rather than grow (memory
+                // stays bounded; a flood from so many addresses is for a firewall).
+                map.clear();
+            }
         }
         let b = map.entry(ip).or_insert(Bucket {
             tokens: cap,
@@ -97,6 +103,21 @@ impl Limiter {
             let wait = (1.0 - tokens) * per_token;
             Err((wait.ceil() as u64).max(1))
         }
+    }
+}
+
+/// The source a bucket is kept for: an IPv4 address, or the /64 network of an IPv6 one (one
+/// host usually has a whole /64 to pick addresses from).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -138,6 +159,11 @@ mod tests {
         assert_eq!(l.take(a, t0 + Duration::from_millis(500)), Err(1));
         l.take(a, t0 + Duration::from_millis(1000)).unwrap();
         assert!(l.take(a, t0 + Duration::from_millis(1000)).is_err());
+        // One IPv6 /64 is one source.
+        let v6 = Limiter::new("1/1h".parse().unwrap());
+        v6.take("2001:db8::1".parse().unwrap(), t0).unwrap();
+        assert!(v6.take("2001:db8::2".parse().unwrap(), t0).is_err());
+        v6.take("2001:db8:0:1::1".parse().unwrap(), t0).unwrap();
         let slow = Limiter::new("1/1h".parse().unwrap());
         slow.take(a, t0).unwrap();
         assert_eq!(slow.take(a, t0), Err(3600));

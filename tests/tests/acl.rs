@@ -213,6 +213,9 @@ async fn an_app_user_uses_request_response_and_the_device_api_only() {
         .json();
     assert_eq!(reply["state"], "ok", "{reply}");
     assert!(reply["da_list"].to_string().contains(&da.id), "{reply}");
+    // Without the DAs' revs (enough to deregister one).
+    assert!(reply["da_list"][&da.id]["name"].is_string(), "{reply}");
+    assert!(reply["da_list"][&da.id].get("rev").is_none(), "{reply}");
 
     // Request/response with a DA.
     let req_topic = format!("iottalk/rpc/{}/req", da.id);

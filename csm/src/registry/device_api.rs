@@ -25,7 +25,10 @@ impl Registry {
                 let list: Map<String, Value> = self
                     .das
                     .values()
-                    .map(|d| (d.record.id.to_string(), da_json(&d.record, d.presence)))
+                    .map(|d| {
+                        let shown = self.shown(da_json(&d.record, d.presence));
+                        (d.record.id.to_string(), shown)
+                    })
                     .collect();
                 device_api::reply_ok(&fields, Some(list))
             }
@@ -46,10 +49,23 @@ impl Registry {
         if self.device_clients.is_empty() {
             return;
         }
-        let body = device_api::announcement(kind, now, da);
+        let body = device_api::announcement(kind, now, self.shown(da));
         for client in &self.device_clients {
             fx.push(publish(topics::device_res(client), &body, false));
         }
+    }
+}
+
+impl Registry {
+    /// `da` as device-API clients see it: with authentication on, without its `rev` (which
+    /// is enough to deregister the DA; admins read it with `GET /{id}`).
+    fn shown(&self, mut da: Value) -> Value {
+        if self.cfg.hide_rev {
+            if let Value::Object(m) = &mut da {
+                m.remove("rev");
+            }
+        }
+        da
     }
 }
 

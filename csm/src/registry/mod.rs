@@ -85,6 +85,8 @@ struct Da {
 pub struct RegistryConfig {
     /// Issue a username/password per DA in the registration reply.
     pub credentials: bool,
+    /// Leave DAs' `rev` out of the device API (authentication on).
+    pub hide_rev: bool,
 }
 
 /// Successful registration.

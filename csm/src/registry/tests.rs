@@ -343,7 +343,10 @@ fn device_api_attach_lists_and_announces() {
 
 #[test]
 fn credentials_are_issued_when_enabled() {
-    let mut st = Registry::new(RegistryConfig { credentials: true });
+    let mut st = Registry::new(RegistryConfig {
+        credentials: true,
+        ..RegistryConfig::default()
+    });
     let mut fx = Vec::new();
     let r = st.register(id(1), req(None), 1.0, &mut fx).unwrap();
     assert_eq!(r.username.as_deref(), Some(id(1).to_string().as_str()));
@@ -473,7 +476,10 @@ fn an_odf_whose_da_never_replies_to_connect_opens_after_the_wait() {
 
 #[test]
 fn an_online_da_is_re_registered_only_with_its_password() {
-    let mut st = Registry::new(RegistryConfig { credentials: true });
+    let mut st = Registry::new(RegistryConfig {
+        credentials: true,
+        ..RegistryConfig::default()
+    });
     let reg = st.register(id(1), req(None), 1.0, &mut Vec::new()).unwrap();
     let password = reg.password.clone().unwrap();
     // Registered but not online yet: anyone may re-register (a device restarting).
