@@ -366,7 +366,15 @@ impl Registry {
     ) -> Result<(), CsmError> {
         match self.das.get(id) {
             None => Err(CsmError::NotFound),
-            Some(da) if &da.record.rev != rev => Err(CsmError::StaleRev),
+            // Constant time: the rev is what lets a client deregister the DA.
+            Some(da)
+                if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                    da.record.rev.as_str().as_bytes(),
+                    rev.as_str().as_bytes(),
+                )) =>
+            {
+                Err(CsmError::StaleRev)
+            }
             Some(_) => {
                 self.remove(id, now, fx);
                 Ok(())
