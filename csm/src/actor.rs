@@ -68,6 +68,8 @@ pub struct Status {
     pub graphs: serde_json::Map<String, serde_json::Value>,
     /// Python worker pids (0: not started) and how many were replaced.
     pub python_workers: Vec<u32>,
+    /// The probation worker's pid (0: not running): new and failing graphs' functions.
+    pub python_probation_worker: u32,
     pub python_restarts: u64,
     /// Graph tasks that died and were started again.
     pub graph_task_restarts: u64,
@@ -294,6 +296,7 @@ impl Actor {
                     })
                     .collect();
                 let stats: HashMap<String, _> = self.engine.stats.snapshot().into_iter().collect();
+                let python = self.state.graphs.runtimes().python.as_ref();
                 let graphs = self
                     .state
                     .graphs
@@ -305,10 +308,12 @@ impl Actor {
                             .unwrap_or_else(|| serde_json::json!({}));
                         v["links"] = g.links.len().into();
                         v["monitor"] = g.monitor.clone().into();
+                        if let Some(p) = python.and_then(|p| p.graph_json(gid)) {
+                            v["python"] = p;
+                        }
                         (gid.clone(), v)
                     })
                     .collect();
-                let python = self.state.graphs.runtimes().python.as_ref();
                 let _ = reply.send(Status {
                     registered: registry.len(),
                     online: registry.online_count(),
@@ -318,7 +323,8 @@ impl Actor {
                     counters: self.counters.values(),
                     graphs,
                     python_workers: python.map(|p| p.pids()).unwrap_or_default(),
-                    python_restarts: python.map_or(0, |p| p.restarts.load(Ordering::Relaxed)),
+                    python_probation_worker: python.map_or(0, |p| p.probation_pid()),
+                    python_restarts: python.map_or(0, |p| p.restarts()),
                 });
             }
         }

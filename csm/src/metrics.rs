@@ -107,11 +107,12 @@ pub async fn collect(h: &CsmHandle) -> Result<Vec<Sample>, crate::CsmError> {
             "python_workers",
             "Python worker processes running.",
             Gauge,
-            s.python_workers.iter().filter(|p| **p > 0).count() as f64,
+            (s.python_workers.iter().filter(|p| **p > 0).count()
+                + usize::from(s.python_probation_worker > 0)) as f64,
         ),
         sample(
             "python_restarts_total",
-            "Python workers replaced after a timeout or crash.",
+            "Python workers replaced after a timeout, crash or memory error.",
             Counter,
             s.python_restarts as f64,
         ),
@@ -159,59 +160,72 @@ pub async fn collect(h: &CsmHandle) -> Result<Vec<Sample>, crate::CsmError> {
         x.labels.push(("reason", why.as_str().into()));
         out.push(x);
     }
-    let per_graph: [(&'static str, &'static str, &str, Kind); 8] = [
+    let per_graph: [(&'static str, &'static str, &str, Kind); 10] = [
         (
             "graph_messages_in_total",
             "Messages received on a graph's IDF topics.",
-            "msgs_in",
+            "/msgs_in",
             Kind::Counter,
         ),
         (
             "graph_messages_out_total",
             "Messages published on a graph's ODF topics.",
-            "msgs_out",
+            "/msgs_out",
             Kind::Counter,
         ),
         (
             "graph_errors_total",
             "Messages dropped by a graph (bad input or failing function).",
-            "errors",
+            "/errors",
             Kind::Counter,
         ),
         (
             "function_calls_total",
             "Function calls.",
-            "fn_calls",
+            "/fn_calls",
             Kind::Counter,
         ),
         (
             "function_errors_total",
             "Function calls that failed.",
-            "fn_errors",
+            "/fn_errors",
             Kind::Counter,
         ),
         (
             "function_seconds_total",
             "Time spent in functions.",
-            "fn_seconds",
+            "/fn_seconds",
             Kind::Counter,
         ),
         (
             "graph_held_messages",
             "Outputs held for ODFs whose DA is not subscribed yet.",
-            "held",
+            "/held",
             Kind::Gauge,
         ),
         (
             "graph_held_dropped_total",
             "Held outputs dropped (too many, too old, or their ODF left the graph).",
-            "held_dropped",
+            "/held_dropped",
+            Kind::Counter,
+        ),
+        (
+            "graph_python_failures_total",
+            "Python calls of a graph that timed out, crashed their worker or ran out of memory.",
+            "/python/failures",
+            Kind::Counter,
+        ),
+        (
+            "graph_python_suspended_total",
+            "Python calls of a graph dropped while it was suspended after such a failure.",
+            "/python/suspended_calls",
             Kind::Counter,
         ),
     ];
     for (gid, g) in &s.graphs {
         for (name, help, key, kind) in per_graph {
-            let mut x = sample(name, help, kind, g[key].as_f64().unwrap_or(0.0));
+            let value = g.pointer(key).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            let mut x = sample(name, help, kind, value);
             x.labels.push(("graph", gid.clone()));
             out.push(x);
         }

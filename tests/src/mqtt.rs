@@ -39,6 +39,10 @@ pub async fn connack_with(
         opts.set_last_will(LastWill::new(topic, "{}", QoS::AtMostOnce, true));
     }
     let (_client, mut ev) = AsyncClient::new(opts, 10);
+    // rumqttc gives up on a CONNACK after 5 s; a controller checking a flood of passwords
+    // on a loaded machine may take longer: the test's own deadline decides.
+    ev.network_options
+        .set_connection_timeout(WAIT.as_secs().max(1));
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let r = tokio::time::timeout_at(deadline, ev.poll())

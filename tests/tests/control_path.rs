@@ -88,13 +88,14 @@ async fn a_killed_controller_leaves_no_python_worker_running() {
         .await;
     app.wait_links_acked().await;
     src.push("Out", json!(1)).await;
+    // A function that never answered runs on the probation worker.
     let s = app
         .wait_status("the worker busy with the loop", |s| {
-            s["python_workers"][0].as_u64() > Some(0)
+            s["python_probation_worker"].as_u64() > Some(0)
                 && s["graphs"][&g.gid]["msgs_in"].as_u64() >= Some(1)
         })
         .await;
-    let worker = nix::unistd::Pid::from_raw(s["python_workers"][0].as_u64().unwrap() as i32);
+    let worker = nix::unistd::Pid::from_raw(s["python_probation_worker"].as_u64().unwrap() as i32);
     // SIGKILL: the controller cannot stop its workers; the worker notices and exits.
     app.kill();
     let deadline = tokio::time::Instant::now() + WAIT;

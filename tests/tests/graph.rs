@@ -657,8 +657,12 @@ async fn a_killed_python_worker_is_replaced_and_routing_resumes() {
     g.ok(json!({"op": "set_join", "prev": null, "new": digest(sq)}))
         .await;
     app.wait_links_acked().await;
+    // The first call runs on the probation worker; once answered, the graph's calls go to
+    // the shared worker.
     src.push("Out", json!(3)).await;
     assert_eq!(sink.data().await, json!([9]));
+    src.push("Out", json!(5)).await;
+    assert_eq!(sink.data().await, json!([25]));
 
     let pid = app.status().await["python_workers"][0].as_u64().unwrap();
     assert!(pid > 0);

@@ -10,8 +10,9 @@ use futures::future::join_all;
 use std::sync::Arc;
 
 use super::GraphStats;
-use crate::funcs::Callable;
+use crate::funcs::{Callable, FnError};
 use crate::plan::Plan;
+use iot_proto::wire::{check_depth, DepthError};
 
 /// Why a message produced no output; goes to the monitor topic as `esm_error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,10 +192,18 @@ impl Exec {
             msg,
             src: idf_src(plan, i),
         };
-        let mut values = match serde_json::from_slice::<Value>(payload) {
-            Ok(Value::Array(a)) => a,
-            Ok(scalar) => vec![scalar],
+        let value = match serde_json::from_slice::<Value>(payload) {
+            Ok(v) => v,
+            // Past serde_json's own limit (128 levels): the same error as past ours.
+            Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+                return Err(err(DepthError.to_string()))
+            }
             Err(e) => return Err(err(format!("not JSON: {e}"))),
+        };
+        check_depth(&value).map_err(|e| err(e.to_string()))?;
+        let mut values = match value {
+            Value::Array(a) => a,
+            scalar => vec![scalar],
         };
         let width = idf.param_no + idf.tag_param_no;
         if values.len() != width {
@@ -233,7 +242,12 @@ async fn call(
     src: impl Fn() -> String,
 ) -> Result<Value, EsmError> {
     let start = std::time::Instant::now();
-    let result = f.call(args).await;
+    // Whatever a function returns obeys the same nesting limit as data entering the graph
+    // (Python's worker checks it itself, before encoding).
+    let result = f.call(args).await.and_then(|v| match check_depth(&v) {
+        Ok(()) => Ok(v),
+        Err(e) => Err(FnError(e.to_string())),
+    });
     let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     stats.fn_time_ns.fetch_add(ns, Ordering::Relaxed);
     stats.fn_calls.fetch_add(1, Ordering::Relaxed);
@@ -393,6 +407,63 @@ mod tests {
         );
         let err = e.on_idf(&p, 0, br#"["x", "c"]"#).await.unwrap_err();
         assert!(err.msg.contains("needs numbers"), "{err:?}");
+    }
+
+    /// `n` levels of lists around 1, as an IDF payload.
+    fn nested(n: usize) -> Vec<u8> {
+        format!("{}1{}", "[".repeat(n), "]".repeat(n)).into_bytes()
+    }
+
+    #[tokio::test]
+    async fn one_nesting_limit_whatever_the_function() {
+        use iot_proto::wire::{DepthError, MAX_DEPTH};
+        let python = crate::funcs::PythonPool::new(&FunctionsConfig::default());
+        let py = |code: &str| {
+            let code: Arc<str> = Arc::from(code);
+            Some(Callable::Python(python.bind(
+                "g",
+                &crate::funcs::digest(&code),
+                &code,
+                &[],
+            )))
+        };
+        let limit = DepthError.to_string();
+        let joins = [
+            ("no function", None),
+            ("Rhai", rhai("fn run(x) { x }")),
+            ("Python", py("def run(x): return x\n")),
+        ];
+        for (what, join) in joins {
+            let p = plan(vec![idf(1, None)], join, vec![odf(1, None)]);
+            let mut e = Exec::new(&p);
+            assert!(e.on_idf(&p, 0, &nested(MAX_DEPTH)).await.is_ok(), "{what}");
+            for n in [MAX_DEPTH + 1, 127, 500] {
+                let err = e.on_idf(&p, 0, &nested(n)).await.unwrap_err();
+                assert_eq!(err.msg, limit, "{what}, {n} levels");
+                assert!(err.src.starts_with("idf "), "{what}: {err:?}");
+            }
+        }
+        // What a function builds obeys the same limit, with the same error.
+        let builders = [
+            (
+                "Rhai",
+                rhai("fn run(x) { let v = x; for i in 0..100 { v = [v]; } v }"),
+            ),
+            (
+                "Python",
+                py("def run(x):\n    for _ in range(100): x = [x]\n    return x\n"),
+            ),
+        ];
+        for (what, join) in builders {
+            let p = plan(vec![idf(1, None)], join, vec![odf(1, None)]);
+            let mut e = Exec::new(&p);
+            let err = e.on_idf(&p, 0, b"[1]").await.unwrap_err();
+            assert_eq!(
+                (err.msg.as_str(), err.src.as_str()),
+                (limit.as_str(), "join"),
+                "{what}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -35,8 +35,21 @@ pub struct FunctionsConfig {
     pub python: String,
     /// Worker processes.
     pub python_workers: usize,
-    /// A call not answered within this is failed, its worker killed and replaced.
+    /// A call not answered within this (counted from when it starts running) is failed,
+    /// its worker killed and replaced, and its graph's calls suspended for a backoff.
     pub python_timeout_ms: u64,
+    /// Address space of a worker (`RLIMIT_AS`): a function allocating more gets a
+    /// `MemoryError` and its worker is replaced.
+    pub python_max_memory_mb: u64,
+    /// CPU seconds a worker may use in all (`RLIMIT_CPU`); then it is replaced.
+    pub python_max_cpu_seconds: u64,
+    /// Files a worker may have open at once (`RLIMIT_NOFILE`).
+    pub python_max_open_files: u64,
+    /// Largest file a worker may write (`RLIMIT_FSIZE`).
+    pub python_max_file_mb: u64,
+    /// The user workers run as when the controller runs as root (`root` keeps root: not
+    /// recommended).
+    pub python_user: String,
 }
 
 impl Default for FunctionsConfig {
@@ -51,6 +64,11 @@ impl Default for FunctionsConfig {
             python: "python3".into(),
             python_workers: 2,
             python_timeout_ms: 1000,
+            python_max_memory_mb: 256,
+            python_max_cpu_seconds: 3600,
+            python_max_open_files: 64,
+            python_max_file_mb: 16,
+            python_user: "nobody".into(),
         }
     }
 }
@@ -190,9 +208,11 @@ impl Runtimes {
         Ok(lang)
     }
 
-    /// Binds function `digest` (whose code and language are in `codes`) to its dependencies.
+    /// Binds function `digest` (whose code and language are in `codes`) to its dependencies,
+    /// on behalf of graph `graph` (whose Python functions share one standing with the pool).
     pub fn bind(
         &self,
+        graph: &str,
         digest: &str,
         depends: &BTreeMap<String, Digest>,
         codes: &CodeLookup<'_>,
@@ -212,7 +232,7 @@ impl Runtimes {
         match lang {
             Lang::Rhai => Ok(Callable::Rhai(self.rhai.bind(&code, &deps)?)),
             Lang::Python => match &self.python {
-                Some(p) => Ok(Callable::Python(p.bind(digest, &code, &deps))),
+                Some(p) => Ok(Callable::Python(p.bind(graph, digest, &code, &deps))),
                 None => Err(SetupError::PythonDisabled),
             },
         }

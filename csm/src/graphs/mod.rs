@@ -299,7 +299,7 @@ impl GraphStore {
         }
         let lookup = |d: &str| self.functions.get(d).map(|f| (f.lang, f.code.clone()));
         self.runtimes
-            .bind(digest, depends, &lookup)
+            .bind(gid, digest, depends, &lookup)
             .map_err(GraphError::Bind)
     }
 

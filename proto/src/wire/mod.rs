@@ -9,6 +9,7 @@
 //! - [`device_api`]: the device API: attach/detach and announcements.
 
 pub mod control;
+mod depth;
 pub mod device_api;
 pub mod graph_api;
 pub mod register;
@@ -16,6 +17,7 @@ pub mod register;
 use serde_json::Value;
 
 pub use control::{Ack, Command, Direction, Presence, Signal, Uplink};
+pub use depth::{check_depth, json_depth, DepthError, MAX_DEPTH};
 pub use register::{
     BrokerUrl, DaRecord, DeregisterRequest, ErrorBody, Feature, RegisterRequest, RegisterResponse,
     MAX_NAME_BYTES,
