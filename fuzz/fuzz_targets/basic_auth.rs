@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(back.username, c.username);
                     assert_eq!(back.password.as_slice(), c.password.as_slice());
                 }
-                None => panic!("credentials of user {:?} do not parse once encoded", c.username),
+                None => panic!(
+                    "credentials of user {:?} do not parse once encoded",
+                    c.username
+                ),
             }
         }
     }
