@@ -220,6 +220,75 @@ impl std::fmt::Debug for DaBuilder {
     }
 }
 
+/// Longest timeout the builder accepts: deadlines are computed as "now + timeout", which
+/// the clock cannot represent for durations like `Duration::MAX`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Most requests served at once and most samples buffered per ODF consumer (the async
+/// runtime's semaphores and channels refuse anything near `usize::MAX`).
+pub const MAX_QUEUE: usize = 1 << 20;
+
+impl Options {
+    /// Refuses settings that the MQTT client, the clock or the runtime cannot use, with an
+    /// error naming the setting, instead of a panic when the DA starts.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        let retry = match self.retry {
+            Retry::For(d) => d,
+            Retry::Never | Retry::Forever => Duration::ZERO,
+        };
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("http_timeout", self.http_timeout),
+            ("resume_timeout", self.resume_timeout),
+            ("call_timeout", self.call_timeout),
+            ("stop_timeout", self.stop_timeout),
+            ("retry", retry),
+        ] {
+            if d > MAX_TIMEOUT {
+                return Err(Error::Config(format!(
+                    "`{name}` is {d:?}: it may be at most 365 days"
+                )));
+            }
+        }
+        let ka = self.keep_alive;
+        if ka > Duration::from_secs(u64::from(u16::MAX)) {
+            return Err(Error::Config(format!(
+                "`keep_alive` is {ka:?}: MQTT allows at most 65535 s"
+            )));
+        }
+        match self.mqtt_version {
+            MqttVersion::V311 if !ka.is_zero() && ka < Duration::from_secs(1) => {
+                return Err(Error::Config(format!(
+                    "`keep_alive` is {ka:?}: use 0 (off) or at least 1 s"
+                )))
+            }
+            MqttVersion::Auto | MqttVersion::V5 if ka < Duration::from_secs(5) => {
+                return Err(Error::Config(format!(
+                    "`keep_alive` is {ka:?}: with MQTT 5 (or `MqttVersion::Auto`) it must be \
+                     at least 5 s; choose `MqttVersion::V311` for less"
+                )))
+            }
+            _ => {}
+        }
+        for (name, n) in [
+            ("odf_buffer", self.odf_buffer),
+            ("max_handlers", self.max_handlers),
+        ] {
+            if n == 0 || n > MAX_QUEUE {
+                return Err(Error::Config(format!(
+                    "`{name}` is {n}: it must be between 1 and {MAX_QUEUE}"
+                )));
+            }
+        }
+        if self.outbox.capacity == 0 {
+            return Err(Error::Config(
+                "the outbox capacity is 0: it must hold at least one push".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl DaBuilder {
     pub(crate) fn new(api_url: impl Into<String>) -> Self {
         Self {
@@ -308,7 +377,8 @@ impl DaBuilder {
         self
     }
 
-    /// MQTT keepalive (default 30 s).
+    /// MQTT keepalive (default 30 s): at least 5 s with MQTT 5 or [`MqttVersion::Auto`],
+    /// 0 (off) or at least 1 s with [`MqttVersion::V311`], at most 65535 s.
     pub fn keep_alive(mut self, t: Duration) -> Self {
         self.opts.keep_alive = t;
         self
@@ -376,8 +446,9 @@ impl DaBuilder {
         self
     }
 
-    /// The registration body, checked.
+    /// The registration body, checked, after the settings ([`Options::check`]).
     pub(crate) fn request(&self) -> Result<RegisterRequest, Error> {
+        self.opts.check()?;
         match self.profile.get("model") {
             Some(Value::String(m)) if !m.trim().is_empty() => {}
             _ => {

@@ -231,18 +231,7 @@ impl Da {
     /// reconnect ([`Da::flush`] waits for delivery). Fails with [`Error::UnknownFeature`],
     /// [`Error::NotConnected`] (no graph links this IDF yet), or [`Error::OutboxFull`].
     pub async fn push(&self, idf: &str, value: impl Serialize) -> Result<(), Error> {
-        let v = serde_json::to_value(value).map_err(|e| Error::Encode(e.to_string()))?;
-        let v = match v {
-            Value::Array(_) => v,
-            other => Value::Array(vec![other]),
-        };
-        let payload = serde_json::to_vec(&v).map_err(|e| Error::Encode(e.to_string()))?;
-        if payload.len() > MAX_PAYLOAD_BYTES {
-            return Err(Error::Encode(format!(
-                "the value is {} bytes as JSON; at most {MAX_PAYLOAD_BYTES} fit in one message",
-                payload.len()
-            )));
-        }
+        let payload = encode_sample(value)?;
         let feature = idf.to_owned();
         self.ask(|reply| Cmd::Push {
             feature,
@@ -403,4 +392,22 @@ impl Da {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The payload of one pushed sample: the value as a JSON list (a scalar or object wrapped in
+/// one, as the IoTtalk SDKs do), at most [`MAX_PAYLOAD_BYTES`]. [`crate::odf`] decodes it.
+pub(crate) fn encode_sample(value: impl Serialize) -> Result<Vec<u8>, Error> {
+    let v = serde_json::to_value(value).map_err(|e| Error::Encode(e.to_string()))?;
+    let v = match v {
+        Value::Array(_) => v,
+        other => Value::Array(vec![other]),
+    };
+    let payload = serde_json::to_vec(&v).map_err(|e| Error::Encode(e.to_string()))?;
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Error::Encode(format!(
+            "the value is {} bytes as JSON; at most {MAX_PAYLOAD_BYTES} fit in one message",
+            payload.len()
+        )));
+    }
+    Ok(payload)
 }

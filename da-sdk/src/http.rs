@@ -79,17 +79,7 @@ impl Registrar {
     async fn rejected(&self, url: &str, resp: reqwest::Response) -> Error {
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
-        let reason = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(e) => e.reason,
-            Err(_) => format!(
-                "HTTP {status} from {url}, not an IoTtalk error body (is the API URL right?): {}",
-                brief(&body)
-            ),
-        };
-        Error::Rejected {
-            status: status.as_u16(),
-            reason,
-        }
+        rejection(status, url, &body)
     }
 
     /// `PUT /{id}`: registers or re-registers.
@@ -110,17 +100,7 @@ impl Registrar {
             return Err(self.rejected(&url, resp).await);
         }
         let body = resp.bytes().await.map_err(|e| self.unreachable(&url, &e))?;
-        let reg: RegisterResponse = serde_json::from_slice(&body).map_err(|e| Error::Protocol {
-            url: url.clone(),
-            why: format!("not a registration reply ({e}): {}", brief(&body)),
-        })?;
-        if reg.id != *id {
-            return Err(Error::Protocol {
-                url,
-                why: format!("the reply is about another id ({})", reg.id),
-            });
-        }
-        Ok(reg)
+        registration_reply(&url, id, &body)
     }
 
     /// `GET /{id}`: the current rev, or `None` when the server does not know the id.
@@ -135,17 +115,8 @@ impl Registrar {
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             StatusCode::OK => {
-                let v: Value = resp.json().await.map_err(|e| Error::Protocol {
-                    url: url.clone(),
-                    why: e.to_string(),
-                })?;
-                match v.get("rev").and_then(Value::as_str) {
-                    Some(r) => Ok(Some(Rev::from(r.to_owned()))),
-                    None => Err(Error::Protocol {
-                        url,
-                        why: "the record has no `rev`".into(),
-                    }),
-                }
+                let body = resp.bytes().await.map_err(|e| self.unreachable(&url, &e))?;
+                record_rev(&url, &body).map(Some)
             }
             _ => Err(self.rejected(&url, resp).await),
         }
@@ -169,6 +140,56 @@ impl Registrar {
             }
             _ => Err(self.rejected(&url, resp).await),
         }
+    }
+}
+
+/// The body of a `PUT /{id}` answered 200: a registration reply about `id`.
+pub(crate) fn registration_reply(
+    url: &str,
+    id: &DaId,
+    body: &[u8],
+) -> Result<RegisterResponse, Error> {
+    let reg: RegisterResponse = serde_json::from_slice(body).map_err(|e| Error::Protocol {
+        url: url.to_owned(),
+        why: format!("not a registration reply ({e}): {}", brief(body)),
+    })?;
+    if reg.id != *id {
+        return Err(Error::Protocol {
+            url: url.to_owned(),
+            why: format!("the reply is about another id ({})", reg.id),
+        });
+    }
+    Ok(reg)
+}
+
+/// The `rev` of the record a `GET /{id}` answered 200 with.
+pub(crate) fn record_rev(url: &str, body: &[u8]) -> Result<Rev, Error> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| Error::Protocol {
+        url: url.to_owned(),
+        why: format!("not a registration record ({e}): {}", brief(body)),
+    })?;
+    match v.get("rev").and_then(Value::as_str) {
+        Some(r) => Ok(Rev::from(r.to_owned())),
+        None => Err(Error::Protocol {
+            url: url.to_owned(),
+            why: "the record has no `rev`".into(),
+        }),
+    }
+}
+
+/// [`Error::Rejected`] for a failed request: the server's `reason` from an IoTtalk error
+/// body, else the start of whatever it sent.
+pub(crate) fn rejection(status: StatusCode, url: &str, body: &[u8]) -> Error {
+    let reason = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => e.reason,
+        Err(_) => format!(
+            "HTTP {status} from {url}, not an IoTtalk error body (is the API URL right?): {}",
+            brief(body)
+        ),
+    };
+    Error::Rejected {
+        status: status.as_u16(),
+        reason,
     }
 }
 

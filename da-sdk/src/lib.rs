@@ -15,6 +15,7 @@
 //!   supervisor; `transport::{client, link, poller, events}` build a connection, send on
 //!   it, read it, and report to `core`), `features` (signal handling), `outbox`, `rpc`,
 //!   `http` (the registration API client), `backoff`, `sqlite`.
+//! - Test-only: `proptests`, property tests of every parser of outside input in the SDK.
 //! - Logging: the DA's tasks run in a span named `da` with the field `da.id`; their events
 //!   do not repeat it.
 
@@ -33,6 +34,8 @@ mod core;
 mod features;
 mod http;
 mod outbox;
+#[cfg(test)]
+mod proptests;
 mod rpc;
 mod sqlite;
 mod transport;

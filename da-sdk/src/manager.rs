@@ -145,7 +145,7 @@ pub struct SqliteDeviceManager {
     conn: Shared,
 }
 
-type Row = (
+pub(crate) type Row = (
     String,
     String,
     String,
@@ -156,7 +156,7 @@ type Row = (
     String,
 );
 
-fn row_to_stored(r: Row) -> Result<StoredDevice, Error> {
+pub(crate) fn row_to_stored(r: Row) -> Result<StoredDevice, Error> {
     let (id, model, name, idf_list, odf_list, tags, hash, state) = r;
     let bad =
         |what: &str, e: &dyn std::fmt::Display| Error::Storage(format!("device {id}: {what}: {e}"));

@@ -7,9 +7,9 @@
 use bytes::Bytes;
 use iot_proto::wire::{Presence, Signal, Uplink};
 use iot_proto::QoS;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::Core;
+use super::{loose_str, Core};
 use crate::features::Effect;
 use crate::transport::{Out, Tag};
 
@@ -45,10 +45,7 @@ impl Core {
             }
             Err(e) => {
                 // Answer anything that names a msg_id (e.g. an unknown command); ignore the rest.
-                let msg_id = serde_json::from_slice::<Value>(payload)
-                    .ok()
-                    .and_then(|v| v.get("msg_id").and_then(Value::as_str).map(str::to_owned));
-                match msg_id {
+                match loose_str(payload, "msg_id") {
                     Some(m) => (m, Err(format!("cannot handle this signal: {e}"))),
                     None => {
                         tracing::warn!(error = %e, "ignored a malformed signal");

@@ -144,6 +144,13 @@ pub(crate) struct Core {
     odf_pending: HashMap<u64, (String, Value)>,
 }
 
+/// The string field `key` of a JSON object payload, read loosely, to answer a message that
+/// does not parse (its `msg_id`, `reply_to`, `id`); `None` for anything else.
+pub(crate) fn loose_str(payload: &[u8], key: &str) -> Option<String> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
 impl Core {
     #[allow(clippy::too_many_arguments)]
     pub fn new(

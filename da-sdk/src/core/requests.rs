@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Core, PendingCall};
+use super::{loose_str, Core, PendingCall};
 use crate::error::Error;
 use crate::features::valid_topic;
 use crate::rpc::{self, Done, Handler, ReplyTo};
@@ -62,11 +62,7 @@ impl Core {
         // its error reply.
         let (json_topic, json_id) = match &parsed {
             Ok(r) => (r.reply_to.clone(), r.id.clone()),
-            Err(_) => {
-                let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
-                let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-                (s("reply_to"), s("id"))
-            }
+            Err(_) => (loose_str(payload, "reply_to"), loose_str(payload, "id")),
         };
         let reply_to = v5_topic
             .or(json_topic)
@@ -225,9 +221,12 @@ impl Core {
             props: Some(Props {
                 response_topic: Some(self.reply_topic.clone()),
                 correlation: Some(Bytes::from(id.clone())),
-                expiry_secs: Some(u32::try_from(timeout.as_secs() + 1).unwrap_or(u32::MAX)),
+                expiry_secs: Some(
+                    u32::try_from(timeout.as_secs().saturating_add(1)).unwrap_or(u32::MAX),
+                ),
             }),
-            expires: Some(Instant::now() + timeout),
+            // A deadline past what the clock can hold (`Duration::MAX`) never expires.
+            expires: Instant::now().checked_add(timeout),
         });
         self.calls.insert(
             id,

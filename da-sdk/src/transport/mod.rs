@@ -36,6 +36,20 @@ use crate::config::{MqttVersion, Options};
 use crate::http::Registrar;
 use crate::status::Protocol;
 
+/// Builds (and drops) a connection's client and event loop without connecting, for the
+/// property tests of the settings and registration replies the client is built from.
+#[cfg(test)]
+pub(crate) fn try_build(
+    id: &DaId,
+    reg: &Registration,
+    opts: &Options,
+    protocol: Protocol,
+) -> Result<(), String> {
+    client::build(id, &id.to_string(), reg, opts, protocol)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The supervisor of one DA's connection.
 pub(crate) struct Supervisor {
     pub id: DaId,
