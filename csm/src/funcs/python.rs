@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{FnError, FunctionsConfig, SetupError};
+use iot_proto::log::Escaped;
 
 const WORKER_SCRIPT: &str = include_str!("worker.py");
 /// Where a call's result goes.
@@ -205,7 +206,7 @@ impl Worker {
             if let Err(e) = ready(&mut proc).await {
                 let _ = proc.child.start_kill();
                 let _ = proc.child.wait().await;
-                tracing::warn!(python.worker = self.index, reason = %e, "Python worker did not start");
+                tracing::warn!(python.worker = self.index, reason = %Escaped(&e), "Python worker did not start");
                 fail(job, &e);
                 continue;
             }
@@ -223,7 +224,7 @@ impl Worker {
                 break;
             }
             self.restarts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(python.worker = self.index, reason = %why, "Python worker replaced");
+            tracing::warn!(python.worker = self.index, reason = ?why, "Python worker replaced");
         }
     }
 
@@ -391,7 +392,7 @@ fn answer_one(p: &mut Process, v: &Value) {
         // A load failed: calls of that digest will fail with KeyError; say why once.
         None => {
             if let Err(e) = result {
-                tracing::warn!(error = %e, "Python function failed to load");
+                tracing::warn!(error = %Escaped(&e), "Python function failed to load");
             }
         }
     }
