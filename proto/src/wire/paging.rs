@@ -108,19 +108,28 @@ pub fn too_large_reply(body: &Value, bytes: usize, limit: usize, reason: &str) -
         Value::Object(m) => m.clone(),
         _ => Map::new(),
     };
+    // An error reply keeps its own reason first (cut short: it may quote the request).
+    let was_error = fields.get("state").and_then(Value::as_str) == Some("error");
+    let earlier = fields
+        .get("reason")
+        .and_then(Value::as_str)
+        .filter(|_| was_error)
+        .map(|r| clip(r, MAX_KEPT_REASON_BYTES.min(limit / 4)));
     for k in ["state", "reason", "page", "pages"] {
         fields.remove(k);
+    }
+    let why = TooLarge { bytes, limit };
+    let mut text = match earlier {
+        Some(r) => format!("{r} ({why}: large fields left out)"),
+        None => why.to_string(),
+    };
+    if !reason.is_empty() {
+        text = format!("{text}: {reason}");
     }
     let finish = |fields: &Map<String, Value>| {
         let mut b = fields.clone();
         b.insert("state".into(), "error".into());
-        let why = TooLarge { bytes, limit };
-        let text = if reason.is_empty() {
-            why.to_string()
-        } else {
-            format!("{why}: {reason}")
-        };
-        b.insert("reason".into(), text.into());
+        b.insert("reason".into(), text.clone().into());
         Value::Object(b)
     };
     loop {
@@ -138,6 +147,21 @@ pub fn too_large_reply(body: &Value, bytes: usize, limit: usize, reason: &str) -
             fields.remove(&k);
         }
     }
+}
+
+/// Most bytes of an error reply's own reason kept when the reply is cut down to fit.
+const MAX_KEPT_REASON_BYTES: usize = 1024;
+
+/// The first `max` bytes of `s` at most (on a character boundary), `...` added when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let cut = (0..=max)
+        .rev()
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{}...", &s[..cut])
 }
 
 /// Collects the messages of one list-like reply on the client side: [`Pages::add`] until it
@@ -292,6 +316,14 @@ mod tests {
             r["reason"],
             format!("reply too large ({bytes} bytes > broker.max_payload_bytes 300)")
         );
+        // An error reply keeps its reason, cut short.
+        let body = json!({"op": "x", "pad": "p".repeat(5000), "state": "error",
+            "reason": format!("unknown op: `{}`", "o".repeat(3000))});
+        let r = too_large_reply(&body, 9000, 2000, "");
+        assert!(json_len(&r) <= 2000, "{r}");
+        let why = r["reason"].as_str().unwrap();
+        assert!(why.starts_with("unknown op: `ooo"), "{why}");
+        assert!(why.ends_with("(reply too large (9000 bytes > broker.max_payload_bytes 2000): large fields left out)"), "{why}");
         // Even a reply with a huge `op` gets an answer that fits.
         let r = too_large_reply(&json!({"op": "o".repeat(1000)}), 1010, 200, "x");
         assert!(json_len(&r) <= 200, "{r}");
