@@ -196,9 +196,23 @@ async fn publish_out(broker: &BrokerHandle, stats: &GraphStats, topic: &str, pay
     }
 }
 
+/// Publishes on the graph's monitor topic; a message too large for the broker is replaced by
+/// an `esm_error` that says so (the watcher learns that something was not shown).
 async fn monitor(broker: &BrokerHandle, topic: &str, body: &Value) {
     let msg = Message::new(topic, body.to_string(), QoS::AtMostOnce, false);
-    if let Err(e) = broker.publish(msg).await {
-        tracing::debug!(error = %Escaped(&e), "monitor publish failed");
+    match broker.publish(msg).await {
+        Ok(()) => {}
+        Err(iot_broker::BrokerError::PayloadTooLarge { bytes, limit, .. }) => {
+            let op = body["op"].as_str().unwrap_or("message");
+            let note = serde_json::json!({"op": "esm_error", "data": {
+                "msg": format!("{op} too large ({bytes} bytes > broker.max_payload_bytes {limit}): not shown"),
+                "src": body["data"]["src"],
+            }});
+            let msg = Message::new(topic, note.to_string(), QoS::AtMostOnce, false);
+            if let Err(e) = broker.publish(msg).await {
+                tracing::debug!(error = %Escaped(&e), "monitor publish failed");
+            }
+        }
+        Err(e) => tracing::debug!(error = %Escaped(&e), "monitor publish failed"),
     }
 }
