@@ -30,7 +30,7 @@ impl Authenticator for Gate {
         };
         if !ok {
             self.refusals.add(Refusal::MqttBadCredentials);
-            tracing::debug!(mqtt.username = %username, "MQTT CONNECT refused: bad credentials");
+            tracing::debug!(mqtt.username = ?username, "MQTT CONNECT refused: bad credentials");
         }
         ok
     }

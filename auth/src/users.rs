@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::password;
+use iot_proto::log::Escaped;
 
 /// How often a running controller re-reads the `users` table.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -68,7 +69,7 @@ impl Users {
         let mut next = HashMap::with_capacity(rows.len());
         for row in rows {
             let Ok(role) = row.role.parse::<Role>() else {
-                tracing::warn!(user = %row.name, role = %row.role, "user with an unknown role ignored");
+                tracing::warn!(user = ?row.name, role = ?row.role, "user with an unknown role ignored");
                 continue;
             };
             let verified = map
@@ -200,7 +201,7 @@ impl Users {
                 }
                 Err(e) if !failing => {
                     failing = true;
-                    tracing::warn!(error = %e, "cannot reload users; keeping the ones loaded before");
+                    tracing::warn!(error = %Escaped(&e), "cannot reload users; keeping the ones loaded before");
                 }
                 Err(_) => {}
             }

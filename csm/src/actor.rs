@@ -14,7 +14,7 @@ use futures::StreamExt;
 use iot_broker::{BrokerHandle, Message, QoS, Subscription};
 use iot_proto::topics::{self, ApiRequest};
 use iot_proto::wire::graph_api::LinkRef;
-use iot_proto::wire::{DaRecord, RegisterRequest};
+use iot_proto::wire::{paging, DaRecord, RegisterRequest};
 use iot_proto::{DaId, MsgId, Rev};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ use crate::engine::Engine;
 use crate::error::CsmError;
 use crate::registry::{now_epoch, PresenceState, Registered, UplinkKind};
 use crate::store::{Persisted, Store};
+use iot_proto::log::Escaped;
 
 /// A request to the actor; each carries the channel its answer goes to.
 #[derive(Debug)]
@@ -209,13 +210,13 @@ impl Actor {
         };
         match kind {
             UplinkKind::Garbage => {
-                tracing::debug!(mqtt.topic = %msg.topic, "ignored garbage on an uplink")
+                tracing::debug!(mqtt.topic = ?msg.topic, "ignored garbage on an uplink")
             }
             UplinkKind::Stale => {
-                tracing::debug!(mqtt.topic = %msg.topic, "ignored a message with a stale rev")
+                tracing::debug!(mqtt.topic = ?msg.topic, "ignored a message with a stale rev")
             }
             UplinkKind::Online | UplinkKind::Offline => {
-                tracing::debug!(mqtt.topic = %msg.topic, da.presence = ?kind, "presence")
+                tracing::debug!(mqtt.topic = ?msg.topic, da.presence = ?kind, "presence")
             }
             _ => {}
         }
@@ -265,9 +266,11 @@ impl Actor {
                 match &result {
                     Ok(r) => {
                         self.counters.registrations.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(da.id = %id, da.name = %r.record.name, "registered");
+                        tracing::info!(da.id = %id, da.name = ?r.record.name, "registered");
                     }
-                    Err(e) => tracing::debug!(da.id = %id, error = %e, "registration refused"),
+                    Err(e) => {
+                        tracing::debug!(da.id = %id, error = %Escaped(&e), "registration refused")
+                    }
                 }
                 let _ = reply.send(result.map(|r| (r, persisted.unwrap_or_else(done))));
             }
@@ -348,13 +351,14 @@ impl Actor {
         for e in fx {
             match e {
                 Effect::Publish(msg) => {
+                    let msg = fit_reply(msg, self.state.registry.max_reply_bytes());
                     // A control message (CONNECT, DISCONNECT) changes what the DA may use:
                     // its grants follow before it reads the message.
                     if let Some(id) = ctrl_o_da(&msg.topic) {
                         self.grants.refresh(&self.state.registry, &id);
                     }
                     if let Err(e) = self.broker.publish(msg).await {
-                        tracing::warn!(error = %e, "publish failed");
+                        tracing::warn!(error = %Escaped(&e), "publish failed");
                     }
                 }
                 Effect::Persist(w) => persisted = Some(self.store.write(w).await),
@@ -394,6 +398,24 @@ impl Actor {
         }
         persisted
     }
+}
+
+/// An API reply (or announcement) larger than the broker carries becomes an error reply that
+/// says so, with the request's small fields (`op`, a `nonce`): a client always gets an answer.
+/// Other messages pass unchanged.
+fn fit_reply(msg: Message, limit: usize) -> Message {
+    if msg.payload.len() <= limit || !topics::is_api_res(&msg.topic) {
+        return msg;
+    }
+    let body = serde_json::from_slice(&msg.payload).unwrap_or(serde_json::Value::Null);
+    let reply = paging::too_large_reply(&body, msg.payload.len(), limit, "");
+    tracing::warn!(
+        mqtt.topic = ?msg.topic,
+        payload.bytes = msg.payload.len(),
+        limit.bytes = limit,
+        "reply larger than broker.max_payload_bytes: an error reply goes instead"
+    );
+    Message::new(msg.topic, reply.to_string(), msg.qos, msg.retain)
 }
 
 /// The DA a control message on `<id>/ctrl/o` is for.

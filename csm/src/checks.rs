@@ -13,6 +13,7 @@ use tokio::task::{Id, JoinError, JoinSet};
 use crate::coordinator::Coordinator;
 use crate::effect::Effect;
 use crate::graphs::{add_funcs, CheckedFunc, GraphError};
+use iot_proto::log::Escaped;
 
 /// Requests that may wait behind a check, per graph; more are refused (retry later).
 const MAX_WAITING: usize = 1024;
@@ -106,7 +107,7 @@ impl Checks {
         let (id, result) = match done {
             Ok((id, result)) => (id, result),
             Err(e) => {
-                tracing::error!(error = %e, "an add_funcs check failed");
+                tracing::error!(error = %Escaped(&e), "an add_funcs check failed");
                 (e.id(), Err(GraphError::CheckFailed))
             }
         };

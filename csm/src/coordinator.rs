@@ -6,7 +6,7 @@
 use iot_migrations::das::DaRow;
 use iot_proto::topics;
 use iot_proto::wire::graph_api::{self, GraphApiError, GraphOk, GraphRequest, LinkRef, OpKind};
-use iot_proto::wire::RegisterRequest;
+use iot_proto::wire::{paging, RegisterRequest};
 use iot_proto::{DaId, MsgId, Rev};
 
 use crate::effect::{publish, Effect};
@@ -14,6 +14,12 @@ use crate::error::CsmError;
 use crate::funcs::Runtimes;
 use crate::graphs::{self, CheckedFunc, GraphError, GraphStore, Links};
 use crate::registry::{LinkError, Registered, Registry, RegistryConfig};
+use iot_proto::log::Escaped;
+
+/// What a successful graph op's reply adds to the request's echoed fields, at most:
+/// `state`, `monitor_topics`, the join's `prev`/`new`/`depends` (`add_funcs` replaces its
+/// `digests` with as many).
+const REPLY_ROOM_BYTES: usize = 1024;
 
 /// The registry seen from the graph store.
 struct RegistryLinks<'a>(&'a mut Registry);
@@ -185,6 +191,15 @@ impl Coordinator {
                 return None;
             }
         };
+        // Every field is echoed: a request whose reply would not fit is refused before it
+        // changes anything (its error reply is shortened by the actor to fit).
+        let bytes = paging::json_len(&req.fields) + REPLY_ROOM_BYTES;
+        let limit = self.registry.max_reply_bytes();
+        if bytes > limit {
+            let error = GraphError::ReplyTooLarge { bytes, limit };
+            self.reply(client, gid, &req.fields, Err(error), fx);
+            return None;
+        }
         if let graph_api::GraphOp::AddFuncs { codes, digests } = &req.op {
             if self.graphs.exists(gid) {
                 let pending = PendingCheck {
@@ -245,7 +260,7 @@ impl Coordinator {
         let body = match &result {
             Ok(ok) => graph_api::reply(fields, Ok(ok)),
             Err(e) => {
-                tracing::debug!(graph.id = %gid, reason = %e, "graph request refused");
+                tracing::debug!(graph.id = ?gid, reason = %Escaped(&e), "graph request refused");
                 graph_api::reply(fields, Err(&e.to_string()))
             }
         };

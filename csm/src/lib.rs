@@ -123,6 +123,10 @@ impl Default for CsmConfig {
     }
 }
 
+/// Largest reply of the device and graph APIs when the caller does not say
+/// ([`Wiring::max_reply_bytes`]): the embedded broker's default `broker.max_payload_bytes`.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 1024 * 1024;
+
 /// Capacity of the host subscriptions of the CSM (uplinks, device API).
 const SUBSCRIPTION_CAPACITY: usize = 8192;
 
@@ -243,6 +247,10 @@ pub struct Wiring {
     pub grants: acl::DaGrants,
     /// Serve HTTPS with this configuration instead of HTTP (`csm.tls`).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The largest payload the broker carries (`broker.max_payload_bytes`): longer device-API
+    /// replies go out in pages, and any other reply that would not fit becomes an error reply
+    /// that says so.
+    pub max_reply_bytes: usize,
 }
 
 /// Starts the CSM: loads registrations, functions and graphs from the database (migrating it
@@ -265,6 +273,7 @@ pub async fn start(
         refusals,
         grants,
         tls,
+        max_reply_bytes,
     } = wiring;
     let limiter = match cfg.registration_rate.trim() {
         "" => None,
@@ -285,6 +294,7 @@ pub async fn start(
         RegistryConfig {
             credentials: cfg.da_credentials,
             hide_rev: users.is_some(),
+            max_reply_bytes,
         },
         runtimes,
     );

@@ -4,6 +4,7 @@
 
 use iot_migrations::das::Write;
 use iot_migrations::Db;
+use iot_proto::log::Escaped;
 use tokio::sync::{mpsc, oneshot};
 
 /// Resolves when the write is stored, or with the database error.
@@ -37,7 +38,7 @@ impl Store {
                 let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();
                 let result = db.apply_writes(&writes).map_err(|e| e.to_string());
                 if let Err(e) = &result {
-                    tracing::error!(error = %e, db.writes = writes.len(), "database write failed");
+                    tracing::error!(error = %Escaped(&e), db.writes = writes.len(), "database write failed");
                 }
                 for (_, done) in batch.drain(..) {
                     let _ = done.send(result.clone());

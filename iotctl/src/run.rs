@@ -286,6 +286,9 @@ async fn start_csm(
         refusals: access.refusals,
         grants: access.grants,
         tls: crate::tls::https(cfg)?,
+        // Also the external connection's packet limit (`start_broker`): with an external
+        // broker, set `broker.max_payload_bytes` to that broker's limit.
+        max_reply_bytes: cfg.broker.embedded.max_payload_bytes,
     };
     let (_csm, task) = iot_csm::start(&csm_cfg, &cfg.functions, wiring, shutdown.clone()).await?;
     running.tasks.push(task);

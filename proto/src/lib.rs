@@ -10,9 +10,11 @@
 //! - [`rpc`]: JSON bodies of request/response between DAs and apps over MQTT.
 //! - [`qos`]: the one MQTT quality-of-service type of the workspace.
 //! - [`url`]: broker urls (`mqtt://host:port`), parsed in one place.
+//! - [`log`]: [`log::Escaped`], client-supplied text made safe for log lines.
 
 pub mod auth;
 pub mod ids;
+pub mod log;
 pub mod qos;
 pub mod rpc;
 pub mod topics;

@@ -98,6 +98,11 @@ pub fn graph_res(client: &str, gid: &str) -> String {
     format!("{API_RES_PREFIX}{client}/graph/{gid}")
 }
 
+/// Whether `topic` is a reply topic of an API (`iottalk/api/res/...`).
+pub fn is_api_res(topic: &str) -> bool {
+    topic.starts_with(API_RES_PREFIX)
+}
+
 /// Filter of every graph-API response topic of `client`.
 pub fn graph_res_filter(client: &str) -> String {
     format!("{API_RES_PREFIX}{client}/graph/+")

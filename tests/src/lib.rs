@@ -474,7 +474,7 @@ impl App {
     }
 
     /// Attaches to the device API as `client`: the subscription (announcements follow on it)
-    /// and the `da_list` of the attach reply.
+    /// and the `da_list` of the attach reply (its pages put together when it came in pages).
     pub async fn attach_device_api(&self, client: &str) -> (Mqtt, Value) {
         let mut m = self.mqtt(None).await;
         m.subscribe(
@@ -488,10 +488,16 @@ impl App {
             false,
         )
         .await;
-        let reply = m
-            .recv_until("attach reply", |r| r.json()["op"] == "attach")
-            .await
-            .json();
+        let mut pages = iot_proto::wire::paging::Pages::new("da_list");
+        let reply = loop {
+            let part = m
+                .recv_until("attach reply", |r| r.json()["op"] == "attach")
+                .await
+                .json();
+            if let Some(whole) = pages.add(part) {
+                break whole;
+            }
+        };
         assert_eq!(reply["state"], "ok", "{reply}");
         (m, reply["da_list"].clone())
     }

@@ -92,7 +92,7 @@ impl Handler for DroppedHook {
         if let Parameter::MessageDropped(to, _, _, reason) = param {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_multiple_of(1000) {
-                tracing::debug!(dropped = n + 1, to = ?to.as_ref().map(|t| t.client_id.to_string()), %reason, "MQTT broker dropped a message");
+                tracing::debug!(dropped = n + 1, to = ?to.as_ref().map(|t| t.client_id.to_string()), reason = ?reason, "MQTT broker dropped a message");
             }
         }
         (true, acc)
@@ -126,7 +126,7 @@ impl AuthHook {
             return true;
         }
         counts.publish.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(mqtt.username = %username, "CONNECT refused: its will names a topic it may not publish on");
+        tracing::debug!(mqtt.username = ?username, "CONNECT refused: its will names a topic it may not publish on");
         false
     }
 }

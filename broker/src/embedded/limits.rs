@@ -57,7 +57,7 @@ impl Handler for TopicLevels {
             // storing it in the retainer's trie is not).
             Parameter::MessagePublish(_, from, p) if levels(&p.topic) > self.max_levels => {
                 if matches!(from.typ(), FromType::LastWill) && p.retain {
-                    tracing::debug!(client.id = %from.client_id, "will with too many topic levels: not retained");
+                    tracing::debug!(client.id = ?from.client_id, "will with too many topic levels: not retained");
                     let mut p = (*p).clone();
                     p.inner.retain = false;
                     return (false, Some(HookResult::Publish(p)));
@@ -67,7 +67,7 @@ impl Handler for TopicLevels {
             // Refused without disconnecting: dropped (and counted by the MessageDropped hook);
             // an MQTT 5 client gets reason 0x90 (topic name invalid) on its PUBACK/PUBREC.
             Parameter::MessagePublishCheckAcl(s, p) if levels(&p.topic) > self.max_levels => {
-                tracing::debug!(client.id = %s.id.client_id, levels = levels(&p.topic), "publish with too many topic levels refused");
+                tracing::debug!(client.id = ?s.id.client_id, levels = levels(&p.topic), "publish with too many topic levels refused");
                 let refused = PublishResult::reason_code(
                     PublishAckReason::TopicNameInvalid,
                     Some("too many topic levels".into()),
@@ -84,7 +84,7 @@ impl Handler for TopicLevels {
                 (false, acc)
             }
             Parameter::MessagePublishCheckAcl(s, p) if p.payload.len() > self.max_payload => {
-                tracing::debug!(client.id = %s.id.client_id, payload.bytes = p.payload.len(), "publish over broker.max_payload_bytes refused");
+                tracing::debug!(client.id = ?s.id.client_id, payload.bytes = p.payload.len(), "publish over broker.max_payload_bytes refused");
                 let refused = PublishResult::reason_code(
                     PublishAckReason::QuotaExceeded,
                     Some("payload larger than broker.max_payload_bytes".into()),

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plan::Plan;
 use held::Held;
+use iot_proto::log::Escaped;
 
 /// Messages queued per IDF topic before the broker waits for the graph task.
 const IDF_QUEUE: usize = 4096;
@@ -258,7 +259,7 @@ impl Engine {
                 match self.broker.subscribe(&topic, IDF_QUEUE).await {
                     Ok(s) => subs.push((topic.clone(), s)),
                     Err(e) => {
-                        tracing::error!(graph.id = %gid, mqtt.topic = %topic, error = %e, "cannot subscribe");
+                        tracing::error!(graph.id = ?gid, mqtt.topic = ?topic, error = %Escaped(&e), "cannot subscribe");
                         continue;
                     }
                 }
@@ -278,7 +279,7 @@ impl Engine {
             held: Held::new(self.hold, r.stats.clone()),
             cancel: r.cancel.clone(),
         };
-        let span = tracing::info_span!("graph", graph.id = %gid);
+        let span = tracing::info_span!("graph", graph.id = ?gid);
         let handle = self
             .tasks
             .spawn(tracing::Instrument::instrument(t.run(), span));
@@ -323,7 +324,7 @@ impl Engine {
             return;
         }
         self.stats.task_restarts.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(graph.id = %gid, reason = %why, "graph task died; restarting it from its plan");
+        tracing::error!(graph.id = ?gid, reason = ?why, "graph task died; restarting it from its plan");
         // What it held is lost with it.
         let lost = r.stats.held.swap(0, Ordering::Relaxed);
         r.stats.held_dropped.fetch_add(lost, Ordering::Relaxed);

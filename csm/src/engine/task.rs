@@ -20,6 +20,7 @@ use super::exec::Exec;
 use super::held::Held;
 use super::{GraphStats, PendingSubs, Snapshot};
 use crate::plan::Plan;
+use iot_proto::log::Escaped;
 
 /// Most messages handled in one pass.
 const BATCH: usize = 256;
@@ -162,7 +163,7 @@ async fn handle(
             }
             Err(e) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error.src = %e.src, error.msg = %e.msg, "message dropped");
+                tracing::debug!(error.src = ?e.src, error.msg = ?e.msg, "message dropped");
                 if let Some(topic) = &plan.monitor {
                     monitor(
                         broker,
@@ -178,7 +179,7 @@ async fn handle(
 
 async fn deliver_held(broker: &BrokerHandle, stats: &GraphStats, topic: &str, release: Vec<Bytes>) {
     if !release.is_empty() {
-        tracing::debug!(mqtt.topic = %topic, msgs = release.len(), "delivering held outputs");
+        tracing::debug!(mqtt.topic = ?topic, msgs = release.len(), "delivering held outputs");
     }
     for payload in release {
         publish_out(broker, stats, topic, payload).await;
@@ -191,13 +192,27 @@ async fn publish_out(broker: &BrokerHandle, stats: &GraphStats, topic: &str, pay
         Ok(()) => {
             stats.msgs_out.fetch_add(1, Ordering::Relaxed);
         }
-        Err(e) => tracing::warn!(error = %e, "publish failed"),
+        Err(e) => tracing::warn!(error = %Escaped(&e), "publish failed"),
     }
 }
 
+/// Publishes on the graph's monitor topic; a message too large for the broker is replaced by
+/// an `esm_error` that says so (the watcher learns that something was not shown).
 async fn monitor(broker: &BrokerHandle, topic: &str, body: &Value) {
     let msg = Message::new(topic, body.to_string(), QoS::AtMostOnce, false);
-    if let Err(e) = broker.publish(msg).await {
-        tracing::debug!(error = %e, "monitor publish failed");
+    match broker.publish(msg).await {
+        Ok(()) => {}
+        Err(iot_broker::BrokerError::PayloadTooLarge { bytes, limit, .. }) => {
+            let op = body["op"].as_str().unwrap_or("message");
+            let note = serde_json::json!({"op": "esm_error", "data": {
+                "msg": format!("{op} too large ({bytes} bytes > broker.max_payload_bytes {limit}): not shown"),
+                "src": body["data"]["src"],
+            }});
+            let msg = Message::new(topic, note.to_string(), QoS::AtMostOnce, false);
+            if let Err(e) = broker.publish(msg).await {
+                tracing::debug!(error = %Escaped(&e), "monitor publish failed");
+            }
+        }
+        Err(e) => tracing::debug!(error = %Escaped(&e), "monitor publish failed"),
     }
 }

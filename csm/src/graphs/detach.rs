@@ -26,6 +26,6 @@ pub(super) fn detach(
     }
     fx.push(Effect::Persist(Write::GraphDelete(gid.to_owned())));
     fx.push(Effect::Plan(gid.to_owned(), None));
-    tracing::info!(graph.id = %gid, "graph destroyed");
+    tracing::info!(graph.id = ?gid, "graph destroyed");
     Ok(GraphOk::Done)
 }

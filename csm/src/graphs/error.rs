@@ -35,6 +35,9 @@ pub enum GraphError {
     },
     #[error("code #{index}: {error}")]
     Code { index: usize, error: SetupError },
+    /// The reply echoes every field of the request: one this large would not fit.
+    #[error("request too large: its reply, which echoes every field, would be about {bytes} bytes, more than broker.max_payload_bytes {limit}; send it in smaller parts (e.g. fewer functions per add_funcs)")]
+    ReplyTooLarge { bytes: usize, limit: usize },
     #[error("link already exists")]
     LinkExists,
     #[error("link unknown")]

@@ -225,7 +225,7 @@ impl GraphStore {
                 if !self.exists(gid) {
                     self.graphs.insert(gid.to_owned(), Graph::default());
                     self.changed(gid, links, fx);
-                    tracing::info!(graph.id = %gid, "graph created");
+                    tracing::info!(graph.id = ?gid, "graph created");
                 }
                 Ok(GraphOk::Done)
             }

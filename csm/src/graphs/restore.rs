@@ -10,6 +10,7 @@ use iot_proto::wire::graph_api::{Digest, LinkRef};
 use super::{FuncEntry, Graph, GraphDoc, GraphLink, GraphStore, Links};
 use crate::effect::Effect;
 use crate::funcs::{Lang, SetupError};
+use iot_proto::log::Escaped;
 
 /// A stored graph or function that cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -81,21 +82,21 @@ impl GraphStore {
             self.bind(gid, j, &doc.join_depends)
                 .map(|c| (j.clone(), c))
                 .map_err(
-                    |e| tracing::warn!(graph.id = %gid, error = %e, "join function not restored"),
+                    |e| tracing::warn!(graph.id = ?gid, error = %Escaped(&e), "join function not restored"),
                 )
                 .ok()
         });
         let mut restored: Vec<(LinkRef, GraphLink)> = Vec::new();
         for (link, spec, topic) in doc.links {
             let Ok(width) = links.feature_width(&link) else {
-                tracing::warn!(graph.id = %gid, da.id = %link.da_id, "link not restored: DA or feature gone");
+                tracing::warn!(graph.id = ?gid, da.id = ?link.da_id, "link not restored: DA or feature gone");
                 continue;
             };
             let callable = match &spec.func {
                 Some(d) => match self.bind(gid, d, &spec.depends) {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        tracing::warn!(graph.id = %gid, error = %e, "link function not restored");
+                        tracing::warn!(graph.id = ?gid, error = %Escaped(&e), "link function not restored");
                         continue;
                     }
                 },
@@ -104,7 +105,7 @@ impl GraphStore {
             let topic = match links.acquire(&link, topic.as_deref(), fx) {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::warn!(graph.id = %gid, error = %e, "link not restored");
+                    tracing::warn!(graph.id = ?gid, error = %Escaped(&e), "link not restored");
                     continue;
                 }
             };

@@ -1,6 +1,6 @@
 //! The device API side of the registry: `attach` answers the list of DAs and subscribes the
 //! client to announcements, `detach` stops them; every change of a DA is announced to the
-//! attached clients.
+//! attached clients. An `attach` reply larger than `max_reply_bytes` goes out in pages.
 
 use iot_proto::topics;
 use iot_proto::wire::device_api::{self, DeviceOp, DeviceRequest};
@@ -21,7 +21,6 @@ impl Registry {
                 fields,
                 op: DeviceOp::Attach,
             }) => {
-                self.device_clients.insert(client.to_owned());
                 let list: Map<String, Value> = self
                     .das
                     .values()
@@ -30,7 +29,19 @@ impl Registry {
                         (d.record.id.to_string(), shown)
                     })
                     .collect();
-                device_api::reply_ok(&fields, Some(list))
+                match device_api::attach_replies(&fields, list, self.cfg.max_reply_bytes) {
+                    Ok(pages) => {
+                        self.device_clients.insert(client.to_owned());
+                        fx.extend(pages.iter().map(|p| publish(res.clone(), p, false)));
+                        return;
+                    }
+                    // One DA's record alone is larger than a message may be: refused
+                    // (whether the client was attached before is unchanged).
+                    Err(reply) => {
+                        tracing::warn!(client.id = ?client, "device API attach reply too large: refused");
+                        reply
+                    }
+                }
             }
             Ok(DeviceRequest {
                 fields,

@@ -22,6 +22,7 @@ use crate::effect::{clear_retained, Effect};
 use crate::error::CsmError;
 
 pub use device_api::AnnoKind;
+use iot_proto::log::Escaped;
 use links::{await_ack, odf_gate, signal};
 pub use links::{link_ref, LinkError};
 
@@ -81,12 +82,25 @@ struct Da {
 }
 
 /// Settings the registry needs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RegistryConfig {
     /// Issue a username/password per DA in the registration reply.
     pub credentials: bool,
     /// Leave DAs' `rev` out of the device API (authentication on).
     pub hide_rev: bool,
+    /// Largest reply the broker carries (`broker.max_payload_bytes`): a longer `attach`
+    /// reply is sent in pages.
+    pub max_reply_bytes: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            credentials: false,
+            hide_rev: false,
+            max_reply_bytes: crate::DEFAULT_MAX_REPLY_BYTES,
+        }
+    }
 }
 
 /// Successful registration.
@@ -138,6 +152,11 @@ impl Registry {
             cfg,
             ..Self::default()
         }
+    }
+
+    /// The largest reply the broker carries (`broker.max_payload_bytes`).
+    pub fn max_reply_bytes(&self) -> usize {
+        self.cfg.max_reply_bytes
     }
 
     /// Restores DAs loaded from the database; each starts as never-online with its expiry armed.
@@ -442,7 +461,7 @@ impl Registry {
         let msg = match Uplink::from_json(payload) {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(da.id = %id, error = %e, "garbage on uplink");
+                tracing::debug!(da.id = %id, error = %Escaped(&e), "garbage on uplink");
                 return UplinkKind::Garbage;
             }
         };
@@ -505,7 +524,7 @@ impl Registry {
                     link.status = match ack {
                         Ack::Ok => LinkStatus::Ok,
                         Ack::Error { reason } => {
-                            tracing::warn!(da.id = %id, link.feature = %key.1, %reason, "DA refused CONNECT");
+                            tracing::warn!(da.id = %id, link.feature = %key.1, reason = ?reason, "DA refused CONNECT");
                             LinkStatus::Error(reason)
                         }
                     };

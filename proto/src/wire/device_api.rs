@@ -1,8 +1,11 @@
 //! The device API: requests on `iottalk/api/req/<client>/device`, replies and announcements on
 //! `iottalk/api/res/<client>/device`. `attach` answers the list of DAs and subscribes the
 //! client to announcements (register, online, offline, deregister); `detach` stops them.
+//! An `attach` reply too large for one message is sent in pages ([`attach_replies`]).
 
 use serde_json::{Map, Value};
+
+use super::paging;
 
 /// The ops of the device API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,26 @@ pub fn reply_ok(fields: &Map<String, Value>, da_list: Option<Map<String, Value>>
     Value::Object(body)
 }
 
+/// The reply to `attach`: one message when it fits in `limit` bytes, else pages of
+/// `da_list` split by DA (see [`paging`](super::paging)). `Err` is the error reply when one
+/// DA's record alone does not fit in a page.
+pub fn attach_replies(
+    fields: &Map<String, Value>,
+    da_list: Map<String, Value>,
+    limit: usize,
+) -> Result<Vec<Value>, Value> {
+    let mut head = fields.clone();
+    head.insert("state".into(), "ok".into());
+    paging::paginate(&head, "da_list", da_list, limit).map_err(|e| {
+        paging::too_large_reply(
+            &Value::Object(fields.clone()),
+            e.bytes,
+            limit,
+            "a DA's record alone does not fit in one message",
+        )
+    })
+}
+
 /// A refusal: the request's fields (if any), `"state": "error"` and the reason.
 pub fn reply_error(fields: &Map<String, Value>, error: &DeviceApiError) -> Value {
     let mut body = fields.clone();
@@ -135,5 +158,28 @@ mod tests {
             json!({"op": "fly", "state": "error", "reason": "unknown op: `fly`"})
         );
         assert_eq!(reason(b"{}").1, "missing field `op`");
+    }
+
+    #[test]
+    fn a_long_attach_reply_goes_in_pages_and_a_huge_da_is_an_error() {
+        let fields = DeviceRequest::parse(br#"{"op":"attach"}"#).unwrap().fields;
+        let list: Map<String, Value> = (0..30)
+            .map(|i| (format!("id-{i:02}"), json!({"name": "n".repeat(100)})))
+            .collect();
+        let one = attach_replies(&fields, list.clone(), 1 << 20).unwrap();
+        assert_eq!(one, vec![reply_ok(&fields, Some(list.clone()))]);
+        let pages = attach_replies(&fields, list, 1000).unwrap();
+        assert!(pages.len() > 3, "{pages:?}");
+        assert!(pages
+            .iter()
+            .all(|p| p["op"] == "attach" && p["state"] == "ok"));
+        let mut huge = Map::new();
+        huge.insert("big".into(), json!({"name": "n".repeat(2000)}));
+        let err = attach_replies(&fields, huge, 1000).unwrap_err();
+        assert_eq!(err["op"], "attach");
+        assert_eq!(err["state"], "error");
+        let why = err["reason"].as_str().unwrap();
+        assert!(why.starts_with("reply too large ("), "{why}");
+        assert!(why.contains("does not fit in one message"), "{why}");
     }
 }

@@ -97,6 +97,42 @@ fn parse_feature_list(v: Option<&Value>, field: &'static str) -> Result<Vec<Feat
     Ok(out)
 }
 
+/// Why a string with a control character is refused. Every `char::is_control` counts: C0
+/// (NUL, `\t`, `\n`, `\r`, ...), DEL and C1; names, models and profile fields are shown in
+/// logs and GUIs, where one could forge a line (feature names are refused the same way).
+const CONTROL_CHARS: &str = "must not contain control characters (such as newline, tab or NUL)";
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// Where in `v` a string (a value or an object key) has a control character: the dotted
+/// path below `at` (`model`, `extra.0`), the key itself shown escaped when it is the culprit.
+pub(crate) fn control_in(v: &Value, at: &str) -> Option<String> {
+    let join = |k: &str| {
+        if at.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match v {
+        Value::String(s) if has_control(s) => Some(at.to_owned()),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| control_in(x, &join(&i.to_string()))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            if has_control(k) {
+                Some(join(&format!("{k:?}")))
+            } else {
+                control_in(x, &join(k))
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// Longest DA name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
@@ -133,6 +169,9 @@ impl RegisterRequest {
             Some(Value::String(s)) if s.len() > MAX_NAME_BYTES => {
                 return Err(WireError::invalid("name", "must be at most 256 bytes"))
             }
+            Some(Value::String(s)) if has_control(s) => {
+                return Err(WireError::invalid("name", CONTROL_CHARS))
+            }
             Some(Value::String(s)) => Some(s.clone()),
             Some(other) => {
                 return Err(WireError::invalid(
@@ -155,6 +194,9 @@ impl RegisterRequest {
                 ))
             }
         };
+        if accept_protos.iter().any(|p| has_control(p)) {
+            return Err(WireError::invalid("accept_protos", CONTROL_CHARS));
+        }
         if accept_protos.is_empty() {
             return Err(WireError::invalid("accept_protos", "must not be empty"));
         }
@@ -181,6 +223,14 @@ impl RegisterRequest {
             }
             None | Some(Value::Null) => return Err(WireError::Missing("profile.model")),
             Some(_) => return Err(WireError::invalid("profile", "`model` must be a string")),
+        }
+        if let Some(path) = control_in(&Value::Object(profile.clone()), "") {
+            let what = if path.is_empty() {
+                CONTROL_CHARS.to_owned()
+            } else {
+                format!("`{path}` {CONTROL_CHARS}")
+            };
+            return Err(WireError::invalid("profile", what));
         }
         Ok(Self {
             name,
@@ -401,6 +451,44 @@ mod tests {
             let err = reg(body).unwrap_err().to_string();
             assert!(err.contains(want), "{body}: got `{err}`, want `{want}`");
         }
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_string_field() {
+        let cases = [
+            (r#""name":"a\nFORGED","#, "", "field `name`"),
+            (r#""name":"a\u0000b","#, "", "field `name`"),
+            (r#""name":"a\tb","#, "", "field `name`"),
+            (r#""name":"a\u0085b","#, "", "field `name`"),
+            ("", r#""model":"M\r\nX""#, "field `profile`: `model`"),
+            ("", r#""model":"M","u_name":"u\u007f""#, "`u_name`"),
+            ("", r#""model":"M","x":{"y":["ok","b\nad"]}"#, "`x.y.1`"),
+            ("", r#""model":"M","k\nK":1"#, r#"`"k\nK"`"#),
+        ];
+        for (top, profile, want) in cases {
+            let body = format!(
+                r#"{{{top}"accept_protos":["mqtt"],"profile":{{{}}}}}"#,
+                if profile.is_empty() {
+                    r#""model":"M""#
+                } else {
+                    profile
+                }
+            );
+            let err = reg(&body).unwrap_err().to_string();
+            assert!(err.contains(want), "{body}: got `{err}`, want `{want}`");
+            assert!(err.contains("control characters"), "{body}: `{err}`");
+            assert!(
+                !err.contains('\n'),
+                "the reason itself has no newline: {err:?}"
+            );
+        }
+        let err = reg(r#"{"accept_protos":["mqtt","x\n"],"profile":{"model":"M"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `accept_protos`"), "{err}");
+        // Non-ASCII that is not a control character is fine.
+        reg(r#"{"name":"感測器 ü","accept_protos":["mqtt"],"profile":{"model":"Ω","u_name":"é"}}"#)
+            .unwrap();
     }
 
     #[test]

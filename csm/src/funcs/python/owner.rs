@@ -110,7 +110,7 @@ impl Owner {
         p.why = why.to_owned();
         tracing::warn!(
             graph = ?self.graph,
-            reason = %why,
+            reason = ?why,
             suspended_s = p.backoff.as_secs(),
             "a graph's Python function failed its worker; the graph's calls are suspended"
         );

@@ -154,7 +154,7 @@ impl Worker {
             let mut p = match self.start().await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(python.worker = %self.name, reason = %e, "Python worker did not start");
+                    tracing::warn!(python.worker = %self.name, reason = ?e, "Python worker did not start");
                     for r in std::mem::take(&mut self.todo) {
                         fail(r.what, &e);
                     }
@@ -176,12 +176,12 @@ impl Worker {
                 }
                 End::Failed(why) => {
                     self.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(python.worker = %self.name, reason = %why, "Python worker replaced");
+                    tracing::warn!(python.worker = %self.name, reason = ?why, "Python worker replaced");
                     self.settle(p.in_flight, Some(why));
                 }
                 End::Ended(why) => {
                     self.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(python.worker = %self.name, reason = %why, "Python worker replaced");
+                    tracing::info!(python.worker = %self.name, reason = ?why, "Python worker replaced");
                     self.settle(p.in_flight, None);
                 }
             }
