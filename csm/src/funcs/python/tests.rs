@@ -264,3 +264,58 @@ async fn a_missing_interpreter_is_a_clear_error() {
     let e = p.check("def run(x): return x\n").await.unwrap_err();
     assert!(e.to_string().contains("cannot start"), "{e}");
 }
+
+#[tokio::test]
+async fn open_files_and_file_size_are_limited() {
+    let p = PythonPool::new(&FunctionsConfig {
+        python_max_open_files: 32,
+        python_max_file_mb: 1,
+        ..cfg(GENEROUS_MS)
+    });
+    let files = "def run(n):\n\
+        \x20   kept = []\n\
+        \x20   try:\n\
+        \x20       for i in range(n): kept.append(open('f%d' % i, 'w'))\n\
+        \x20       return 'opened'\n\
+        \x20   except OSError as e:\n\
+        \x20       return e.strerror\n";
+    let v = f(&p, "g", files).call(vec![json!(100)]).await.unwrap();
+    assert_eq!(v, json!("Too many open files"));
+    let big = "def run(mb):\n\
+        \x20   try:\n\
+        \x20       with open('big', 'wb') as f: f.write(b'x' * (mb << 20))\n\
+        \x20       return 'written'\n\
+        \x20   except OSError as e:\n\
+        \x20       return e.strerror\n";
+    let v = f(&p, "g", big).call(vec![json!(2)]).await.unwrap();
+    assert_eq!(v, json!("File too large"));
+    assert_eq!(p.restarts(), 0, "refused, not killed");
+}
+
+#[tokio::test]
+async fn a_worker_past_its_cpu_budget_finishes_its_call_and_is_replaced() {
+    let p = PythonPool::new(&FunctionsConfig {
+        python_max_cpu_seconds: 1,
+        ..cfg(GENEROUS_MS)
+    });
+    let burn = "import os, time\n\
+        def run(s):\n\
+        \x20   end = time.process_time() + s\n\
+        \x20   while time.process_time() < end: pass\n\
+        \x20   return os.getpid()\n";
+    let g = f(&p, "g", burn);
+    let first = g.call(vec![json!(1.5)]).await.unwrap();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while p.restarts() < 1 {
+        assert!(Instant::now() < give_up, "the worker was not replaced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Bound again, the function is on probation again: the same (replaced) worker.
+    let second = f(&p, "g", burn).call(vec![json!(0)]).await.unwrap();
+    assert_ne!(first, second, "a new probation worker process");
+    let status = p.graph_json("g").unwrap();
+    assert_eq!(
+        status["failures"], 0,
+        "retiring is not the graph's failure: {status}"
+    );
+}
