@@ -473,13 +473,17 @@ impl DaBuilder {
             }
             Ok(out)
         };
-        Ok(RegisterRequest {
+        let req = RegisterRequest {
             name: self.name.clone(),
             idf_list: feats(&self.idfs, "IDF")?,
             odf_list: feats(&self.odfs, "ODF")?,
             accept_protos: vec!["mqtt".into()],
             profile: self.profile.clone(),
-        })
+        };
+        // Whatever the server would refuse (a name or profile field with a control
+        // character, say) is refused here, before anything is sent, with the server's reason.
+        RegisterRequest::from_json(req.to_json().to_string().as_bytes())
+            .map_err(|e| Error::Config(format!("registration body: {e}")))
     }
 }
 
@@ -512,6 +516,14 @@ mod tests {
             .idf("A", ())
             .idf("A", ());
         assert!(twice.request().unwrap_err().to_string().contains("twice"));
+        let e = DaBuilder::new("http://x")
+            .model("a\nFORGED")
+            .request()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("control characters")),
+            "{e:?}"
+        );
         let bad = DaBuilder::new("http://x").model("M").odf("", ());
         assert!(bad.request().unwrap_err().to_string().contains("empty"));
     }
