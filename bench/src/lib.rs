@@ -13,7 +13,8 @@
 //!   bench DA), `graph` (the bench's graph, through `iot-client`, and join functions),
 //!   `spec` (a run's load), `publish` (publishers, priming, flow control), `load` (the
 //!   measured run: window, drain, figures), `procstat` (CPU and memory from /proc),
-//!   `progress`, `report` and `units` (output).
+//!   `progress`, `report` and `units` (output), `runaway` (the looping graph of `route`'s
+//!   `runaway` option).
 //!
 //! Not here: anything that changes the controller's behaviour, how the controller is found
 //! (the caller passes a [`Target`]), or timing assertions (the end-to-end tests in
@@ -36,6 +37,7 @@ mod progress;
 mod publish;
 mod rawpub;
 mod report;
+mod runaway;
 mod spec;
 mod stats;
 mod units;

@@ -115,6 +115,9 @@ pub struct RouteOptions {
     pub idfs: usize,
     /// ODF DAs (one output feature each), 1 to 1024, each receiving every output.
     pub odfs: usize,
+    /// Also run a second graph whose Python join loops forever, fed 5 msgs/s from before
+    /// the window until the end, and report its failures from the controller's `/status`.
+    pub runaway: bool,
     pub load: LoadOptions,
 }
 
@@ -124,6 +127,7 @@ impl Default for RouteOptions {
             join: Join::Rhai,
             idfs: 1,
             odfs: 1,
+            runaway: false,
             load: LoadOptions::default(),
         }
     }

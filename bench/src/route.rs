@@ -1,8 +1,9 @@
 //! `bench route`: N IDF DAs -> one graph (join none, Rhai or Python) -> M ODF DAs,
 //! all set up through the public protocol: registration over HTTP, control channels over
 //! MQTT, the graph through the graph API. Every IDF message yields one output per ODF, so
-//! `expected = sent × M`. Everything the run created is removed at the end (the graph is
-//! detached, the DAs deleted), also after an error or Ctrl-C.
+//! `expected = sent × M`. With `runaway`, a second graph whose Python join loops forever is
+//! fed for the whole run ([`crate::runaway`]). Everything the run created is removed at the
+//! end (the graphs are detached, the DAs deleted), also after an error or Ctrl-C.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use crate::options::{RouteOptions, Target};
 use crate::progress::Progress;
 use crate::publish::{self, Publisher};
 use crate::report;
+use crate::runaway::{Runaway, RunawayFigures};
 use crate::spec::LoadSpec;
 use crate::stats::{Clock, Recorder, SharedRecorder};
 use crate::{csm, ctrl_c, run_id};
@@ -46,8 +48,13 @@ struct RouteReport {
     rate: u64,
     batch: u64,
     max_inflight: u64,
+    /// Another graph's Python join looped forever during the run (only with `--runaway`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    runaway: bool,
     #[serde(flatten)]
     result: LoadResult,
+    #[serde(flatten)]
+    runaway_figures: Option<RunawayFigures>,
 }
 
 /// What the run created, to be removed at the end.
@@ -58,12 +65,16 @@ struct Created {
     graph: Option<GraphClient>,
     attached: bool,
     publishers: Vec<Publisher>,
+    runaway: Option<Runaway>,
 }
 
 impl Created {
     /// Detaches the graph, disconnects everything and deletes the DAs; returns what failed.
     async fn cleanup(self, http: &reqwest::Client, csm: &str) -> Vec<String> {
         let mut failed = Vec::new();
+        if let Some(r) = self.runaway {
+            failed.extend(r.cleanup(http, csm).await);
+        }
         if let Some(g) = self.graph {
             if self.attached {
                 if let Err(e) = g.request(GraphOp::Detach).await {
@@ -107,7 +118,7 @@ pub async fn run(target: &Target, args: &RouteOptions) -> Result<(), BenchError>
         r = measure(args, target, &spec, publishers, &http, &progress, &mut created) => r,
         e = ctrl_c() => Err(e),
     };
-    progress.phase("cleaning up: detaching the graph, deleting the bench DAs");
+    progress.phase("cleaning up: detaching the graphs, deleting the bench DAs");
     // A second Ctrl-C stops the cleanup too.
     let failed = tokio::select! {
         f = created.cleanup(&http, &target.csm) => f,
@@ -121,7 +132,7 @@ pub async fn run(target: &Target, args: &RouteOptions) -> Result<(), BenchError>
     for f in &failed {
         eprintln!("iotctl bench: cleanup: {f}");
     }
-    let result = outcome?;
+    let (result, runaway_figures) = outcome?;
     let report = RouteReport {
         bench: "route",
         csm: target.csm.clone(),
@@ -135,10 +146,12 @@ pub async fn run(target: &Target, args: &RouteOptions) -> Result<(), BenchError>
         rate: args.load.rate,
         batch: args.load.batch,
         max_inflight: args.load.max_inflight,
+        runaway: args.runaway,
         result,
+        runaway_figures,
     };
     let title = format!(
-        "bench route: {} IDF -> join {} -> {} ODF, QoS {}, {} B payloads, rate {}, {} publishers\n  controller {} (mqtt {})",
+        "bench route: {} IDF -> join {} -> {} ODF, QoS {}, {} B payloads, rate {}, {} publishers{}\n  controller {} (mqtt {})",
         args.idfs,
         args.join.as_str(),
         args.odfs,
@@ -146,15 +159,19 @@ pub async fn run(target: &Target, args: &RouteOptions) -> Result<(), BenchError>
         args.load.payload_bytes,
         report::rate(args.load.rate, args.load.max_inflight),
         publishers,
+        if args.runaway {
+            "; beside a runaway graph (its Python join loops forever, 5 msgs/s)"
+        } else {
+            ""
+        },
         target.csm,
         target.mqtt()
     );
-    report::print(
-        args.load.json,
-        &report,
-        &title,
-        &report::load_rows(&report.result),
-    )
+    let mut rows = report::load_rows(&report.result);
+    if let Some(f) = &report.runaway_figures {
+        rows.push(f.row());
+    }
+    report::print(args.load.json, &report, &title, &rows)
 }
 
 async fn measure(
@@ -165,7 +182,7 @@ async fn measure(
     http: &reqwest::Client,
     progress: &Progress,
     created: &mut Created,
-) -> Result<LoadResult, BenchError> {
+) -> Result<(LoadResult, Option<RunawayFigures>), BenchError> {
     let run = run_id();
     let clock = Clock::new();
     let counters = Arc::new(ConnCounters::default());
@@ -317,7 +334,18 @@ async fn measure(
     )
     .await?;
 
-    load::run(
+    if args.runaway {
+        // After priming: the measured graph's Python function has answered, so it runs on
+        // the shared workers, and the runaway graph's on the probation worker.
+        progress.phase("setting up the runaway graph (its Python join loops forever)");
+        created
+            .runaway
+            .insert(Runaway::default())
+            .start(target, http, &run, &how, SETUP_TIMEOUT)
+            .await?;
+    }
+
+    let result = load::run(
         spec,
         &mut created.publishers,
         &recorders,
@@ -327,5 +355,10 @@ async fn measure(
         &counters,
         progress,
     )
-    .await
+    .await?;
+    let figures = match &created.runaway {
+        Some(r) => Some(r.figures(http, &target.csm).await?),
+        None => None,
+    };
+    Ok((result, figures))
 }

@@ -129,6 +129,10 @@ pub struct RouteArgs {
     /// ODF DAs (one output feature each), each receiving every output.
     #[arg(long, default_value_t = 1, value_name = "M")]
     pub odfs: usize,
+    /// Also run a second graph whose Python join loops forever, fed 5 msgs/s for the whole
+    /// run; its failures (from the controller's /status) are reported.
+    #[arg(long)]
+    pub runaway: bool,
     #[command(flatten)]
     pub load: LoadArgs,
     #[command(flatten)]
@@ -203,6 +207,7 @@ pub async fn run(cfg: &Config, cmd: BenchCommand) -> Result<ExitCode> {
                 join: a.join.into(),
                 idfs: a.idfs,
                 odfs: a.odfs,
+                runaway: a.runaway,
                 load: a.load.options()?,
             };
             options.check()?;

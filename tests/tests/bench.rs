@@ -158,10 +158,58 @@ async fn route_fans_out_to_every_odf_with_python_and_without_a_join() {
         )
         .await;
         assert_eq!(r["join"], join);
+        assert!(
+            r.get("runaway").is_none() && r.get("runaway_graph").is_none(),
+            "{r}"
+        );
         assert_eq!((u(&r, "idfs"), u(&r, "odfs")), (2, 3));
         assert_all_delivered(&r, 3);
         assert_clean(&app).await;
     }
+}
+
+/// `--runaway`: beside the measured graph, another graph whose Python join loops forever is
+/// fed for the whole run. The measured Python graph still gets every one of its 1,000
+/// messages (100 msgs/s for 10 s), the runaway graph's failure is reported from `/status`,
+/// and both graphs and all four DAs are gone afterwards.
+#[tokio::test]
+async fn route_with_a_runaway_graph_delivers_everything_and_reports_its_failures() {
+    let app = App::start(AppOptions {
+        // A runaway call is cut after 3 s, so it fails within the run.
+        extra_toml: "[broker]\nmax_mqueue_len = 1000000\n[functions]\npython_timeout_ms = 3000\n"
+            .into(),
+        ..Default::default()
+    })
+    .await;
+    let r = bench_json(
+        &app,
+        &[
+            "route",
+            "--join",
+            "python",
+            "--runaway",
+            "--rate",
+            "100",
+            "--duration",
+            "10",
+        ],
+    )
+    .await;
+    assert_eq!(r["join"], "python");
+    assert_eq!(r["runaway"], true, "{r}");
+    // About 1,000 in the window (those sent inside it are counted, on a loaded machine a few
+    // more or fewer): every one of them arrived, once.
+    assert_all_delivered(&r, 1);
+    let gid = r["runaway_graph"].as_str().expect("runaway_graph");
+    assert!(
+        gid.starts_with("bench-") && gid.ends_with("-runaway"),
+        "{r}"
+    );
+    assert!(u(&r, "runaway_sent") >= 1, "{r}");
+    assert!(u(&r, "runaway_failures") >= 1, "{r}");
+    u(&r, "runaway_suspended_calls");
+    u(&r, "python_restarts");
+    assert_clean(&app).await;
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! on every message costs another graph's Python function nothing: no message lost, its
 //! shared worker never replaced; the runaway graph is suspended, and its failures are shown
 //! for that graph in `/status`, `/metrics` and on its monitor topic. (Latency under the same
-//! load is a benchmark: `iotctl bench contained`, docs/BENCHMARKS.md.)
+//! load is a benchmark: `iotctl bench route --join python --runaway`, docs/BENCHMARKS.md.)
 
 use std::time::Duration;
 
