@@ -473,17 +473,17 @@ impl DaBuilder {
             }
             Ok(out)
         };
-        let req = RegisterRequest {
+        // A name or profile field with a control character (the server refuses those too)
+        // is refused here, before anything is sent, with the server's reason.
+        iot_proto::wire::register::refuse_control_chars(self.name.as_deref(), &self.profile)
+            .map_err(|e| Error::Config(format!("registration body: {e}")))?;
+        Ok(RegisterRequest {
             name: self.name.clone(),
             idf_list: feats(&self.idfs, "IDF")?,
             odf_list: feats(&self.odfs, "ODF")?,
             accept_protos: vec!["mqtt".into()],
             profile: self.profile.clone(),
-        };
-        // Whatever the server would refuse (a name or profile field with a control
-        // character, say) is refused here, before anything is sent, with the server's reason.
-        RegisterRequest::from_json(req.to_json().to_string().as_bytes())
-            .map_err(|e| Error::Config(format!("registration body: {e}")))
+        })
     }
 }
 

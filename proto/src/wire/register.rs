@@ -106,6 +106,29 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
+/// The server's refusal of control characters in a registration's `name` and `profile`, for
+/// a client that wants to refuse such a body before sending it (same reasons).
+pub fn refuse_control_chars(
+    name: Option<&str>,
+    profile: &serde_json::Map<String, Value>,
+) -> Result<(), WireError> {
+    if name.is_some_and(has_control) {
+        return Err(WireError::invalid("name", CONTROL_CHARS));
+    }
+    profile_without_control(profile)
+}
+
+fn profile_without_control(profile: &serde_json::Map<String, Value>) -> Result<(), WireError> {
+    match control_in(&Value::Object(profile.clone()), "") {
+        None => Ok(()),
+        Some(path) if path.is_empty() => Err(WireError::invalid("profile", CONTROL_CHARS)),
+        Some(path) => Err(WireError::invalid(
+            "profile",
+            format!("`{path}` {CONTROL_CHARS}"),
+        )),
+    }
+}
+
 /// Where in `v` a string (a value or an object key) has a control character: the dotted
 /// path below `at` (`model`, `extra.0`), the key itself shown escaped when it is the culprit.
 pub(crate) fn control_in(v: &Value, at: &str) -> Option<String> {
@@ -224,14 +247,7 @@ impl RegisterRequest {
             None | Some(Value::Null) => return Err(WireError::Missing("profile.model")),
             Some(_) => return Err(WireError::invalid("profile", "`model` must be a string")),
         }
-        if let Some(path) = control_in(&Value::Object(profile.clone()), "") {
-            let what = if path.is_empty() {
-                CONTROL_CHARS.to_owned()
-            } else {
-                format!("`{path}` {CONTROL_CHARS}")
-            };
-            return Err(WireError::invalid("profile", what));
-        }
+        profile_without_control(&profile)?;
         Ok(Self {
             name,
             idf_list: parse_feature_list(obj.get("idf_list"), "idf_list")?,
