@@ -29,6 +29,9 @@ use owner::{Lane, Owner};
 use sandbox::Sandbox;
 use worker::{Deps, Job, Loadable, Worker};
 
+/// How much the probation worker lowers its CPU priority: a function spinning there until
+/// its timeout yields the CPU to the controller and the shared workers.
+const PROBATION_NICE: u8 = 10;
 /// Requests queued per worker before callers wait.
 const QUEUE: usize = 4096;
 
@@ -61,16 +64,16 @@ impl PythonPool {
         let n = cfg.python_workers.max(1);
         let mut pids = Vec::with_capacity(n + 1);
         let mut restarts = Vec::with_capacity(n + 1);
-        let mut spawn = |name: String| {
-            let w = Worker::new(sandbox.clone(), timeout, name);
+        let mut spawn = |name: String, nice: u8| {
+            let w = Worker::new(sandbox.clone(), timeout, name, nice);
             pids.push(w.pid.clone());
             restarts.push(w.restarts.clone());
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::spawn(w.run(rx));
             tx
         };
-        let shared = (0..n).map(|i| spawn(format!("shared {i}"))).collect();
-        let probation = spawn("probation".into());
+        let shared = (0..n).map(|i| spawn(format!("shared {i}"), 0)).collect();
+        let probation = spawn("probation".into(), PROBATION_NICE);
         Self {
             shared: Arc::new(shared),
             probation,

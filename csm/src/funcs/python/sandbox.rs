@@ -20,7 +20,7 @@ const SYSTEM_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct Sandbox {
     python: String,
     /// The JSON object `worker.py` reads its limits from.
-    limits: String,
+    limits: serde_json::Value,
     /// The user and group to switch to (only when running as root).
     ids: Option<(u32, u32, String)>,
     /// Why no worker can start (an unknown `python_user`): every call fails with it.
@@ -35,8 +35,7 @@ impl Sandbox {
             "open_files": cfg.python_max_open_files,
             "file_mb": cfg.python_max_file_mb,
             "max_depth": iot_proto::wire::MAX_DEPTH,
-        })
-        .to_string();
+        });
         let mut s = Self {
             python: cfg.python.clone(),
             limits,
@@ -71,8 +70,9 @@ impl Sandbox {
         self.ids.as_ref().map(|(_, _, name)| name.as_str())
     }
 
-    /// A worker process's command and its working directory (removed when dropped).
-    pub fn command(&self) -> Result<(Command, WorkDir), String> {
+    /// A worker process's command and its working directory (removed when dropped); the
+    /// process lowers its CPU priority by `nice` (0: unchanged).
+    pub fn command(&self, nice: u8) -> Result<(Command, WorkDir), String> {
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
@@ -89,7 +89,7 @@ impl Sandbox {
             .arg("-u")
             .arg("-c")
             .arg(WORKER_SCRIPT)
-            .arg(&self.limits)
+            .arg(self.limits_with(nice))
             .env_clear()
             .env("PATH", path)
             .env("LANG", "C.UTF-8")
@@ -105,6 +105,14 @@ impl Sandbox {
             cmd.uid(*uid).gid(*gid);
         }
         Ok((cmd, dir))
+    }
+}
+
+impl Sandbox {
+    fn limits_with(&self, nice: u8) -> String {
+        let mut limits = self.limits.clone();
+        limits["nice"] = nice.into();
+        limits.to_string()
     }
 }
 

@@ -170,7 +170,8 @@ async fn workers_run_in_an_empty_private_directory_with_a_scrubbed_environment_a
         \x20   return {'cwd': os.getcwd(), 'files': os.listdir('.'), 'env': sorted(os.environ),\n\
         \x20           'as': lim(resource.RLIMIT_AS), 'nofile': lim(resource.RLIMIT_NOFILE),\n\
         \x20           'fsize': lim(resource.RLIMIT_FSIZE), 'core': lim(resource.RLIMIT_CORE),\n\
-        \x20           'cpu': resource.getrlimit(resource.RLIMIT_CPU)[0], 'uid': os.geteuid()}\n";
+        \x20           'cpu': resource.getrlimit(resource.RLIMIT_CPU)[0], 'uid': os.geteuid(),\n\
+        \x20           'nice': os.nice(0) - os.getpriority(os.PRIO_PROCESS, os.getppid())}\n";
     let v = f(&p, "g", probe).call(vec![json!(1)]).await.unwrap();
     let d = FunctionsConfig::default();
     assert_eq!(v["files"], json!([]), "{v}");
@@ -182,6 +183,9 @@ async fn workers_run_in_an_empty_private_directory_with_a_scrubbed_environment_a
     assert_eq!(v["fsize"], json!(d.python_max_file_mb << 20), "{v}");
     assert_eq!(v["core"], json!(0), "{v}");
     assert_eq!(v["cpu"], json!(d.python_max_cpu_seconds), "{v}");
+    // A new function runs on the probation worker, at a lower CPU priority than the
+    // controller's.
+    assert_eq!(v["nice"], json!(10), "{v}");
     if nix::unistd::geteuid().is_root() {
         let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
         assert_eq!(v["uid"], json!(nobody.uid.as_raw()), "root drops to nobody");

@@ -47,6 +47,8 @@ def apply_limits(spec):
     for res, value in wanted.items():
         if value or res == resource.RLIMIT_CORE:
             resource.setrlimit(res, (value, value))
+    if spec.get("nice", 0):
+        os.nice(spec["nice"])
     cpu = spec.get("cpu_seconds", 0)
     if cpu:
         # Soft limit: SIGXCPU, after which the worker finishes its request and retires; the
@@ -58,6 +60,7 @@ def apply_limits(spec):
     shown["open_files"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     shown["cpu_seconds"] = resource.getrlimit(resource.RLIMIT_CPU)[0]
     shown["core"] = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    shown["nice"] = os.nice(0)
     return shown
 
 

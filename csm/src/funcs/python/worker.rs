@@ -110,6 +110,8 @@ pub struct Worker {
     pub restarts: Arc<AtomicU64>,
     /// Shown in logs: `shared 0`, `probation`.
     pub name: String,
+    /// How much lower than the controller's this worker's CPU priority is.
+    pub nice: u8,
     next_id: u64,
     /// Requests to write to the next process, in order.
     todo: VecDeque<Request>,
@@ -130,13 +132,14 @@ struct Process {
 }
 
 impl Worker {
-    pub fn new(sandbox: Arc<Sandbox>, timeout: Duration, name: String) -> Self {
+    pub fn new(sandbox: Arc<Sandbox>, timeout: Duration, name: String, nice: u8) -> Self {
         Self {
             sandbox,
             timeout,
             pid: Arc::default(),
             restarts: Arc::default(),
             name,
+            nice,
             next_id: 0,
             todo: VecDeque::new(),
         }
@@ -248,7 +251,7 @@ impl Worker {
     }
 
     async fn start(&self) -> Result<Process, String> {
-        let (mut cmd, dir) = self.sandbox.command()?;
+        let (mut cmd, dir) = self.sandbox.command(self.nice)?;
         let mut child = cmd.spawn().map_err(|e| {
             let user = self
                 .sandbox
