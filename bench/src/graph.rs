@@ -75,6 +75,37 @@ impl GraphClient {
         Ok(self.api.request(&self.gid, op).await?)
     }
 
+    /// Links the first `idfs` of `das` by their IDF, the rest by their ODF (the bench DAs'
+    /// features), with default link specs.
+    pub async fn link_all(
+        &self,
+        das: &[(iot_proto::DaId, iot_proto::Rev)],
+        idfs: usize,
+    ) -> Result<(), BenchError> {
+        use iot_proto::wire::graph_api::{LinkRef, LinkSpec};
+        use iot_proto::wire::Direction;
+        for (i, (id, _)) in das.iter().enumerate() {
+            let (direction, feature) = if i < idfs {
+                (Direction::Idf, crate::da::IDF)
+            } else {
+                (Direction::Odf, crate::da::ODF)
+            };
+            let link = LinkRef {
+                da_id: *id,
+                direction,
+                feature: feature
+                    .parse()
+                    .map_err(|_| BenchError::Setup("bad feature name"))?,
+            };
+            self.request(GraphOp::AddLink {
+                link,
+                spec: LinkSpec::default(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     pub async fn close(self) {
         self.api.close().await;
     }

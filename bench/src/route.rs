@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use iot_proto::wire::graph_api::{digest, GraphOp, LinkRef, LinkSpec};
+use iot_proto::wire::graph_api::{digest, GraphOp};
 use iot_proto::wire::Direction;
 use iot_proto::{DaId, Rev};
 use serde::Serialize;
@@ -253,25 +253,7 @@ async fn measure(
         }
         None => None,
     };
-    for (i, (id, _)) in created.registered.iter().enumerate() {
-        let (direction, feature) = if i < n {
-            (Direction::Idf, da::IDF)
-        } else {
-            (Direction::Odf, da::ODF)
-        };
-        let link = LinkRef {
-            da_id: *id,
-            direction,
-            feature: feature
-                .parse()
-                .map_err(|_| BenchError::Setup("bad feature name"))?,
-        };
-        g.request(GraphOp::AddLink {
-            link,
-            spec: LinkSpec::default(),
-        })
-        .await?;
-    }
+    g.link_all(&created.registered, n).await?;
     if join_digest.is_some() {
         g.request(GraphOp::SetJoin {
             prev: None,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use iot_proto::wire::graph_api::{digest, GraphOp, LinkRef, LinkSpec};
+use iot_proto::wire::graph_api::{digest, GraphOp};
 use iot_proto::wire::Direction;
 use iot_proto::{DaId, Rev};
 use serde::Serialize;
@@ -135,25 +135,7 @@ impl Runaway {
         g.request(GraphOp::Attach).await?;
         self.attached = true;
         g.request(GraphOp::add_funcs([CODE.to_owned()])).await?;
-        for (i, (id, _)) in self.registered.iter().enumerate() {
-            let (direction, feature) = if i == 0 {
-                (Direction::Idf, da::IDF)
-            } else {
-                (Direction::Odf, da::ODF)
-            };
-            let link = LinkRef {
-                da_id: *id,
-                direction,
-                feature: feature
-                    .parse()
-                    .map_err(|_| BenchError::Setup("bad feature name"))?,
-            };
-            g.request(GraphOp::AddLink {
-                link,
-                spec: LinkSpec::default(),
-            })
-            .await?;
-        }
+        g.link_all(&self.registered, 1).await?;
         g.request(GraphOp::SetJoin {
             prev: None,
             new: Some(digest(CODE)),
