@@ -7,6 +7,7 @@
 //! - [`das`]: rows and queries of registered device applications; [`das::Write`] batches any write.
 //! - [`graphs`]: rows of graphs and functions.
 //! - [`users`]: controller users (name, role, Argon2id password hash).
+//! - [`ccm`]: the configuration manager's documents (features, models, functions, projects).
 //!
 //! Every call here blocks: callers run them on a blocking thread, never on the async runtime.
 
@@ -18,6 +19,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+pub mod ccm;
 pub mod das;
 pub mod graphs;
 pub mod schema;

@@ -1,6 +1,15 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    ccm_docs (kind, name) {
+        kind -> Text,
+        name -> Text,
+        doc -> Text,
+        updated_time -> Double,
+    }
+}
+
+diesel::table! {
     das (id) {
         id -> Text,
         rev -> Text,
@@ -38,4 +47,4 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(das, functions, graphs, users,);
+diesel::allow_tables_to_appear_in_same_query!(ccm_docs, das, functions, graphs, users,);

@@ -1,0 +1,420 @@
+//! The CCM's data: device features and models, the function library, projects with their
+//! device objects and network applications (joins). These are the stored documents and the
+//! bodies of the REST API; every check of a value a user sends is here ([`validate_name`],
+//! [`Feature::check`], ...), so the API and an import refuse the same things.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use iot_proto::wire::graph_api::InputType;
+use iot_proto::DaId;
+
+use crate::error::CcmError;
+
+/// Longest name of a feature, model, function, project or network application.
+pub const MAX_NAME: usize = 64;
+/// Most parameters (values per message) of one feature.
+pub const MAX_PARAMS: usize = 64;
+/// Largest function code, in bytes.
+pub const MAX_CODE_BYTES: usize = 256 * 1024;
+/// Longest comment or author.
+pub const MAX_TEXT: usize = 1024;
+
+/// Whether a feature produces data (input: a sensor) or consumes it (output: an actuator).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureDirection {
+    Input,
+    Output,
+}
+
+/// One value of a feature's message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Param {
+    /// `int`, `float`, `bool`, `string` or `json`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub unit: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// A device feature: `Temperature-I`, `Switch-O`, ...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    pub name: String,
+    pub direction: FeatureDirection,
+    /// One entry per value of a message (the feature's width).
+    pub params: Vec<Param>,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// A device model: a kind of device and the features it has. A DA is of model `M` when it
+/// registers with `profile.dm_name = M`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub name: String,
+    /// Names of features of the library.
+    pub features: Vec<String>,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// One version of a function of the library.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FunctionVersion {
+    /// 1, 2, ...
+    pub version: u32,
+    pub code: String,
+    /// `sha256(code)` in lowercase hex: the function's identity in the CSM.
+    pub digest: String,
+    pub author: String,
+    /// Unix seconds.
+    pub created: f64,
+}
+
+/// A named function of the library, with all its versions (oldest first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Function {
+    pub name: String,
+    /// `python` or `rhai`, told from the latest version's code.
+    pub lang: String,
+    pub versions: Vec<FunctionVersion>,
+}
+
+/// A function version used by a link or a join.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FuncRef {
+    pub name: String,
+    pub version: u32,
+}
+
+/// A device model placed in a project, bound to one registered DA or not yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceObject {
+    /// Unique in its project.
+    pub id: u32,
+    pub model: String,
+    /// The DA it stands for; `null` until bound.
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub da_id: Option<DaId>,
+}
+
+/// Per-value range of a link (where the feature defines min/max): values are clamped into
+/// `[min, max]` after the link's function, and mapped onto `[0, 1]` when `normalize` is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkParam {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub normalize: bool,
+}
+
+/// One feature of one device object joined to a network application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// Unique in its network application.
+    pub id: u32,
+    /// A device object of the project.
+    pub object: u32,
+    /// A feature of that object's model; its direction says whether the link feeds the join
+    /// (input) or is fed by it (output).
+    pub feature: String,
+    /// The link's function (IDF or ODF function); `null` = values pass unchanged.
+    #[serde(default)]
+    pub func: Option<FuncRef>,
+    /// Input links only: `sample` or `variant` per value (empty = all `sample`).
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub input_type: Vec<InputType>,
+    /// Per value: range and normalization (empty = none).
+    #[serde(default)]
+    pub params: Vec<LinkParam>,
+}
+
+/// A network application: one join, with the input features feeding it and the output
+/// features it feeds. One CSM graph each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetApp {
+    /// Unique in its project.
+    pub id: u32,
+    pub name: String,
+    /// The join function; `null` = one input passes through, several make a list.
+    #[serde(default)]
+    pub join: Option<FuncRef>,
+    #[serde(default)]
+    pub links: Vec<Link>,
+}
+
+/// A project: device objects and network applications, applied to the CSM while on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    pub id: u32,
+    pub name: String,
+    #[serde(default)]
+    pub on: bool,
+    /// Bind an unbound device object automatically when exactly one online DA of its model
+    /// is bound nowhere in this project (IoTtalk's behaviour).
+    #[serde(default = "yes")]
+    pub auto_bind: bool,
+    #[serde(default)]
+    pub objects: Vec<DeviceObject>,
+    #[serde(default)]
+    pub netapps: Vec<NetApp>,
+    /// Incremented on every change (an `If-Match`-style check for editors).
+    #[serde(default)]
+    pub rev: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A project as exported: the project and every model, feature and function version it uses,
+/// so that importing it on another controller needs nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectExport {
+    /// Always `"iotctl-ccm-project/1"`.
+    pub format: String,
+    pub project: Project,
+    pub models: Vec<Model>,
+    pub features: Vec<Feature>,
+    /// Only the versions the project uses.
+    pub functions: Vec<Function>,
+}
+
+pub const EXPORT_FORMAT: &str = "iotctl-ccm-project/1";
+
+/// Names: 1 to 64 characters, letters, digits, `-`, `_`, `.`, and inner spaces; no control
+/// characters, no `/` (names are path segments of the API).
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), CcmError> {
+    let bad = |why: &str| CcmError::invalid(format!("{what} name `{}`: {why}", shorten(name)));
+    if name.is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME {
+        return Err(bad("longer than 64 characters"));
+    }
+    if name.trim() != name {
+        return Err(bad("starts or ends with a space"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' ')))
+    {
+        return Err(bad(&format!(
+            "`{}` is not allowed (letters, digits, `-`, `_`, `.` and spaces)",
+            c.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+/// A name or text cut to 64 characters for an error message.
+pub fn shorten(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+fn validate_text(what: &'static str, text: &str) -> Result<(), CcmError> {
+    if text.len() > MAX_TEXT {
+        return Err(CcmError::invalid(format!(
+            "{what} is longer than {MAX_TEXT} bytes"
+        )));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(CcmError::invalid(format!(
+            "{what} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+const PARAM_KINDS: [&str; 5] = ["int", "float", "bool", "string", "json"];
+
+impl Feature {
+    pub fn check(&self) -> Result<(), CcmError> {
+        validate_name("feature", &self.name)?;
+        validate_text("comment", &self.comment)?;
+        if self.params.is_empty() || self.params.len() > MAX_PARAMS {
+            return Err(CcmError::invalid(format!(
+                "feature `{}` must have 1 to {MAX_PARAMS} params, not {}",
+                self.name,
+                self.params.len()
+            )));
+        }
+        for (i, p) in self.params.iter().enumerate() {
+            if !p.kind.is_empty() && !PARAM_KINDS.contains(&p.kind.as_str()) {
+                return Err(CcmError::invalid(format!(
+                    "feature `{}` param #{i}: type `{}` is not one of {}",
+                    self.name,
+                    shorten(&p.kind),
+                    PARAM_KINDS.join(", ")
+                )));
+            }
+            validate_text("unit", &p.unit)?;
+            check_range(&format!("feature `{}` param #{i}", self.name), p.min, p.max)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_range(what: &str, min: Option<f64>, max: Option<f64>) -> Result<(), CcmError> {
+    if min.is_some_and(|v| !v.is_finite()) || max.is_some_and(|v| !v.is_finite()) {
+        return Err(CcmError::invalid(format!(
+            "{what}: min and max must be finite numbers"
+        )));
+    }
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo >= hi {
+            return Err(CcmError::invalid(format!(
+                "{what}: min {lo} must be less than max {hi}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Model {
+    pub fn check(&self) -> Result<(), CcmError> {
+        validate_name("model", &self.name)?;
+        validate_text("comment", &self.comment)?;
+        if self.features.is_empty() {
+            return Err(CcmError::invalid(format!(
+                "model `{}` has no features",
+                self.name
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &self.features {
+            validate_name("feature", f)?;
+            if !seen.insert(f) {
+                return Err(CcmError::invalid(format!(
+                    "model `{}` lists feature `{f}` twice",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LinkParam {
+    pub fn check(&self, what: &str) -> Result<(), CcmError> {
+        check_range(what, self.min, self.max)?;
+        if self.normalize && (self.min.is_none() || self.max.is_none()) {
+            return Err(CcmError::invalid(format!(
+                "{what}: normalization needs both min and max"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this setting changes values at all.
+    pub fn is_active(&self) -> bool {
+        self.min.is_some() || self.max.is_some()
+    }
+}
+
+/// The language of `code`, as the CSM tells it: `rhai` for a line `fn run(`, `python` for
+/// `def run(`.
+pub fn lang_of(code: &str) -> Option<&'static str> {
+    for line in code.lines() {
+        let t = line.trim_start();
+        let rest = |p: &str| {
+            t.strip_prefix(p).map(|r| {
+                r.trim_start().starts_with("run")
+                    && r.trim_start()[3..].trim_start().starts_with('(')
+            })
+        };
+        if rest("fn ") == Some(true) {
+            return Some("rhai");
+        }
+        if rest("def ") == Some(true) {
+            return Some("python");
+        }
+    }
+    None
+}
+
+/// Checks a function's code before it is stored: size, language, no NUL.
+pub fn check_code(code: &str) -> Result<&'static str, CcmError> {
+    if code.len() > MAX_CODE_BYTES {
+        return Err(CcmError::invalid(format!(
+            "code is {} bytes, more than {MAX_CODE_BYTES}",
+            code.len()
+        )));
+    }
+    if code.contains('\0') {
+        return Err(CcmError::invalid("code contains a NUL character"));
+    }
+    lang_of(code).ok_or_else(|| {
+        CcmError::invalid(
+            "cannot tell the language: define `fn run(...)` (Rhai) or `def run(...):` (Python)",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("model", "Dummy_Sensor").is_ok());
+        assert!(validate_name("model", "Bulb v2.1").is_ok());
+        for bad in ["", " x", "x ", "a/b", "a\nb", &"x".repeat(65)] {
+            assert!(validate_name("model", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn languages() {
+        assert_eq!(lang_of("fn run(x) { x }"), Some("rhai"));
+        assert_eq!(
+            lang_of("import math\ndef run(x):\n  return x\n"),
+            Some("python")
+        );
+        assert_eq!(lang_of("def runner(x): pass"), None);
+        assert!(check_code("function run() {}").is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        let p = LinkParam {
+            min: Some(1.0),
+            max: Some(0.0),
+            normalize: false,
+        };
+        assert!(p.check("x").is_err());
+        let p = LinkParam {
+            min: Some(0.0),
+            max: None,
+            normalize: true,
+        };
+        assert!(p.check("x").is_err());
+    }
+}

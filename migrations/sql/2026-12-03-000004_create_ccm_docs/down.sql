@@ -1,0 +1,1 @@
+DROP TABLE ccm_docs;
