@@ -24,7 +24,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub csm: CsmConfig,
     pub functions: FunctionsConfig,
-    pub ccm: CcmConfig,
+    pub ccm: iot_ccm::CcmConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub database: DatabaseConfig,
@@ -86,20 +86,6 @@ struct EmbeddedSection {
     #[serde(default)]
     #[expect(dead_code, reason = "read only for its errors")]
     broker: EmbeddedConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CcmConfig {
-    pub listen: String,
-}
-
-impl Default for CcmConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:7788".into(),
-        }
-    }
 }
 
 /// `[auth]`: users and roles (docs/security.md).

@@ -31,6 +31,9 @@ pub fn listeners(cfg: &Config, component: Component) -> Vec<(&'static str, Strin
     if matches!(component, Component::All | Component::Csm) {
         out.push(("csm.listen", cfg.csm.listen.clone()));
     }
+    if matches!(component, Component::All | Component::Ccm) {
+        out.push(("ccm.listen", cfg.ccm.listen.clone()));
+    }
     out
 }
 

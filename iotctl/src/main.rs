@@ -112,16 +112,15 @@ enum Command {
 /// What `start` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Component {
-    /// Broker and CSM in one process.
+    /// Broker, CSM and CCM (with the web GUI) in one process.
     All,
     /// Only the embedded MQTT broker.
     Broker,
     /// Only the CSM, using the broker of `broker.external` or `broker.listen`.
     Csm,
-    /// The Configuration and Control Manager (not built yet).
+    /// Only the Configuration and Control Manager and its web GUI, using the broker of
+    /// `broker.external` or `broker.listen` and the CSM on it.
     Ccm,
-    /// The web GUI (not built yet).
-    Gui,
 }
 
 fn init_tracing(cfg: &Config, debug: bool) {

@@ -40,11 +40,6 @@ pub async fn initdb(cfg: &Config) -> Result<()> {
 
 /// Runs the chosen components until SIGINT/SIGTERM.
 pub async fn start(cfg: Config, component: Component) -> Result<()> {
-    if matches!(component, Component::Ccm | Component::Gui) {
-        bail!(
-            "the CCM and its web GUI are not built yet; `iotctl start` runs the broker and the CSM"
-        );
-    }
     crate::exposure::check(&cfg, component)?;
     if cfg.auth.enabled && component != Component::All {
         bail!("`auth.enabled` needs `iotctl start all`: the broker checks the DA credentials the CSM issues, in one process");
@@ -86,6 +81,7 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
     // its first connection; the CSM fills it (stored DAs once loaded, then each registration).
     // Until then a DA's credentials are unknown and it is refused, and retries.
     let runs_csm = matches!(component, Component::All | Component::Csm);
+    let runs_ccm = matches!(component, Component::All | Component::Ccm);
     let credentials = Credentials::default();
     let refusals = Refusals::default();
     // With authentication on, controller users too (loaded now, then reloaded every few
@@ -127,22 +123,25 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
     if runs_csm {
         let access = Access {
             credentials,
-            users,
-            refusals,
+            users: users.clone(),
+            refusals: refusals.clone(),
             grants,
         };
         start_csm(cfg, &broker, access, &shutdown, &mut running).await?;
     }
-    // The CCM, once built, starts here the same way: `start_ccm(cfg, &broker, ...)`.
+    if runs_ccm {
+        start_ccm(cfg, &broker, users, refusals, &shutdown, &mut running).await?;
+    }
 
     let state = &running.state;
     runfile::write_state(cfg, state)?;
     println!(
-        "iotctl ready: pid={} mqtt={} ws={} csm={} mqtts={} wss={}",
+        "iotctl ready: pid={} mqtt={} ws={} csm={} ccm={} mqtts={} wss={}",
         state.pid,
         state.mqtt.as_deref().unwrap_or("-"),
         state.ws.as_deref().unwrap_or("-"),
         state.csm.as_deref().unwrap_or("-"),
+        state.ccm.as_deref().unwrap_or("-"),
         state.mqtts.as_deref().unwrap_or("-"),
         state.wss.as_deref().unwrap_or("-"),
     );
@@ -295,6 +294,41 @@ async fn start_csm(
     running.state.components.push("csm".into());
     let scheme = if cfg.csm.tls { "https" } else { "http" };
     running.state.csm = Some(format!("{scheme}://{addr}{}", cfg.csm.path_prefix));
+    Ok(())
+}
+
+/// The CCM: its REST API and GUI on `ccm.listen`, its data in the database, driving the CSM
+/// through the graph API on `broker`.
+async fn start_ccm(
+    cfg: &Config,
+    broker: &BrokerSide,
+    users: Option<Users>,
+    refusals: Refusals,
+    shutdown: &CancellationToken,
+    running: &mut Running,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&cfg.ccm.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (`ccm.listen`): is another controller running?",
+                cfg.ccm.listen
+            )
+        })?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let db_url = cfg.database.url.clone();
+    let db = tokio::task::spawn_blocking(move || Db::connect(&db_url)).await??;
+    let wiring = iot_ccm::Wiring {
+        listener,
+        broker: broker.handle.clone(),
+        db,
+        users,
+        refusals,
+    };
+    let (_ccm, task) = iot_ccm::start(&cfg.ccm, wiring, shutdown.clone()).await?;
+    running.tasks.push(task);
+    running.state.components.push("ccm".into());
+    running.state.ccm = Some(format!("http://{addr}"));
     Ok(())
 }
 

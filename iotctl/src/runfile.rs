@@ -23,6 +23,9 @@ pub struct RunState {
     pub ws: Option<String>,
     /// Base URL of the CSM HTTP API.
     pub csm: Option<String>,
+    /// Base URL of the CCM (REST API and web GUI).
+    #[serde(default)]
+    pub ccm: Option<String>,
     pub started: f64,
     /// `host:port` of the embedded broker's MQTT-over-TLS listener, when on.
     #[serde(default)]
@@ -41,6 +44,7 @@ impl RunState {
             mqtt: None,
             ws: None,
             csm: None,
+            ccm: None,
             started: iot_csm::now_epoch(),
             mqtts: None,
             wss: None,

@@ -160,7 +160,18 @@ pub async fn status(cfg: &Config, json: bool, login: Option<&Login>) -> Result<E
             (Some(url), None) => println!("  csm     down  {url}"),
             (None, _) => println!("  csm     not started"),
         }
-        println!("  ccm     not built yet");
+        match &state.ccm {
+            Some(url) => {
+                let up = reqwest::get(format!("{url}/api/session"))
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                println!(
+                    "  ccm     {}  {url}  (web GUI)",
+                    if up { "up  " } else { "down" }
+                );
+            }
+            None => println!("  ccm     not started"),
+        }
     }
     let all_up = broker_up && (state.csm.is_none() || csm.is_some() || refused.is_some());
     Ok(if all_up {

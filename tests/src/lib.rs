@@ -145,6 +145,8 @@ pub struct AppOptions {
     pub csm_listen: Option<String>,
     /// Fixed `host:port` for the embedded broker's MQTT listener instead of a free port.
     pub mqtt_listen: Option<String>,
+    /// Fixed `host:port` for the CCM (REST API and GUI) instead of a free port.
+    pub ccm_listen: Option<String>,
     /// Authentication on (`[auth] enabled = true`), with the admin user [`ADMIN_USER`]
     /// created before the start; operator requests, [`App::mqtt`] and graph clients use it.
     pub auth: bool,
@@ -175,6 +177,8 @@ pub struct App {
     pub log: PathBuf,
     /// Base URL of the CSM API.
     pub csm: String,
+    /// Base URL of the CCM (REST API under `/api/`, GUI at `/`).
+    pub ccm: String,
     /// `host:port` of the MQTT broker DAs use.
     pub mqtt: String,
     pub ws: Option<String>,
@@ -205,12 +209,13 @@ impl App {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}/iotctl.db", data_dir.display()));
         let base = format!(
-            "[paths]\ndata_dir = \"{}\"\n[database]\nurl = \"{db}\"\n[broker]\nlisten = \"{}\"\nws_listen = \"127.0.0.1:0\"\nexternal = \"{}\"\nhost_send_timeout_ms = {TEST_HOST_SEND_TIMEOUT_MS}\n[csm]\nlisten = \"{}\"\noffline_expiry_seconds = {}\nodf_ack_wait_ms = {TEST_ODF_ACK_WAIT_MS}\n[functions]\npython_timeout_ms = {TEST_PYTHON_TIMEOUT_MS}\n",
+            "[paths]\ndata_dir = \"{}\"\n[database]\nurl = \"{db}\"\n[broker]\nlisten = \"{}\"\nws_listen = \"127.0.0.1:0\"\nexternal = \"{}\"\nhost_send_timeout_ms = {TEST_HOST_SEND_TIMEOUT_MS}\n[csm]\nlisten = \"{}\"\noffline_expiry_seconds = {}\nodf_ack_wait_ms = {TEST_ODF_ACK_WAIT_MS}\n[functions]\npython_timeout_ms = {TEST_PYTHON_TIMEOUT_MS}\n[ccm]\nlisten = \"{}\"\n",
             data_dir.display(),
             opts.mqtt_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.external.clone().unwrap_or_default(),
             opts.csm_listen.as_deref().unwrap_or("127.0.0.1:0"),
             opts.offline_expiry_seconds.unwrap_or(300),
+            opts.ccm_listen.as_deref().unwrap_or("127.0.0.1:0"),
         );
         let mut config = merge_toml(&base, &opts.extra_toml);
         if opts.auth {
@@ -283,7 +288,9 @@ impl App {
             let _ = child.kill().await;
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let this_run = text.get(log_start as usize..).unwrap_or_default();
-            let fixed_port = opts.csm_listen.is_some() || opts.mqtt_listen.is_some();
+            let fixed_port = opts.csm_listen.is_some()
+                || opts.mqtt_listen.is_some()
+                || opts.ccm_listen.is_some();
             if fixed_port && attempts < 20 && this_run.contains("Address already in use") {
                 eprintln!("iotctl: a fixed port is in use; starting again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -307,6 +314,7 @@ impl App {
             config: config_path,
             log,
             csm: field("csm").expect("csm url"),
+            ccm: field("ccm").expect("ccm url"),
             mqtt: field("mqtt").expect("mqtt addr"),
             ws: field("ws"),
             mqtts: field("mqtts"),

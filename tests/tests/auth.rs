@@ -419,6 +419,11 @@ async fn start_refuses_to_expose_listeners_without_auth() {
             "broker.ws_listen",
         ),
         (
+            "[ccm]\nlisten = \"0.0.0.0:0\"\n",
+            &["start", "ccm"][..],
+            "ccm.listen",
+        ),
+        (
             "[auth]\nenabled = true\n",
             &["start", "broker"][..],
             "start all",
