@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The CCM's REST API through real HTTP against the real controller (`iotctl start`), on
 //! SQLite and PostgreSQL: the library, projects and everything in them, export and import,
 //! refusals with clear reasons, the OpenAPI document, and logins when authentication is on.
