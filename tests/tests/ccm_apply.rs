@@ -168,6 +168,8 @@ async fn the_walkthrough_built_through_the_api_routes_survives_a_restart_and_is_
         format!("ccm-p{pid}-n{nid}")
     );
     flows(&mut sensor, &mut display, 3).await;
+    monitor_shows(&app, pid, nid, "idf", json!([3])).await;
+    monitor_shows(&app, pid, nid, "join", json!(9)).await;
     monitor_shows(&app, pid, nid, "odf", json!([9])).await;
 
     // After a restart: still on, still flowing, nothing to change.

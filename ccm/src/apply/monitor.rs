@@ -75,6 +75,9 @@ pub fn rows(
             let mut out = Vec::new();
             let idf = end(t, src).map_or_else(|| src.to_owned(), |(s, _)| s);
             out.push(row("idf", idf, data["input"].clone()));
+            if let Some(join) = data.get("join").filter(|j| !j.is_null()) {
+                out.push(row("join", String::new(), join.clone()));
+            }
             for o in data["outputs"].as_array().into_iter().flatten() {
                 let odf = o["odf"].as_str().unwrap_or_default();
                 let shown =
@@ -165,17 +168,18 @@ mod tests {
     }
 
     #[test]
-    fn data_becomes_idf_and_odf_rows_named_by_object() {
+    fn data_becomes_idf_join_and_odf_rows_named_by_object() {
         let body = json!({"op": "esm_data", "data": {"src": format!("idf {DA}/Temp"),
-            "input": [5], "outputs": [{"odf": format!("{OUT}/Show"), "value": [25]}]}});
+            "input": [5], "join": 25, "outputs": [{"odf": format!("{OUT}/Show"), "value": [25]}]}});
         let (r, e) = rows(&target(), body.to_string().as_bytes(), 1.5);
         assert_eq!(e, None);
-        assert_eq!(r.len(), 2);
+        assert_eq!(r.len(), 3);
         assert_eq!((r[0].kind.as_str(), r[0].src.as_str()), ("idf", "3:Temp"));
         assert_eq!(r[0].value, json!([5]));
-        assert_eq!((r[1].kind.as_str(), r[1].src.as_str()), ("odf", "4:Show"));
-        assert_eq!(r[1].value, json!([25]));
-        assert_eq!(r[1].ts, 1.5);
+        assert_eq!((r[1].kind.as_str(), &r[1].value), ("join", &json!(25)));
+        assert_eq!((r[2].kind.as_str(), r[2].src.as_str()), ("odf", "4:Show"));
+        assert_eq!(r[2].value, json!([25]));
+        assert_eq!(r[2].ts, 1.5);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Exec {
     keys: Vec<String>,
     /// Function call counters.
     stats: Arc<GraphStats>,
+    /// While the graph is monitored: the join's result for each message of the last batch
+    /// (`None` where it failed), taken by [`Exec::take_joined`].
+    joined: Vec<Option<Value>>,
 }
 
 fn key_of(plan: &Plan, i: usize) -> String {
@@ -142,8 +145,14 @@ impl Exec {
             }
         }))
         .await;
+        // The join results, kept for the monitor only while there is one.
+        let shown: Vec<Option<Value>> = if plan.monitor.is_some() {
+            joined.iter().map(|r| r.as_ref().ok().cloned()).collect()
+        } else {
+            Vec::new()
+        };
         // 5. ODF functions, then the outputs with the triggering message's tags.
-        join_all(staged.iter().zip(joined).map(|(st, joined)| async move {
+        let out = join_all(staged.iter().zip(joined).map(|(st, joined)| async move {
             let (_, tags) = st.as_ref().map_err(Clone::clone)?;
             let joined = joined?;
             let mut out = Vec::with_capacity(plan.odfs.len());
@@ -166,7 +175,15 @@ impl Exec {
             }
             Ok(out)
         }))
-        .await
+        .await;
+        self.joined = shown;
+        out
+    }
+
+    /// The join's result for each message of the last [`Exec::on_batch`], when the plan
+    /// has a monitor (empty otherwise).
+    pub fn take_joined(&mut self) -> Vec<Option<Value>> {
+        std::mem::take(&mut self.joined)
     }
 
     /// The join's input: with a join function, every IDF's latest value flattened into one

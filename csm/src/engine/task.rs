@@ -140,7 +140,9 @@ async fn handle(
         .msgs_in
         .fetch_add(msgs.len() as u64, Ordering::Relaxed);
     let results = exec.on_batch(plan, &msgs).await;
+    let mut joined = exec.take_joined().into_iter();
     for ((i, payload), result) in msgs.iter().zip(results) {
+        let join = joined.next().flatten();
         match result {
             Ok(outs) => {
                 for (j, value) in &outs {
@@ -157,7 +159,7 @@ async fn handle(
                         .iter()
                         .map(|(j, v)| json!({"odf": format!("{}/{}", plan.odfs[*j].da, plan.odfs[*j].feature), "value": v}))
                         .collect();
-                    let body = json!({"op": "esm_data", "data": {"src": format!("idf {}/{}", idf.da, idf.feature), "input": input, "outputs": outputs}});
+                    let body = json!({"op": "esm_data", "data": {"src": format!("idf {}/{}", idf.da, idf.feature), "input": input, "join": join, "outputs": outputs}});
                     monitor(broker, topic, &body).await;
                 }
             }
