@@ -39,6 +39,8 @@ export function render(main, args) {
     panel: null,
     monitor: null,
     lastJson: '',
+    /** DAs chosen in a binding select and not bound yet, by object id. */
+    bindChoice: new Map(),
     stopped: false,
     els: {},
   };
@@ -300,7 +302,10 @@ function binding(ed, o) {
   const options = [{ value: '', label: das.length ? 'Choose a DA…' : `No DA of model ${o.model} registered` }];
   for (const d of das) options.push({ value: d.id, label: `${d.name} (${d.online ? 'online' : 'offline'})` });
   if (o.da_id && !das.some((d) => d.id === o.da_id)) options.push({ value: o.da_id, label: `${o.da_id.slice(0, 8)}… (not registered)` });
-  const pick = select(options, o.da_id || '', { class: 'bind-select', dataset: { bindSelect: o.id }, 'aria-label': `DA of device object ${o.id}` });
+  // A DA chosen but not bound yet stays chosen when the editor re-renders.
+  const chosen = ed.bindChoice.get(o.id);
+  const pick = select(options, chosen !== undefined ? chosen : o.da_id || '', { class: 'bind-select', dataset: { bindSelect: o.id }, 'aria-label': `DA of device object ${o.id}` });
+  pick.addEventListener('change', () => ed.bindChoice.set(o.id, pick.value));
   return h('div', { class: 'binding' },
     pick,
     h('button', {
@@ -312,7 +317,8 @@ function binding(ed, o) {
           toast('Choose a DA to bind first', 'error');
           return;
         }
-        await act(() => api('POST', `/api/projects/${ed.id}/objects/${o.id}/bind`, { da_id: pick.value }), 'Bound');
+        const r = await act(() => api('POST', `/api/projects/${ed.id}/objects/${o.id}/bind`, { da_id: pick.value }), 'Bound');
+        if (r) ed.bindChoice.delete(o.id);
         reload(ed);
       },
     }, 'Bind'),
@@ -321,6 +327,7 @@ function binding(ed, o) {
       class: 'small',
       dataset: { unbind: o.id },
       onclick: async () => {
+        ed.bindChoice.delete(o.id);
         await act(() => api('POST', `/api/projects/${ed.id}/objects/${o.id}/unbind`), 'Unbound');
         reload(ed);
       },

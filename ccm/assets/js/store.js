@@ -65,6 +65,8 @@ export function startDeviceStream() {
     store.live = false;
     changed();
   });
+  // Events were missed (the browser read too slowly): the whole list again.
+  source.addEventListener('lagged', () => reloadDevices());
   source.addEventListener('device', (ev) => {
     let msg;
     try {
