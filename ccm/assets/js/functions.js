@@ -77,7 +77,7 @@ async function load(listEl, detail, selected) {
 function newFunction(detail) {
   const name = h('input', { id: 'function-name', autocomplete: 'off', required: true });
   const author = h('input', { id: 'function-author', autocomplete: 'name' });
-  const ed = codeEditor({ id: 'function-code', value: TEMPLATE.rhai, label: 'Code of the new function', rows: 14 });
+  const ed = codeEditor({ id: 'function-code', value: TEMPLATE.rhai, label: 'Code of the new function', rows: 10 });
   replace(detail,
     h('h2', {}, 'New function'),
     h('form', {
@@ -105,7 +105,7 @@ function templateButtons(ed) {
 function showFunction(detail, f, reload) {
   const latest = f.versions[f.versions.length - 1];
   const author = h('input', { id: 'function-author', autocomplete: 'name' });
-  const ed = codeEditor({ id: 'function-code', value: latest ? latest.code : TEMPLATE.rhai, label: `Code of ${f.name}`, rows: 14 });
+  const ed = codeEditor({ id: 'function-code', value: latest ? latest.code : TEMPLATE.rhai, label: `Code of ${f.name}`, rows: 10 });
   replace(detail,
     h('div', { class: 'fn-title' },
       h('h2', {}, f.name),
