@@ -93,6 +93,7 @@ struct Inner {
     kick: Notify,
     users: Option<Users>,
     refusals: Refusals,
+    sessions: api::session::Sessions,
 }
 
 /// Seconds since the Unix epoch.
@@ -142,6 +143,7 @@ impl Ccm {
                 kick: Notify::new(),
                 users,
                 refusals,
+                sessions: Default::default(),
             }),
         })
     }
@@ -160,6 +162,10 @@ impl Ccm {
 
     pub fn refusals(&self) -> &Refusals {
         &self.inner.refusals
+    }
+
+    pub fn sessions(&self) -> &api::session::Sessions {
+        &self.inner.sessions
     }
 
     /// Reads the state.

@@ -46,6 +46,8 @@ pub struct Param {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Feature {
+    /// May be left out of a `PUT /api/features/{name}` body.
+    #[serde(default)]
     pub name: String,
     pub direction: FeatureDirection,
     /// One entry per value of a message (the feature's width).
@@ -59,6 +61,8 @@ pub struct Feature {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
+    /// May be left out of a `PUT /api/models/{name}` body.
+    #[serde(default)]
     pub name: String,
     /// Names of features of the library.
     pub features: Vec<String>,

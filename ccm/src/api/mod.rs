@@ -1,12 +1,119 @@
-//! The REST API under `/api/` and the GUI's files at `/`.
+//! The REST API under `/api/` (docs/ccm.md), its OpenAPI document, and the GUI's files at
+//! `/`. Handlers take typed bodies ([`JsonBody`], which answers a malformed or oversized body
+//! with a clear error), call [`Ccm::mutate`] or [`Ccm::read`], and answer JSON; every refusal
+//! is a [`CcmError`].
+//!
+//! Files: [`session`] (logins and the admin check), [`library`] (features, models,
+//! functions), [`projects`] (projects and everything in them, export/import), [`live`]
+//! (devices and the event streams), [`openapi`].
 
+pub mod library;
+pub mod live;
+pub mod openapi;
+pub mod projects;
+pub mod session;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Router;
+use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::CcmError;
 use crate::Ccm;
 
+/// A JSON request body; a malformed one is a 400 that says what is wrong, an oversized one a
+/// 413 naming the limit.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = CcmError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(JsonBody(v)),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(CcmError::TooLarge(
+                    "the request body is larger than ccm.max_body_bytes".into(),
+                ))
+            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(CcmError::invalid(
+                "send the body as JSON with `Content-Type: application/json`",
+            )),
+            Err(e) => Err(CcmError::invalid(format!(
+                "malformed JSON body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// `{}`: the answer of a change that has nothing to return.
+pub fn empty() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({}))
+}
+
+/// The whole router: the API (behind the admin check when authentication is on) and the GUI.
 pub fn router(ccm: Ccm) -> Router {
-    Router::new().with_state(ccm)
+    let limit = ccm.config().max_body_bytes;
+    let protected = Router::new()
+        .merge(library::routes())
+        .merge(projects::routes())
+        .merge(live::routes())
+        .route_layer(middleware::from_fn_with_state(
+            ccm.clone(),
+            session::require_admin,
+        ));
+    let api = Router::new()
+        .merge(session::routes())
+        .route("/openapi.json", get(openapi::document))
+        .merge(protected)
+        .fallback(|| async { CcmError::not_found("no such API endpoint") });
+    Router::new()
+        .nest("/api", api)
+        .route("/", get(|| asset(Path("index.html".to_owned()))))
+        .route("/{*path}", get(asset))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ccm)
+}
+
+const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'";
+
+/// A file of the GUI; unknown paths under `/` that look like a page get `index.html` (the GUI
+/// routes with `#` fragments, so this is only for bookmarks of `/`).
+async fn asset(Path(path): Path<String>) -> Response {
+    if path.starts_with("api/") {
+        return CcmError::not_found("no such API endpoint").into_response();
+    }
+    match crate::assets::get(&path) {
+        Some((content_type, bytes)) => (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                // Only the GUI's own files run: an injected script or a framing page cannot.
+                (header::CONTENT_SECURITY_POLICY, CSP),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => CcmError::not_found(format!(
+            "no file `{}` in the GUI",
+            crate::model::shorten(&path)
+        ))
+        .into_response(),
+    }
 }
 
 /// Serves until `shutdown`.

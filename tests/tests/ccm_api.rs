@@ -1,0 +1,481 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The CCM's REST API through real HTTP against the real controller (`iotctl start`), on
+//! SQLite and PostgreSQL: the library, projects and everything in them, export and import,
+//! refusals with clear reasons, the OpenAPI document, and logins when authentication is on.
+
+use iot_tests::{new_id, pg_url, App, AppOptions, CcmClient};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const SQUARE: &str = "fn run(x) { x * x }";
+
+/// Builds the walkthrough's library and a project through the API; returns the project id.
+async fn build_project(c: &CcmClient) -> u64 {
+    c.model("Sensor", &[("Meow-I", "input", 1)]).await;
+    c.model("Display", &[("Show-O", "output", 1)]).await;
+    let (s, v) = c
+        .post(
+            "/api/functions/square",
+            &json!({"code": SQUARE, "author": "ops"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["digest"], iot_tests::digest(SQUARE));
+    // The same code again: the same version, 200.
+    let (s, v) = c
+        .post("/api/functions/square", &json!({"code": SQUARE}))
+        .await;
+    assert_eq!((s, v["version"].as_u64()), (200, Some(1)));
+    let (s, p) = c.post("/api/projects", &json!({"name": "meow"})).await;
+    assert_eq!(s, 201, "{p}");
+    assert_eq!(
+        (p["on"].as_bool(), p["auto_bind"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let pid = p["id"].as_u64().unwrap();
+    let o1 = c
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{pid}/objects"),
+            Some(&json!({"model": "Sensor"})),
+        )
+        .await;
+    let o2 = c
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{pid}/objects"),
+            Some(&json!({"model": "Display"})),
+        )
+        .await;
+    let n = c
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{pid}/netapps"),
+            Some(&json!({"name": "square", "links": [
+                {"object": o1["id"], "feature": "Meow-I"},
+                {"object": o2["id"], "feature": "Show-O"},
+            ]})),
+        )
+        .await;
+    assert_eq!(n["links"].as_array().unwrap().len(), 2, "{n}");
+    let n = c
+        .ok(
+            Method::PATCH,
+            &format!("/api/projects/{pid}/netapps/{}", n["id"]),
+            Some(&json!({"join": {"name": "square", "version": 1}})),
+        )
+        .await;
+    assert_eq!(n["join"], json!({"name": "square", "version": 1}));
+    pid
+}
+
+async fn library_projects_export_import(app: &App) {
+    let c = CcmClient::of(app);
+    let pid = build_project(&c).await;
+    let (s, v) = c.get(&format!("/api/projects/{pid}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["project"]["objects"].as_array().unwrap().len(), 2);
+    assert!(v["status"].is_object(), "{v}");
+
+    // Refusals say what is wrong, and change nothing.
+    let cases: Vec<(Method, String, Value, u16, &str)> = vec![
+        (
+            Method::PUT,
+            "/api/models/X".into(),
+            json!({"name": "X", "features": ["Nope"]}),
+            400,
+            "no feature `Nope`",
+        ),
+        (
+            Method::PUT,
+            "/api/models/X".into(),
+            json!({"name": "Y", "features": ["Meow-I"]}),
+            400,
+            "differ",
+        ),
+        (
+            Method::PUT,
+            "/api/features/a%2Fb".into(),
+            json!({"direction": "input", "params": [{}]}),
+            400,
+            "not allowed",
+        ),
+        (
+            Method::POST,
+            "/api/functions/f".into(),
+            json!({"code": "function run() {}"}),
+            400,
+            "cannot tell the language",
+        ),
+        (
+            Method::POST,
+            "/api/projects".into(),
+            json!({"name": "meow"}),
+            409,
+            "exists",
+        ),
+        (
+            Method::POST,
+            "/api/projects".into(),
+            json!({"nme": "x"}),
+            400,
+            "unknown field",
+        ),
+        (
+            Method::POST,
+            format!("/api/projects/{pid}/objects"),
+            json!({"model": "Nope"}),
+            400,
+            "no model",
+        ),
+        (
+            Method::POST,
+            format!("/api/projects/{pid}/objects/1/bind"),
+            json!({"da_id": "not-a-uuid"}),
+            400,
+            "malformed JSON body",
+        ),
+        (
+            Method::POST,
+            format!("/api/projects/{pid}/netapps/1/links"),
+            json!({"object": 1, "feature": "Meow-I"}),
+            409,
+            "already",
+        ),
+        (
+            Method::POST,
+            format!("/api/projects/{pid}/netapps/1/links"),
+            json!({"object": 9, "feature": "Meow-I"}),
+            400,
+            "no device object 9",
+        ),
+        (
+            Method::POST,
+            format!("/api/projects/{pid}/netapps/1/links"),
+            json!({"object": 2, "feature": "Meow-I"}),
+            400,
+            "has no feature",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/projects/{pid}/netapps/1"),
+            json!({"join": {"name": "square", "version": 7}}),
+            400,
+            "version 7",
+        ),
+        (
+            Method::GET,
+            "/api/projects/999".into(),
+            Value::Null,
+            404,
+            "no project 999",
+        ),
+        (
+            Method::GET,
+            "/api/projects/abc".into(),
+            Value::Null,
+            400,
+            "not a number",
+        ),
+        (
+            Method::DELETE,
+            "/api/models/Sensor".into(),
+            Value::Null,
+            409,
+            "used in project",
+        ),
+        (
+            Method::DELETE,
+            "/api/functions/square".into(),
+            Value::Null,
+            409,
+            "used in project",
+        ),
+        (
+            Method::DELETE,
+            "/api/features/Meow-I".into(),
+            Value::Null,
+            409,
+            "used by model",
+        ),
+        (
+            Method::GET,
+            "/api/frobnicate".into(),
+            Value::Null,
+            404,
+            "no such API endpoint",
+        ),
+    ];
+    for (m, path, body, status, why) in cases {
+        let b = (!body.is_null()).then_some(&body);
+        let (s, v) = c.call(m.clone(), &path, b).await;
+        assert_eq!(s, status, "{m} {path}: {v}");
+        let reason = v["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(why), "{m} {path}: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    // Not JSON at all, and a body over ccm.max_body_bytes.
+    let url = format!("{}/api/projects", app.ccm);
+    let http = reqwest::Client::new();
+    let with_auth = |r: reqwest::RequestBuilder| app.operator(r);
+    let r = with_auth(
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body("{"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = with_auth(
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body(vec![b' '; 5 * 1024 * 1024]),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "too_large", "{v}");
+
+    // Export, then import under another name: the same project, reusing the same version.
+    let (s, doc) = c.get(&format!("/api/projects/{pid}/export")).await;
+    assert_eq!(s, 200, "{doc}");
+    assert_eq!(doc["format"], "iotctl-ccm-project/1");
+    assert_eq!(doc["functions"][0]["versions"][0]["code"], SQUARE);
+    let (s, v) = c.post("/api/projects/import", &doc).await;
+    assert_eq!(s, 409, "same name: {v}");
+    let (s, copy) = c.post("/api/projects/import?name=meow2", &doc).await;
+    assert_eq!(s, 201, "{copy}");
+    assert_eq!(copy["name"], "meow2");
+    assert_eq!(
+        copy["netapps"][0]["join"],
+        json!({"name": "square", "version": 1})
+    );
+    assert_eq!(
+        copy["netapps"][0]["links"],
+        doc["project"]["netapps"][0]["links"]
+    );
+    // A document whose function changed gets a new version, not a clash.
+    let mut changed = doc.clone();
+    changed["functions"][0]["versions"][0]["code"] = json!("fn run(x) { x + 1 }");
+    changed["functions"][0]["versions"][0]["digest"] =
+        json!(iot_tests::digest("fn run(x) { x + 1 }"));
+    let (s, v) = c.post("/api/projects/import?name=meow3", &changed).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["netapps"][0]["join"],
+        json!({"name": "square", "version": 2})
+    );
+    // A model that differs here is a clear conflict, and nothing of the import stays.
+    let mut clash = doc.clone();
+    clash["models"][0]["comment"] = json!("another display");
+    let (s, v) = c.post("/api/projects/import?name=meow4", &clash).await;
+    assert_eq!(s, 409, "{v}");
+    let (_, list) = c.get("/api/projects").await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["meow", "meow2", "meow3"]);
+
+    // Deleting cascades inside a project: an object's links go with it.
+    c.ok(
+        Method::DELETE,
+        &format!("/api/projects/{pid}/objects/1"),
+        None,
+    )
+    .await;
+    let (_, v) = c.get(&format!("/api/projects/{pid}")).await;
+    assert_eq!(
+        v["project"]["netapps"][0]["links"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{v}"
+    );
+    c.ok(Method::DELETE, "/api/projects/3", None).await;
+
+    // The OpenAPI document lists the paths and the schemas.
+    let (s, api) = c.get("/api/openapi.json").await;
+    assert_eq!(s, 200);
+    assert!(
+        api["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        api["openapi"]
+    );
+    for path in [
+        "/api/projects/{id}/netapps/{nid}/links/{lid}",
+        "/api/projects/import",
+        "/api/functions/{name}",
+    ] {
+        assert!(api["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(api["components"]["schemas"]["ProjectExport"].is_object());
+
+    // The GUI is served at /.
+    let r = reqwest::get(format!("{}/", app.ccm)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
+}
+
+#[tokio::test]
+async fn the_api_on_sqlite_keeps_what_it_is_given_across_a_restart() {
+    let app = App::spawn().await;
+    library_projects_export_import(&app).await;
+    let app = app.restart().await;
+    let c = CcmClient::of(&app);
+    let (_, list) = c.get("/api/projects").await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let (_, f) = c.get("/api/functions/square").await;
+    assert_eq!(f["versions"].as_array().unwrap().len(), 2, "{f}");
+}
+
+#[tokio::test]
+async fn the_api_on_postgresql() {
+    let schema = format!("t_{}", new_id().replace('-', ""));
+    let admin = pg_url();
+    let out = std::process::Command::new("psql")
+        .args([admin.as_str(), "-qc", &format!("CREATE SCHEMA {schema}")])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app = App::start(AppOptions {
+        db_url: Some(format!("{admin}?options=-c%20search_path%3D{schema}")),
+        ..AppOptions::default()
+    })
+    .await;
+    library_projects_export_import(&app).await;
+    let out = std::process::Command::new("psql")
+        .args([
+            admin.as_str(),
+            "-Atqc",
+            &format!("SELECT count(*) FROM {schema}.ccm_docs WHERE kind = 'project'"),
+        ])
+        .output()
+        .expect("psql");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    let _ = std::process::Command::new("psql")
+        .args([
+            admin.as_str(),
+            "-qc",
+            &format!("DROP SCHEMA {schema} CASCADE"),
+        ])
+        .output();
+}
+
+#[tokio::test]
+async fn with_auth_on_only_an_admin_gets_in_and_every_refusal_is_counted() {
+    let app = App::start(AppOptions {
+        auth: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let out = app
+        .iotctl(
+            &["user", "add", "viewer", "--role", "app", "--password-stdin"],
+            Some("viewer-pw-12345"),
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let anon = CcmClient::anonymous(&app);
+    let (s, v) = anon.get("/api/session").await;
+    assert_eq!(
+        (s, v["auth"].as_bool(), v["user"].is_null()),
+        (200, Some(true), true)
+    );
+    let (s, v) = anon.get("/api/projects").await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("unauthorized")), "{v}");
+    // The GUI's files need no login (the page shows the login form).
+    assert_eq!(
+        reqwest::get(format!("{}/", app.ccm))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let wrong = CcmClient {
+        basic: Some(("test-admin".into(), "wrong".into())),
+        ..CcmClient::anonymous(&app)
+    };
+    assert_eq!(wrong.get("/api/projects").await.0, 401);
+    let viewer = CcmClient {
+        basic: Some(("viewer".into(), "viewer-pw-12345".into())),
+        ..CcmClient::anonymous(&app)
+    };
+    // Users are reloaded every few seconds: the new one is known once it is refused for its
+    // role rather than as unknown.
+    let deadline = tokio::time::Instant::now() + iot_tests::WAIT;
+    loop {
+        let (s, v) = viewer.get("/api/projects").await;
+        if s == 403 {
+            break;
+        }
+        assert!(
+            s == 401 && tokio::time::Instant::now() < deadline,
+            "{s} {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(CcmClient::of(&app).get("/api/projects").await.0, 200);
+
+    // A login gives a cookie the browser sends back; logout ends it.
+    let http = reqwest::Client::new();
+    let login = |password: &'static str| {
+        http.post(format!("{}/api/login", app.ccm))
+            .json(&json!({"username": "test-admin", "password": password}))
+            .send()
+    };
+    assert_eq!(login("wrong").await.unwrap().status(), 401);
+    let r = login(iot_tests::ADMIN_PASSWORD).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let get = |path: &str| {
+        http.get(format!("{}{path}", app.ccm))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    assert_eq!(get("/api/projects").await.unwrap().status(), 200);
+    let v: Value = get("/api/session").await.unwrap().json().await.unwrap();
+    assert_eq!(v["user"], "test-admin");
+    http.post(format!("{}/api/logout", app.ccm))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get("/api/projects").await.unwrap().status(), 401);
+
+    for (reason, at_least) in [
+        ("http_no_credentials", 2.0),
+        ("http_bad_credentials", 2.0),
+        ("http_not_admin", 1.0),
+    ] {
+        let n = app
+            .metric(&format!("iotctl_auth_refused_total{{reason=\"{reason}\"}}"))
+            .await;
+        assert!(n >= at_least, "{reason}: {n}");
+    }
+    assert!(!app.log_text().contains(iot_tests::ADMIN_PASSWORD));
+}
