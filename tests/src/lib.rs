@@ -4,9 +4,11 @@
 //! Layout: [`App`] (the controller under test, here), [`mqtt`] ([`Mqtt`], a rumqttc test
 //! client that collects what it receives), [`pyda`] ([`PyDa`], an iottalk-py DA in a child
 //! process), [`raw_da`] ([`RawDa`], a DA on raw MQTT), [`graph_client`] ([`GraphClient`]),
-//! [`tls`] (certificates from `iotctl gencert`), [`ccm_client`] ([`CcmClient`], the CCM's REST API).
+//! [`tls`] (certificates from `iotctl gencert`), [`ccm_client`] ([`CcmClient`], the CCM's REST API),
+//! [`browser`] ([`Browser`], headless Chromium over WebDriver, for the CCM's GUI).
 //! Every wait is on a condition with a deadline, never a fixed sleep.
 
+pub mod browser;
 pub mod ccm_client;
 pub mod graph_client;
 pub mod mqtt;
@@ -14,6 +16,7 @@ pub mod pyda;
 pub mod raw_da;
 pub mod tls;
 
+pub use browser::Browser;
 pub use ccm_client::CcmClient;
 pub use graph_client::GraphClient;
 pub use iot_proto::wire::graph_api::digest;
