@@ -297,7 +297,12 @@ impl Browser {
 
 fn retryable(e: &CmdError) -> bool {
     let text = e.to_string();
-    ["stale element", "not interactable", "click intercepted", "no such element"]
-        .iter()
-        .any(|s| text.contains(s))
+    [
+        "stale element",
+        "not interactable",
+        "click intercepted",
+        "no such element",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }

@@ -237,7 +237,8 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
 
     // The projects list.
     b.open("#/projects").await;
-    b.wait_text(&format!("[data-project=\"{pid}\"]"), "on").await;
+    b.wait_text(&format!("[data-project=\"{pid}\"]"), "on")
+        .await;
     b.screenshot("projects").await;
 
     // Restart the controller: the project is still on, and data still flows.
