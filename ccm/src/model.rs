@@ -57,7 +57,7 @@ pub struct Feature {
 }
 
 /// A device model: a kind of device and the features it has. A DA is of model `M` when it
-/// registers with `profile.dm_name = M`.
+/// registers with `profile.model = M`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Model {

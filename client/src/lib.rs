@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use iot_proto::topics;
-use iot_proto::wire::graph_api::{GraphOk, GraphOp, GraphReply, OpKind};
+use iot_proto::wire::graph_api::{GraphOk, GraphOp, GraphReply, GraphView, OpKind};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, watch};
@@ -61,6 +61,12 @@ pub enum ClientError {
         op: String,
         gid: String,
         timeout_ms: u128,
+    },
+    #[error("the reply to graph request `{op}` on graph {gid} has no readable `{field}`: is the controller older than this client?")]
+    BadReply {
+        op: String,
+        gid: String,
+        field: &'static str,
     },
     #[error("the connection to the broker is closed")]
     Closed,
@@ -164,6 +170,19 @@ impl GraphClient {
                 op: kind.as_str().to_owned(),
                 gid: gid.to_owned(),
                 reason,
+            }),
+        }
+    }
+
+    /// `show`: graph `gid` as it is now (functions, links and their settings, join, monitor),
+    /// to reconcile against.
+    pub async fn show(&self, gid: &str) -> Result<GraphView, ClientError> {
+        match self.request(gid, GraphOp::Show).await? {
+            GraphOk::Graph(view) => Ok(view),
+            _ => Err(ClientError::BadReply {
+                op: OpKind::Show.as_str().to_owned(),
+                gid: gid.to_owned(),
+                field: "graph",
             }),
         }
     }

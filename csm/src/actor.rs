@@ -429,3 +429,48 @@ fn done() -> Persisted {
     let _ = tx.send(Ok(()));
     rx
 }
+
+#[cfg(test)]
+mod tests {
+    use iot_proto::wire::graph_api::{reply, GraphOk, GraphView, LinkRef, LinkSpec, LinkView};
+    use iot_proto::wire::Direction;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::effect::publish;
+
+    #[test]
+    fn a_show_reply_too_large_for_the_broker_becomes_an_error_reply() {
+        let links = (0..100u128)
+            .map(|n| LinkView {
+                link: LinkRef {
+                    da_id: DaId::from_uuid(uuid::Uuid::from_u128(n)),
+                    direction: Direction::Idf,
+                    feature: "Temp".parse().unwrap(),
+                },
+                spec: LinkSpec::default(),
+            })
+            .collect();
+        let ok = GraphOk::Graph(GraphView {
+            links,
+            ..GraphView::default()
+        });
+        let Value::Object(fields) = json!({"op": "show", "nonce": "n1"}) else {
+            unreachable!()
+        };
+        let body = reply(&fields, Ok(&ok));
+        let msg = match publish(topics::graph_res("ccm", "g"), &body, false) {
+            Effect::Publish(m) => m,
+            other => panic!("{other:?}"),
+        };
+        let limit = 2000;
+        assert!(msg.payload.len() > limit);
+        let out: Value = serde_json::from_slice(&fit_reply(msg, limit).payload).unwrap();
+        assert_eq!(out["state"], "error");
+        assert_eq!(out["op"], "show");
+        assert_eq!(out["nonce"], "n1");
+        assert!(out.get("graph").is_none());
+        let reason = out["reason"].as_str().unwrap();
+        assert!(reason.starts_with("reply too large ("), "{reason}");
+    }
+}

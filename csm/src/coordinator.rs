@@ -18,7 +18,8 @@ use iot_proto::log::Escaped;
 
 /// What a successful graph op's reply adds to the request's echoed fields, at most:
 /// `state`, `monitor_topics`, the join's `prev`/`new`/`depends` (`add_funcs` replaces its
-/// `digests` with as many).
+/// `digests` with as many). Not `show`'s `graph`, which grows with the graph: a reply too large
+/// for the broker becomes an error reply that says so (the actor's `fit_reply`).
 const REPLY_ROOM_BYTES: usize = 1024;
 
 /// The registry seen from the graph store.

@@ -17,6 +17,7 @@ const OPS: &[&str] = &[
     "set_df_func",
     "start_monitor",
     "stop_monitor",
+    "show",
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -14,6 +14,7 @@ mod bench_cmd;
 mod config;
 mod exposure;
 mod gencert;
+mod project_cmd;
 mod run;
 mod runfile;
 mod service;
@@ -94,6 +95,15 @@ enum Command {
     Acl {
         #[command(subcommand)]
         command: acl_cmd::AclCommand,
+    },
+    /// The configuration manager's projects: list, show, on, off, export, import
+    /// (docs/ccm.md).
+    Project {
+        #[command(subcommand)]
+        command: project_cmd::ProjectCommand,
+        /// An admin user, when authentication is on (its password from IOTCTL_PASSWORD).
+        #[arg(long, env = "IOTCTL_USER", global = true)]
+        user: Option<String>,
     },
     /// Manage controller users (admin and app roles; see docs/security.md).
     User {
@@ -190,6 +200,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 service::status(&cfg, json, login.as_ref()).await
             }
             Command::User { command } => user_cmd::run(&cfg, command).await,
+            Command::Project { command, user } => {
+                let login = service::Login::from_env(user)?;
+                project_cmd::run(&cfg, command, login).await
+            }
             Command::Acl { command } => acl_cmd::run(&cfg, command).await,
             Command::Shell => shell::run(&cfg).await.map(|()| ExitCode::SUCCESS),
             Command::Bench { command } => bench_cmd::run(&cfg, command).await,

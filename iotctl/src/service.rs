@@ -67,6 +67,14 @@ impl Login {
             password: zeroize::Zeroizing::new(password),
         }))
     }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
 }
 
 pub async fn status(cfg: &Config, json: bool, login: Option<&Login>) -> Result<ExitCode> {

@@ -1,6 +1,8 @@
 """Drive one unmodified iottalk-py (dan.Client) device application from a test.
 
-Usage: da.py API_URL ID NAME IDF_LIST_JSON ODF_LIST_JSON
+Usage: da.py API_URL ID NAME IDF_LIST_JSON ODF_LIST_JSON [MODEL]
+
+MODEL is the device model the DA registers as (profile `model`, default Dummy_Device).
 
 Prints one JSON object per line on stdout for each event:
   {"event": "registered", "rev": ..., "name": ...}
@@ -79,6 +81,7 @@ def emit(**kw):
 
 def main():
     api_url, id_, name, idf_list, odf_list = sys.argv[1:6]
+    model = sys.argv[6] if len(sys.argv) > 6 else "Dummy_Device"
     client = Client()
     client.context._mqueue = PatientQueue()
 
@@ -99,7 +102,7 @@ def main():
             name=name or None,
             idf_list=json.loads(idf_list),
             odf_list=json.loads(odf_list),
-            profile={"model": "Dummy_Device", "u_name": None},
+            profile={"model": model, "u_name": None},
         )
     except (RegistrationError, Exception) as e:  # noqa: BLE001 - report anything to the test
         emit(event="error", reason=str(e))

@@ -37,11 +37,24 @@ impl PyDa {
         odf: Value,
         env: &[(&str, &str)],
     ) -> PyDa {
+        Self::spawn_full(api_url, id, name, idf, odf, "Dummy_Device", env).await
+    }
+
+    /// [`PyDa::spawn_with_env`] as a DA of device model `model`.
+    pub async fn spawn_full(
+        api_url: &str,
+        id: &str,
+        name: &str,
+        idf: Value,
+        odf: Value,
+        model: &str,
+        env: &[(&str, &str)],
+    ) -> PyDa {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let stderr = log.reopen().expect("log file");
         let mut child = Command::new(python())
             .arg(workspace().join("tests/py/da.py"))
-            .args([api_url, id, name, &idf.to_string(), &odf.to_string()])
+            .args([api_url, id, name, &idf.to_string(), &odf.to_string(), model])
             .env("PYTHONUNBUFFERED", "1")
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
@@ -72,6 +85,13 @@ impl PyDa {
     /// A DA of a fresh id registered at `app` (see [`PyDa::spawn`]).
     pub async fn registered(app: &App, name: &str, idf: Value, odf: Value) -> PyDa {
         let mut da = PyDa::spawn(&app.csm, &new_id(), name, idf, odf).await;
+        da.expect("registered").await;
+        da
+    }
+
+    /// [`PyDa::registered`] as a DA of device model `model` (its profile's `model`).
+    pub async fn of_model(app: &App, model: &str, name: &str, idf: Value, odf: Value) -> PyDa {
+        let mut da = PyDa::spawn_full(&app.csm, &new_id(), name, idf, odf, model, &[]).await;
         da.expect("registered").await;
         da
     }

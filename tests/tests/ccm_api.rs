@@ -339,6 +339,50 @@ async fn the_api_on_sqlite_keeps_what_it_is_given_across_a_restart() {
     assert_eq!(f["versions"].as_array().unwrap().len(), 2, "{f}");
 }
 
+/// `iotctl project` drives the same API: export to a file, import it under another name,
+/// list, show, on and off.
+#[tokio::test]
+async fn iotctl_project_exports_imports_and_switches() {
+    let app = App::spawn().await;
+    let c = CcmClient::of(&app);
+    build_project(&c).await;
+    let file = app.data_dir.join("meow.json");
+    let f = file.to_str().unwrap();
+    async fn run(app: &App, args: &[&str]) -> String {
+        let out = app.iotctl(args, None).await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+    run(&app, &["project", "export", "meow", "-o", f]).await;
+    let text = run(&app, &["project", "import", f, "--name", "meow copy"]).await;
+    assert!(
+        text.contains("imported project `meow copy` (id 2, off)"),
+        "{text}"
+    );
+    let text = run(&app, &["project", "on", "meow copy"]).await;
+    assert!(text.contains("is on"), "{text}");
+    let text = run(&app, &["project", "list"]).await;
+    let line = text
+        .lines()
+        .find(|l| l.contains("meow copy"))
+        .unwrap_or_default();
+    assert!(line.contains(" on "), "{text}");
+    let text = run(&app, &["project", "show", "2"]).await;
+    assert!(
+        text.contains("Sensor") && text.contains("not bound") && text.contains("join square v1"),
+        "{text}"
+    );
+    run(&app, &["project", "off", "2"]).await;
+    let out = app.iotctl(&["project", "on", "nope"], None).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no project `nope`"));
+}
+
 #[tokio::test]
 async fn the_api_on_postgresql() {
     let schema = format!("t_{}", new_id().replace('-', ""));

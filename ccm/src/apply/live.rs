@@ -20,7 +20,7 @@ pub struct DeviceInfo {
     #[schema(value_type = String, format = "uuid")]
     pub id: DaId,
     pub name: String,
-    /// `profile.dm_name`: the device model it claims.
+    /// `profile.model`: the device model it claims.
     pub model: String,
     pub idf: Vec<String>,
     pub odf: Vec<String>,

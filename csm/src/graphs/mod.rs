@@ -19,6 +19,7 @@ mod restore;
 mod rm_link;
 mod set_df_func;
 mod set_join;
+mod show;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -261,6 +262,7 @@ impl GraphStore {
             ),
             GraphOp::StartMonitor => monitor::start(self, gid, links, fx),
             GraphOp::StopMonitor => monitor::stop(self, gid, links, fx),
+            GraphOp::Show => show::show(self, gid),
         }
     }
 

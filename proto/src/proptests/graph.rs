@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::wire::control::Direction;
 use crate::wire::graph_api::{
-    reply, GraphOk, GraphOp, GraphReply, GraphRequest, InputType, LinkRef, LinkSpec, OpKind,
-    MAX_PARAMS,
+    reply, GraphOk, GraphOp, GraphReply, GraphRequest, GraphView, InputType, LinkRef, LinkSpec,
+    LinkView, OpKind, MAX_PARAMS,
 };
 
 const OPS: &[&str] = &[
@@ -24,6 +24,7 @@ const OPS: &[&str] = &[
     "set_df_func",
     "start_monitor",
     "stop_monitor",
+    "show",
 ];
 
 /// The server's parser and the client's, on one body: no panic, refusals with a reason.
@@ -32,7 +33,12 @@ fn parse_both(body: &[u8]) -> Result<(), TestCaseError> {
         has_reason(&refused.error)?;
     }
     if let Some(r) = GraphReply::from_json(body) {
-        for kind in [OpKind::AddFuncs, OpKind::SetJoin, OpKind::StartMonitor] {
+        for kind in [
+            OpKind::AddFuncs,
+            OpKind::SetJoin,
+            OpKind::StartMonitor,
+            OpKind::Show,
+        ] {
             let _ = r.ok_for(kind);
         }
     }
@@ -168,9 +174,9 @@ fn link() -> impl Strategy<Value = LinkRef> {
     })
 }
 
-/// Any valid op, as a client builds it.
-fn graph_op() -> impl Strategy<Value = GraphOp> {
-    let spec = (
+/// Any link's settings, as a client builds them.
+fn link_spec() -> impl Strategy<Value = LinkSpec> {
+    (
         opt_digest(),
         input_types(),
         depends(),
@@ -185,12 +191,39 @@ fn graph_op() -> impl Strategy<Value = GraphOp> {
                 param_no,
                 tag_param_no,
             },
-        );
+        )
+}
+
+/// Any graph as `show` reports it.
+fn graph_view() -> impl Strategy<Value = GraphView> {
+    (
+        prop::collection::vec(digest(), 0..3),
+        prop::collection::vec(
+            (link(), link_spec()).prop_map(|(link, spec)| LinkView { link, spec }),
+            0..3,
+        ),
+        opt_digest(),
+        depends(),
+        prop::option::of(any::<String>()),
+    )
+        .prop_map(|(funcs, links, join, join_depends, monitor)| GraphView {
+            funcs,
+            links,
+            join,
+            join_depends,
+            monitor,
+        })
+}
+
+/// Any valid op, as a client builds it.
+fn graph_op() -> impl Strategy<Value = GraphOp> {
+    let spec = link_spec();
     prop_oneof![
         Just(GraphOp::Attach),
         Just(GraphOp::Detach),
         Just(GraphOp::StartMonitor),
         Just(GraphOp::StopMonitor),
+        Just(GraphOp::Show),
         prop::collection::vec(any::<String>(), 0..3).prop_map(GraphOp::add_funcs),
         prop::collection::vec(digest(), 0..3).prop_map(|digests| GraphOp::RmFuncs { digests }),
         (link(), spec).prop_map(|(link, spec)| GraphOp::AddLink { link, spec }),
@@ -271,6 +304,7 @@ proptest! {
             (opt_digest(), opt_digest(), depends())
                 .prop_map(|(prev, new, depends)| Some(GraphOk::Join { prev, new, depends })),
             any::<String>().prop_map(|topic| Some(GraphOk::Monitor { topic })),
+            graph_view().prop_map(|view| Some(GraphOk::Graph(view))),
         ],
         reason in any::<String>(),
     ) {
@@ -279,6 +313,7 @@ proptest! {
             Some(ok @ GraphOk::Digests(_)) => (OpKind::AddFuncs, ok),
             Some(ok @ GraphOk::Join { .. }) => (OpKind::SetJoin, ok),
             Some(ok @ GraphOk::Monitor { .. }) => (OpKind::StartMonitor, ok),
+            Some(ok @ GraphOk::Graph(_)) => (OpKind::Show, ok),
             _ => (OpKind::Attach, GraphOk::Done),
         };
         let body = reply(&fields, Ok(&ok)).to_string();

@@ -40,6 +40,7 @@ pub(crate) const WORDS: &[&str] = &[
     "set_df_func",
     "start_monitor",
     "stop_monitor",
+    "show",
     "sample",
     "variant",
     "Dummy_Sensor",

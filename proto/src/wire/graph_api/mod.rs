@@ -17,8 +17,10 @@ use super::Direction;
 use crate::ids::{DaId, FeatureName};
 
 mod reply;
+mod view;
 
 pub use reply::{reply, GraphOk, GraphReply};
+pub use view::{GraphView, LinkView};
 
 /// A function's identity: `sha256(code)` in lowercase hex.
 pub type Digest = String;
@@ -76,10 +78,11 @@ pub enum OpKind {
     SetDfFunc,
     StartMonitor,
     StopMonitor,
+    Show,
 }
 
 impl OpKind {
-    const ALL: [OpKind; 10] = [
+    const ALL: [OpKind; 11] = [
         Self::Attach,
         Self::Detach,
         Self::AddFuncs,
@@ -90,6 +93,7 @@ impl OpKind {
         Self::SetDfFunc,
         Self::StartMonitor,
         Self::StopMonitor,
+        Self::Show,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +108,7 @@ impl OpKind {
             Self::SetDfFunc => "set_df_func",
             Self::StartMonitor => "start_monitor",
             Self::StopMonitor => "stop_monitor",
+            Self::Show => "show",
         }
     }
 
@@ -150,6 +155,8 @@ pub enum GraphOp {
     },
     StartMonitor,
     StopMonitor,
+    /// Reads the graph: changes nothing; the reply adds `graph` ([`GraphView`]).
+    Show,
 }
 
 /// Why a graph-API request was refused before anything was looked up; the text is the
@@ -342,6 +349,7 @@ impl GraphOp {
             Self::SetDfFunc { .. } => OpKind::SetDfFunc,
             Self::StartMonitor => OpKind::StartMonitor,
             Self::StopMonitor => OpKind::StopMonitor,
+            Self::Show => OpKind::Show,
         }
     }
 
@@ -352,6 +360,7 @@ impl GraphOp {
             OpKind::Detach => Self::Detach,
             OpKind::StartMonitor => Self::StartMonitor,
             OpKind::StopMonitor => Self::StopMonitor,
+            OpKind::Show => Self::Show,
             OpKind::AddFuncs => {
                 let codes = string_list(req, "codes")?;
                 let digests = string_list(req, "digests")?;
@@ -417,7 +426,7 @@ impl GraphOp {
             m.insert(l.direction.as_str().into(), l.feature.to_string().into());
         };
         match self {
-            Self::Attach | Self::Detach | Self::StartMonitor | Self::StopMonitor => {}
+            Self::Attach | Self::Detach | Self::StartMonitor | Self::StopMonitor | Self::Show => {}
             Self::AddFuncs { codes, digests } => {
                 m.insert("codes".into(), strings(codes));
                 m.insert("digests".into(), strings(digests));

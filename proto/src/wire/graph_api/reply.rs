@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Digest, OpKind};
+use super::{Digest, GraphView, OpKind};
 
 /// What a successful op adds to its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum GraphOk {
     },
     /// `start_monitor`: where the graph's traffic and errors are published.
     Monitor { topic: String },
+    /// `show`: the graph as it is, sent as the field `graph`.
+    Graph(GraphView),
 }
 
 /// The reply to a request: its `fields` with the outcome added (`reason` is the error's text).
@@ -54,6 +57,11 @@ pub fn reply(fields: &Map<String, Value>, outcome: Result<&GraphOk, &str>) -> Va
                 }
                 GraphOk::Monitor { topic } => {
                     body.insert("monitor_topics".into(), Value::String(topic.clone()));
+                }
+                GraphOk::Graph(view) => {
+                    // Plain strings, numbers and maps: serializing cannot fail.
+                    let graph = serde_json::to_value(view).unwrap_or(Value::Null);
+                    body.insert("graph".into(), graph);
                 }
             }
             body.insert("state".into(), "ok".into());
@@ -93,7 +101,8 @@ impl GraphReply {
         Some(GraphReply { fields, outcome })
     }
 
-    /// The results of a successful `op` as the server sent them.
+    /// The results of a successful `op` as the server sent them. For `show`, a `graph` field
+    /// that is missing or not a graph gives [`GraphOk::Done`], never a graph it is not.
     pub fn ok_for(&self, op: OpKind) -> GraphOk {
         let f = &self.fields;
         let digest = |k: &str| f.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -124,6 +133,10 @@ impl GraphReply {
             OpKind::StartMonitor => GraphOk::Monitor {
                 topic: digest("monitor_topics").unwrap_or_default(),
             },
+            OpKind::Show => f
+                .get("graph")
+                .and_then(|g| GraphView::deserialize(g).ok())
+                .map_or(GraphOk::Done, GraphOk::Graph),
             _ => GraphOk::Done,
         }
     }

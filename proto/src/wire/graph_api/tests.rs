@@ -65,6 +65,7 @@ fn every_op_round_trips_through_to_json() {
         },
         GraphOp::StartMonitor,
         GraphOp::StopMonitor,
+        GraphOp::Show,
     ];
     for op in ops {
         let body = Value::Object(op.to_json());
@@ -168,4 +169,73 @@ fn replies_echo_the_request_and_read_back() {
     let back = GraphReply::from_json(err.to_string().as_bytes()).unwrap();
     assert_eq!(back.outcome, Err("link unknown".into()));
     assert!(GraphReply::from_json(b"{\"op\":\"attach\"}").is_none());
+}
+
+#[test]
+fn show_is_parsed_and_its_reply_is_the_documented_json() {
+    let req = parse(json!({"op": "show", "nonce": "n1"})).unwrap();
+    assert_eq!(req.op, GraphOp::Show);
+    assert_eq!(OpKind::parse("show"), Some(OpKind::Show));
+    assert_eq!(
+        Value::Object(GraphOp::Show.to_json()),
+        json!({"op": "show"})
+    );
+    const ODF_DA: &str = "00000000-0000-4000-8000-000000000002";
+    let view = GraphView {
+        funcs: vec!["aa".into(), "bb".into()],
+        links: vec![
+            LinkView {
+                link: LinkRef {
+                    da_id: DA.parse().unwrap(),
+                    direction: Direction::Idf,
+                    feature: "Temp".parse().unwrap(),
+                },
+                spec: LinkSpec {
+                    func: Some("aa".into()),
+                    input_type: vec![InputType::Variant],
+                    depends: [("sq".to_owned(), "bb".to_owned())].into(),
+                    param_no: Some(1),
+                    tag_param_no: Some(1),
+                },
+            },
+            LinkView {
+                link: LinkRef {
+                    da_id: ODF_DA.parse().unwrap(),
+                    direction: Direction::Odf,
+                    feature: "Show".parse().unwrap(),
+                },
+                spec: LinkSpec::default(),
+            },
+        ],
+        join: Some("bb".into()),
+        join_depends: BTreeMap::new(),
+        monitor: None,
+    };
+    let ok = GraphOk::Graph(view.clone());
+    let body = reply(&req.fields, Ok(&ok));
+    assert_eq!(
+        body,
+        json!({
+            "op": "show", "nonce": "n1", "state": "ok",
+            "graph": {
+                "funcs": ["aa", "bb"],
+                "links": [
+                    {"da_id": DA, "idf": "Temp", "func": "aa", "input_type": ["variant"],
+                     "depends": {"sq": "bb"}, "param_no": 1, "tag_param_no": 1},
+                    {"da_id": ODF_DA, "odf": "Show", "func": null, "input_type": [],
+                     "depends": {}, "param_no": null, "tag_param_no": null},
+                ],
+                "join": "bb", "join_depends": {}, "monitor": null,
+            },
+        })
+    );
+    let back = GraphReply::from_json(body.to_string().as_bytes()).unwrap();
+    assert_eq!(back.ok_for(OpKind::Show), ok);
+    // A reply without a readable graph is not read as an empty one.
+    let mut broken = body.clone();
+    broken["graph"]["links"][0]["odf"] = json!("Out");
+    let back = GraphReply::from_json(broken.to_string().as_bytes()).unwrap();
+    assert_eq!(back.ok_for(OpKind::Show), GraphOk::Done);
+    let back = GraphReply::from_json(br#"{"op": "show", "state": "ok"}"#).unwrap();
+    assert_eq!(back.ok_for(OpKind::Show), GraphOk::Done);
 }
