@@ -2,7 +2,10 @@
 //! iottalk-py DAs: everything is done by clicking and typing, as a user would, and the data
 //! that flows between the DAs is checked at the DAs. Screenshots of every page go to
 //! `target/gui-screenshots/` (the ones in `docs/img/` come from here).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use fantoccini::key::Key;
+use iot_tests::browser::WINDOW;
 use iot_tests::{free_addr, App, AppOptions, Browser, PyDa, WAIT};
 use serde_json::{json, Value};
 
@@ -130,7 +133,13 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
     // Functions: the join function, written in the editor.
     b.open("#/functions").await;
     b.type_into("#function-name", "square").await;
-    b.type_into("#function-code", "fn run(x) { x * x }").await;
+    // Tab in the editor indents by four spaces.
+    let tab = char::from(Key::Tab);
+    b.type_into("#function-code", &format!("fn run(x) {{\n{tab}x * x\n}}"))
+        .await;
+    let code = b.find("#function-code").await.prop("value").await.unwrap();
+    assert_eq!(code.as_deref(), Some("fn run(x) {\n    x * x\n}"));
+    b.wait_text(".code-editor .gutter", "3").await;
     b.click("#function-save").await;
     b.wait_toast("Saved square version 1").await;
     b.find("[data-function=\"square\"][aria-current=\"page\"]")
@@ -235,10 +244,48 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
     )
     .await;
 
-    // The projects list.
+    // The editor on a 1024x768 tablet: the panel stays beside the canvas.
+    b.click(&format!("[data-join=\"{nid}\"]")).await;
+    b.find("[data-panel=\"join\"]").await;
+    b.client.set_window_size(1024, 768).await.expect("resize");
+    b.wait_js(
+        "no horizontal scrolling at 1024 px",
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;",
+        vec![],
+    )
+    .await;
+    b.js("window.scrollTo(0, 0)", vec![]).await;
+    b.screenshot("project-tablet").await;
+    b.client
+        .set_window_size(WINDOW.0, WINDOW.1)
+        .await
+        .expect("resize");
+
+    // The projects list; an import of the project's export document (from a file, as a user
+    // picks it) under another name.
+    let export: Value = app
+        .http
+        .get(format!("{}/api/projects/{pid}/export", app.ccm))
+        .send()
+        .await
+        .expect("export")
+        .json()
+        .await
+        .expect("export JSON");
+    let file = app.data_dir.join("greenhouse-export.json");
+    std::fs::write(&file, export.to_string()).expect("write export");
     b.open("#/projects").await;
     b.wait_text(&format!("[data-project=\"{pid}\"]"), "on")
         .await;
+    b.find("#project-import-file")
+        .await
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose the file");
+    b.type_into("#project-import-name", "Greenhouse copy").await;
+    b.click("#project-import-button").await;
+    b.wait_toast("Imported project Greenhouse copy").await;
+    b.wait_text("#project-list", "Greenhouse copy").await;
     b.screenshot("projects").await;
 
     // Restart the controller: the project is still on, and data still flows.
