@@ -312,3 +312,43 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
     b.screenshot("project-after-restart").await;
     b.close().await;
 }
+
+/// With authentication on, the GUI asks for a login first (a wrong password is refused in
+/// plain words), then works; a DA's name is shown as text, never as markup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gui_logs_in_and_shows_names_as_text() {
+    let app = App::start(AppOptions {
+        auth: true,
+        ..Default::default()
+    })
+    .await;
+    let (user, password) = app.admin().expect("admin");
+    let name = "<img src=x onerror=\"window.injected=1\">";
+    let da = PyDa::registered(&app, name, json!([[IDF, ["float"]]]), json!([])).await;
+    app.wait_online(1).await;
+    let b = Browser::start(&app.ccm).await;
+    b.open("#/devices").await;
+    b.find("#login-form").await;
+    b.type_into("#login-form [name=username]", user).await;
+    b.type_into("#login-form [name=password]", "not the password")
+        .await;
+    b.click("#login-form [type=submit]").await;
+    b.wait_toast("wrong user name or password").await;
+    b.find("#toast[data-kind=\"error\"]").await;
+    b.type_into("#login-form [name=password]", password).await;
+    b.click("#login-form [type=submit]").await;
+    b.wait_toast("Logged in").await;
+    b.wait_text("#user-name", user).await;
+    device_online(&b, &da.id).await;
+    let shown = b
+        .js(
+            "const h = document.querySelector(`[data-device=\"${arguments[0]}\"] h2`); return [h.textContent, h.children.length, window.injected === undefined];",
+            vec![json!(da.id)],
+        )
+        .await;
+    assert_eq!(shown, json!([name, 0, true]));
+    // Logging out shows the form again.
+    b.click("#logout").await;
+    b.find("#login-form").await;
+    b.close().await;
+}
