@@ -310,6 +310,40 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
         square_arrives(&mut sensor, &mut display, n).await;
     }
     b.screenshot("project-after-restart").await;
+
+    // A link function written in the panel's quick editor: the input is doubled before the
+    // join squares it.
+    b.click(&format!(".link-chip[data-link^=\"{nid}:\"].in"))
+        .await;
+    b.find("[data-panel=\"link\"]").await;
+    b.click("[data-panel=\"link\"] .new-fn summary").await;
+    b.type_into(".quick-fn-name", "double").await;
+    b.type_into(".quick-fn-code", "fn run(x) { x * 2 }").await;
+    b.click(".quick-fn-save").await;
+    b.wait_toast("Saved double v1").await;
+    b.wait_js(
+        "the new function chosen for the link",
+        "return document.getElementById('link-func').value === 'double@1';",
+        vec![],
+    )
+    .await;
+    b.click("#link-save").await;
+    b.wait_toast("Saved the link").await;
+    b.wait_text(&format!(".link-chip[data-link^=\"{nid}:\"].in"), "double")
+        .await;
+    wait_applied(&b).await;
+    sensor.push(IDF, json!(3)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // 3 * 2 = 6, squared: 36 (a 9 may still come from before the link's function).
+        let got = tokio::time::timeout_at(deadline, display.data())
+            .await
+            .expect("the display never got 36");
+        if got == json!([36]) {
+            break;
+        }
+        sensor.push(IDF, json!(3)).await;
+    }
     b.close().await;
 }
 
