@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use iot_tests::{App, CcmClient, GraphClient, PyDa, WAIT};
+use iot_tests::{free_addr, App, AppOptions, CcmClient, GraphClient, PyDa, WAIT};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -136,7 +136,13 @@ async fn monitor_shows(app: &App, pid: u64, nid: u64, kind: &str, value: Value) 
 
 #[tokio::test]
 async fn the_walkthrough_built_through_the_api_routes_survives_a_restart_and_is_reconciled() {
-    let app = App::spawn().await;
+    // Fixed ports: the DAs reconnect to the restarted controller where they were told.
+    let app = App::start(AppOptions {
+        csm_listen: Some(free_addr()),
+        mqtt_listen: Some(free_addr()),
+        ..AppOptions::default()
+    })
+    .await;
     let c = CcmClient::of(&app);
     let (mut sensor, mut display) = das(&app).await;
     let (pid, nid) = walkthrough(&c).await;
@@ -166,6 +172,7 @@ async fn the_walkthrough_built_through_the_api_routes_survives_a_restart_and_is_
 
     // After a restart: still on, still flowing, nothing to change.
     let app = app.restart().await;
+    app.wait_online(2).await;
     let c = CcmClient::of(&app);
     let v = wait_project(&c, pid, "applied after restart", |v| {
         netapp_state(v, nid) == "applied"

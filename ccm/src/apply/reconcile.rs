@@ -245,6 +245,8 @@ impl Applier {
         let mut clean = true;
         let mut done = Vec::new();
         let mut errors = Vec::new();
+        // Links and the join the CSM refused in this pass: the graph does not run as drawn.
+        let mut refused = Vec::new();
         for step in steps {
             match self.csm.request(gid, step.op.clone()).await {
                 Ok(_) => {
@@ -273,9 +275,13 @@ impl Applier {
                         }
                         Concern::Func(label) => errors.push(format!("{label}: {reason}")),
                         Concern::Link(id) => {
+                            refused.push(format!("link {id}: {reason}"));
                             st.link_errors.insert(id, reason);
                         }
-                        Concern::Join => st.join_error = Some(reason),
+                        Concern::Join => {
+                            refused.push(format!("join: {reason}"));
+                            st.join_error = Some(reason);
+                        }
                         Concern::Stale | Concern::Cleanup => {}
                     }
                 }
@@ -300,6 +306,7 @@ impl Applier {
                 Err(e) => tracing::warn!(graph.id = %gid, error = %e, "start_monitor refused"),
             },
         }
+        errors.extend(refused);
         if !errors.is_empty() {
             st.state = "error".into();
             st.detail = errors.join("; ");
