@@ -287,6 +287,24 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
     b.wait_toast("Imported project Greenhouse copy").await;
     b.wait_text("#project-list", "Greenhouse copy").await;
     b.screenshot("projects").await;
+    // The copy goes (Delete, confirmed): it would route the same DAs a second time.
+    let copy: u64 = b
+        .js(
+            "return Number([...document.querySelectorAll('[data-project]')].find(r => r.textContent.includes('Greenhouse copy')).dataset.project);",
+            vec![],
+        )
+        .await
+        .as_u64()
+        .expect("the copy's id");
+    b.click(&format!("[data-project=\"{copy}\"] button.danger"))
+        .await;
+    b.wait_toast("Deleted project Greenhouse copy").await;
+    b.wait_js(
+        "the copy gone from the list",
+        "return !document.querySelector(`[data-project=\"${arguments[0]}\"]`);",
+        vec![json!(copy)],
+    )
+    .await;
 
     // Restart the controller: the project is still on, and data still flows.
     let app = app.restart().await;
