@@ -7,6 +7,7 @@ const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 
 /// `(path, content type, bytes)` of every asset; `/` serves `index.html`.
+#[rustfmt::skip]
 pub const ASSETS: &[(&str, &str, &[u8])] = &[
     ("index.html", HTML, include_bytes!("../assets/index.html")),
     ("app.css", CSS, include_bytes!("../assets/app.css")),
@@ -14,34 +15,14 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
     ("js/api.js", JS, include_bytes!("../assets/js/api.js")),
     ("js/dom.js", JS, include_bytes!("../assets/js/dom.js")),
     ("js/store.js", JS, include_bytes!("../assets/js/store.js")),
-    (
-        "js/devices.js",
-        JS,
-        include_bytes!("../assets/js/devices.js"),
-    ),
+    ("js/devices.js", JS, include_bytes!("../assets/js/devices.js")),
     ("js/models.js", JS, include_bytes!("../assets/js/models.js")),
     ("js/editor.js", JS, include_bytes!("../assets/js/editor.js")),
-    (
-        "js/functions.js",
-        JS,
-        include_bytes!("../assets/js/functions.js"),
-    ),
-    (
-        "js/projects.js",
-        JS,
-        include_bytes!("../assets/js/projects.js"),
-    ),
-    (
-        "js/project.js",
-        JS,
-        include_bytes!("../assets/js/project.js"),
-    ),
+    ("js/functions.js", JS, include_bytes!("../assets/js/functions.js")),
+    ("js/projects.js", JS, include_bytes!("../assets/js/projects.js")),
+    ("js/project.js", JS, include_bytes!("../assets/js/project.js")),
     ("js/panel.js", JS, include_bytes!("../assets/js/panel.js")),
-    (
-        "js/monitor.js",
-        JS,
-        include_bytes!("../assets/js/monitor.js"),
-    ),
+    ("js/monitor.js", JS, include_bytes!("../assets/js/monitor.js")),
 ];
 
 /// The asset at `path` (without its leading `/`).

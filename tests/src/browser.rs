@@ -271,7 +271,8 @@ impl Browser {
         self.find(css).await.attr(name).await.expect("attr")
     }
 
-    /// Saves a PNG of the window as `target/gui-screenshots/NAME.png`; answers its path.
+    /// Saves a PNG of the window as `target/gui-screenshots/NAME.png`; answers its path. The
+    /// status line (a passing "Saved ...") is hidden first: the pictures are for the docs.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let dir = workspace().join("target/gui-screenshots");
         std::fs::create_dir_all(&dir).expect("create target/gui-screenshots");
@@ -279,7 +280,7 @@ impl Browser {
         let _ = self
             .client
             .execute_async(
-                "const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
+                "const done = arguments[0]; const t = document.getElementById('toast'); if (t) t.hidden = true; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));",
                 vec![],
             )
             .await;
@@ -297,7 +298,12 @@ impl Browser {
 
 fn retryable(e: &CmdError) -> bool {
     let text = e.to_string();
-    ["stale element", "not interactable", "click intercepted", "no such element"]
-        .iter()
-        .any(|s| text.contains(s))
+    [
+        "stale element",
+        "not interactable",
+        "click intercepted",
+        "no such element",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }

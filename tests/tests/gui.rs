@@ -2,7 +2,10 @@
 //! iottalk-py DAs: everything is done by clicking and typing, as a user would, and the data
 //! that flows between the DAs is checked at the DAs. Screenshots of every page go to
 //! `target/gui-screenshots/` (the ones in `docs/img/` come from here).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use fantoccini::key::Key;
+use iot_tests::browser::WINDOW;
 use iot_tests::{free_addr, App, AppOptions, Browser, PyDa, WAIT};
 use serde_json::{json, Value};
 
@@ -130,7 +133,13 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
     // Functions: the join function, written in the editor.
     b.open("#/functions").await;
     b.type_into("#function-name", "square").await;
-    b.type_into("#function-code", "fn run(x) { x * x }").await;
+    // Tab in the editor indents by four spaces.
+    let tab = char::from(Key::Tab);
+    b.type_into("#function-code", &format!("fn run(x) {{\n{tab}x * x\n}}"))
+        .await;
+    let code = b.find("#function-code").await.prop("value").await.unwrap();
+    assert_eq!(code.as_deref(), Some("fn run(x) {\n    x * x\n}"));
+    b.wait_text(".code-editor .gutter", "3").await;
     b.click("#function-save").await;
     b.wait_toast("Saved square version 1").await;
     b.find("[data-function=\"square\"][aria-current=\"page\"]")
@@ -235,10 +244,67 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
     )
     .await;
 
-    // The projects list.
+    // The editor on a 1024x768 tablet: the panel stays beside the canvas.
+    b.click(&format!("[data-join=\"{nid}\"]")).await;
+    b.find("[data-panel=\"join\"]").await;
+    b.client.set_window_size(1024, 768).await.expect("resize");
+    b.wait_js(
+        "no horizontal scrolling at 1024 px",
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;",
+        vec![],
+    )
+    .await;
+    b.js("window.scrollTo(0, 0)", vec![]).await;
+    b.screenshot("project-tablet").await;
+    b.client
+        .set_window_size(WINDOW.0, WINDOW.1)
+        .await
+        .expect("resize");
+
+    // The projects list; an import of the project's export document (from a file, as a user
+    // picks it) under another name.
+    let export: Value = app
+        .http
+        .get(format!("{}/api/projects/{pid}/export", app.ccm))
+        .send()
+        .await
+        .expect("export")
+        .json()
+        .await
+        .expect("export JSON");
+    let file = app.data_dir.join("greenhouse-export.json");
+    std::fs::write(&file, export.to_string()).expect("write export");
     b.open("#/projects").await;
-    b.wait_text(&format!("[data-project=\"{pid}\"]"), "on").await;
+    b.wait_text(&format!("[data-project=\"{pid}\"]"), "on")
+        .await;
+    b.find("#project-import-file")
+        .await
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose the file");
+    b.type_into("#project-import-name", "Greenhouse copy").await;
+    b.click("#project-import-button").await;
+    b.wait_toast("Imported project Greenhouse copy").await;
+    b.wait_text("#project-list", "Greenhouse copy").await;
     b.screenshot("projects").await;
+    // The copy goes (Delete, confirmed): it would route the same DAs a second time.
+    let copy: u64 = b
+        .js(
+            "return Number([...document.querySelectorAll('[data-project]')].find(r => r.textContent.includes('Greenhouse copy')).dataset.project);",
+            vec![],
+        )
+        .await
+        .as_u64()
+        .expect("the copy's id");
+    b.click(&format!("[data-project=\"{copy}\"] button.danger"))
+        .await;
+    b.wait_toast("Deleted project Greenhouse copy").await;
+    b.wait_js(
+        "the copy gone from the list",
+        "return !document.querySelector(`[data-project=\"${arguments[0]}\"]`);",
+        vec![json!(copy)],
+    )
+    .await;
 
     // Restart the controller: the project is still on, and data still flows.
     let app = app.restart().await;
@@ -262,5 +328,79 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
         square_arrives(&mut sensor, &mut display, n).await;
     }
     b.screenshot("project-after-restart").await;
+
+    // A link function written in the panel's quick editor: the input is doubled before the
+    // join squares it.
+    b.click(&format!(".link-chip[data-link^=\"{nid}:\"].in"))
+        .await;
+    b.find("[data-panel=\"link\"]").await;
+    b.click("[data-panel=\"link\"] .new-fn summary").await;
+    b.type_into(".quick-fn-name", "double").await;
+    b.type_into(".quick-fn-code", "fn run(x) { x * 2 }").await;
+    b.click(".quick-fn-save").await;
+    b.wait_toast("Saved double v1").await;
+    b.wait_js(
+        "the new function chosen for the link",
+        "return document.getElementById('link-func').value === 'double@1';",
+        vec![],
+    )
+    .await;
+    b.click("#link-save").await;
+    b.wait_toast("Saved the link").await;
+    b.wait_text(&format!(".link-chip[data-link^=\"{nid}:\"].in"), "double")
+        .await;
+    wait_applied(&b).await;
+    sensor.push(IDF, json!(3)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // 3 * 2 = 6, squared: 36 (a 9 may still come from before the link's function).
+        let got = tokio::time::timeout_at(deadline, display.data())
+            .await
+            .expect("the display never got 36");
+        if got == json!([36]) {
+            break;
+        }
+        sensor.push(IDF, json!(3)).await;
+    }
+    b.close().await;
+}
+
+/// With authentication on, the GUI asks for a login first (a wrong password is refused in
+/// plain words), then works; a DA's name is shown as text, never as markup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gui_logs_in_and_shows_names_as_text() {
+    let app = App::start(AppOptions {
+        auth: true,
+        ..Default::default()
+    })
+    .await;
+    let (user, password) = app.admin().expect("admin");
+    let name = "<img src=x onerror=\"window.injected=1\">";
+    let da = PyDa::registered(&app, name, json!([[IDF, ["float"]]]), json!([])).await;
+    app.wait_online(1).await;
+    let b = Browser::start(&app.ccm).await;
+    b.open("#/devices").await;
+    b.find("#login-form").await;
+    b.type_into("#login-form [name=username]", user).await;
+    b.type_into("#login-form [name=password]", "not the password")
+        .await;
+    b.click("#login-form [type=submit]").await;
+    b.wait_toast("wrong user name or password").await;
+    b.find("#toast[data-kind=\"error\"]").await;
+    b.type_into("#login-form [name=password]", password).await;
+    b.click("#login-form [type=submit]").await;
+    b.wait_toast("Logged in").await;
+    b.wait_text("#user-name", user).await;
+    device_online(&b, &da.id).await;
+    let shown = b
+        .js(
+            "const h = document.querySelector(`[data-device=\"${arguments[0]}\"] h2`); return [h.textContent, h.children.length, window.injected === undefined];",
+            vec![json!(da.id)],
+        )
+        .await;
+    assert_eq!(shown, json!([name, 0, true]));
+    // Logging out shows the form again.
+    b.click("#logout").await;
+    b.find("#login-form").await;
     b.close().await;
 }

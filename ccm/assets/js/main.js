@@ -97,13 +97,17 @@ function showIndicator() {
   let text;
   if (!store.live) {
     state = 'down';
-    text = 'CSM: no connection to the controller';
+    text = 'No connection to the controller';
   } else if (store.csm === false) {
     state = 'down';
     text = 'CSM: disconnected';
-  } else {
+  } else if (store.csm === true) {
     state = 'up';
     text = 'CSM: connected';
+  } else {
+    // The API does not tell the CSM's state: the controller, at least, answers.
+    state = 'up';
+    text = 'Controller: connected';
   }
   el.dataset.state = state;
   el.querySelector('.text').textContent = text;

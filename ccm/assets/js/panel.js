@@ -146,7 +146,7 @@ function linkPanel(ed, sel, hooks) {
         field('Min', r.min),
         field('Max', r.max),
         h('label', { class: 'check' }, r.norm, ' Normalize')))),
-    h('p', { class: 'muted small' }, 'Values are clamped into [min, max] after the function; normalize maps them onto [0, 1]. Sample: each new value is sent; variant: only changed values.')),
+    h('p', { class: 'muted small' }, 'Values are clamped into [min, max] after the function; normalize maps them onto [0, 1]. Input type: sample is the value as sent; variant is its difference from the previous value.')),
   h('div', { class: 'actions' },
     h('button', { type: 'submit', class: 'primary', id: 'link-save' }, 'Save'),
     h('button', {

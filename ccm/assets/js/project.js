@@ -384,8 +384,6 @@ function drawLines(ed) {
   const e = ed.els;
   if (!e.canvas || !ed.project) return;
   const base = e.canvas.getBoundingClientRect();
-  e.lines.setAttribute('width', String(e.canvas.scrollWidth));
-  e.lines.setAttribute('height', String(e.canvas.scrollHeight));
   const paths = [];
   for (const n of ed.project.netapps) {
     const jb = e.canvas.querySelector(`[data-join="${n.id}"]`);

@@ -61,6 +61,7 @@ export function render(main) {
           const r = await act(() => request('POST', `/api/projects/import${q}`, text), (x) => `Imported project ${x.data.name}`);
           if (r) {
             file.value = '';
+            importName.value = '';
             reload();
           }
         },
