@@ -55,7 +55,8 @@ impl State {
         })
     }
 
-    /// Imports an exported project as a new project named `name` (default: its own name).
+    /// Imports an exported project as a new project named `name` (default: its own name),
+    /// off, with the document's bindings.
     /// Features and models must be absent or identical here; function versions are matched
     /// by their code (a version with the same code is reused, else a new version is added).
     pub fn import(
@@ -166,7 +167,8 @@ impl State {
                 self.update_netapp(p.id, new.id, None, Some(map(n.join)?))?;
             }
         }
-        self.update_project(p.id, None, None, Some(src.on))?;
+        // Imported off, whatever the document says: turning it on is a decision of its own
+        // (a copy on the same controller would route the same DAs a second time).
         Ok(self.project(p.id)?.clone())
     }
 }

@@ -64,6 +64,8 @@ pub struct SessionInfo {
     pub auth: bool,
     /// The logged-in user; with authentication off, `null`.
     pub user: Option<String>,
+    /// Whether the CSM answers the CCM (the device API).
+    pub csm: bool,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -117,6 +119,7 @@ pub async fn session(State(ccm): State<Ccm>, headers: HeaderMap) -> Json<Session
         } else {
             None
         },
+        csm: ccm.live().csm_connected(),
     })
 }
 
@@ -132,6 +135,7 @@ pub async fn login(
         return Ok(Json(SessionInfo {
             auth: false,
             user: None,
+            csm: ccm.live().csm_connected(),
         })
         .into_response());
     };
@@ -174,6 +178,7 @@ pub async fn login(
     let mut res = Json(SessionInfo {
         auth: true,
         user: Some(body.username),
+        csm: ccm.live().csm_connected(),
     })
     .into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {

@@ -34,6 +34,8 @@ pub struct DeviceEvent {
     /// went: reload the list).
     pub kind: String,
     pub device: Option<DeviceInfo>,
+    /// Whether the CSM answers the device API now.
+    pub csm: bool,
 }
 
 /// How one network application stands on the CSM.
@@ -147,6 +149,7 @@ impl Live {
         let _ = self.device_tx.send(DeviceEvent {
             kind: "csm".into(),
             device: None,
+            csm: self.csm_connected(),
         });
     }
 
@@ -163,6 +166,7 @@ impl Live {
         let _ = self.device_tx.send(DeviceEvent {
             kind: kind.into(),
             device: Some(device),
+            csm: self.csm_connected(),
         });
     }
 
@@ -179,6 +183,7 @@ impl Live {
             let _ = self.device_tx.send(DeviceEvent {
                 kind: "csm".into(),
                 device: None,
+                csm: up,
             });
         }
     }
