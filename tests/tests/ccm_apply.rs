@@ -312,3 +312,52 @@ async fn refusals_of_the_csm_are_shown_on_the_object_they_concern() {
     let said = st.to_string();
     assert!(said.contains(&ghost) || said.contains("object 2"), "{v}");
 }
+
+/// A link's range: the value after the link's function is clamped into [min, max] and mapped
+/// onto [0, 1] (a wrapper function the CCM generates around the user's).
+#[tokio::test]
+async fn a_link_range_clamps_and_normalizes_after_the_link_function() {
+    let app = App::spawn().await;
+    let c = CcmClient::of(&app);
+    let (mut sensor, mut display) = das(&app).await;
+    let (pid, nid) = walkthrough(&c).await;
+    let double = "fn run(x) { x * 2 }";
+    c.ok(
+        Method::POST,
+        "/api/functions/double",
+        Some(&json!({"code": double})),
+    )
+    .await;
+    // No join function: the IDF link's result goes through.
+    c.ok(
+        Method::PATCH,
+        &format!("/api/projects/{pid}/netapps/{nid}"),
+        Some(&json!({"join": null})),
+    )
+    .await;
+    c.ok(
+        Method::PUT,
+        &format!("/api/projects/{pid}/netapps/{nid}/links/1"),
+        Some(&json!({"func": {"name": "double", "version": 1},
+            "params": [{"min": 0.0, "max": 10.0, "normalize": true}]})),
+    )
+    .await;
+    c.ok(Method::POST, &format!("/api/projects/{pid}/on"), None)
+        .await;
+    wait_project(&c, pid, "applied", |v| netapp_state(v, nid) == "applied").await;
+    for (x, want) in [(2, json!([0.4])), (50, json!([1.0])), (-3, json!([0.0]))] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            sensor.push("Meow-I", json!(x)).await;
+            if let Ok(data) = tokio::time::timeout(Duration::from_secs(2), display.data()).await {
+                if data == want {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{x} never became {want}"
+            );
+        }
+    }
+}
