@@ -274,3 +274,39 @@ pub async fn start(
     });
     Ok((ccm, task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open(url: &str) -> Ccm {
+        let db = Db::connect(url).unwrap();
+        Ccm::open(CcmConfig::default(), db, None, Refusals::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_leaves_nothing_and_a_stored_one_is_there_after_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("ccm-test-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/ccm.db", dir.display());
+        let ccm = open(&url).await;
+        let p = ccm.mutate(|s| s.create_project("a", true)).await.unwrap();
+        // A change that fails half-way: the project it renamed first is back as it was.
+        let err = ccm
+            .mutate(move |s| {
+                s.update_project(p.id, Some("b"), None, None)?;
+                s.add_object(p.id, "no such model")
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid");
+        assert_eq!(ccm.read(|s| s.project(p.id).unwrap().name.clone()), "a");
+        drop(ccm);
+        let again = open(&url).await;
+        let names: Vec<String> =
+            again.read(|s| s.projects.values().map(|p| p.name.clone()).collect());
+        assert_eq!(names, ["a"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
