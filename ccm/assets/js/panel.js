@@ -4,9 +4,8 @@
 
 import { h, replace, field, select, numberOrNull } from './dom.js';
 import { api, get } from './api.js';
-import { toast, act } from './store.js';
+import { toast, act, STATE_TEXT } from './store.js';
 import { quickFunction } from './functions.js';
-import { STATE_TEXT } from './project.js';
 
 /** Options of a function select: (none), then every version, newest first. */
 function funcOptions(functions) {

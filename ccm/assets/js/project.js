@@ -7,21 +7,13 @@
 
 import { h, svg, replace, select } from './dom.js';
 import { api, get } from './api.js';
-import { store, onDevices, toast, act } from './store.js';
+import { store, onDevices, toast, act, STATE_TEXT } from './store.js';
 import { openPanel } from './panel.js';
 import { openMonitor } from './monitor.js';
 import { exportProject } from './projects.js';
 
 const POLL_MS = 2000;
 
-/** Text of a network application's state, for people (the colour says it too). */
-export const STATE_TEXT = {
-  off: 'off',
-  waiting: 'waiting',
-  applying: 'applying',
-  applied: 'running',
-  error: 'error',
-};
 
 export function render(main, args) {
   const id = Number(args[0]);

@@ -4,6 +4,15 @@
 
 import { get } from './api.js';
 
+/** Text of a network application's state, for people (the colour says it too). */
+export const STATE_TEXT = {
+  off: 'off',
+  waiting: 'waiting',
+  applying: 'applying',
+  applied: 'running',
+  error: 'error',
+};
+
 export const store = {
   /** [device]: {id, name, model, idf, odf, online}, online first. */
   devices: [],
