@@ -147,13 +147,87 @@ fn busy_broker_port_stops_startup_with_a_clear_message() {
     );
 }
 
-#[test]
-fn ccm_is_not_built_yet() {
+/// `iotctl start ccm` on its own: the configuration manager of another process's broker and
+/// CSM, learning their DAs over the device API (MQTT) and applying a project over the graph API.
+#[tokio::test]
+async fn start_ccm_alone_drives_the_csm_of_a_running_controller() {
+    use tokio::io::AsyncBufReadExt;
+    let app = App::spawn().await;
+    let da = new_id();
+    app.register(&da).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "127.0.0.1:0");
-    let o = iotctl(&["-c", &cfg, "start", "ccm"]);
-    assert!(!o.status.success());
-    assert!(text(&o).contains("not built yet"), "{}", text(&o));
+    let cfg = config(dir.path(), &app.mqtt);
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[ccm]\n", "[ccm]\napi_client = \"ccm-alone\"\n"),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(iotctl_bin())
+        .args(["-c", &cfg, "start", "ccm"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.starts_with("iotctl ready:") {
+                return l;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("iotctl start ccm never got ready");
+    assert!(ready.contains("csm=- ccm=http://127.0.0.1:"), "{ready}");
+    let base = ready
+        .split(' ')
+        .find_map(|w| w.strip_prefix("ccm="))
+        .unwrap()
+        .to_owned();
+    let c = CcmClient {
+        base,
+        http: reqwest::Client::new(),
+        basic: None,
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, session) = c.get("/api/session").await;
+        let (_, devices) = c.get("/api/devices").await;
+        let seen = devices
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x["id"] == da.as_str()));
+        if session["csm"] == true && seen {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{session} {devices}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A project with one network application, on: its graph appears on the other process's CSM.
+    let (s, p) = c
+        .post("/api/projects", &serde_json::json!({"name": "alone"}))
+        .await;
+    assert_eq!(s, 201, "{p}");
+    c.post("/api/projects/1/netapps", &serde_json::json!({"name": "j"}))
+        .await;
+    c.post("/api/projects/1/on", &serde_json::json!({})).await;
+    let mut g = GraphClient::new(&app, "ccm-p1-n1").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = g.send(serde_json::json!({"op": "show"})).await;
+        if r["state"] == "ok" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill().await;
 }
 
 #[tokio::test]
