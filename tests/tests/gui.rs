@@ -1,6 +1,8 @@
 //! The CCM's web GUI in headless Chromium, against the real controller and two unmodified
-//! iottalk-py DAs: everything is done by clicking and typing, as a user would, and the data
-//! that flows between the DAs is checked at the DAs. Screenshots of every page go to
+//! iottalk-py DAs: the seed walkthrough (BetaCat's `meow` -> a `square` join -> a display's
+//! `show`) built entirely by clicking and typing, as a user would, and the data that flows
+//! between the DAs checked at the DAs; then the same project exported with `iotctl project
+//! export` and imported into a second controller. Screenshots of every page go to
 //! `target/gui-screenshots/` (the ones in `docs/img/` come from here).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,10 +11,57 @@ use iot_tests::browser::WINDOW;
 use iot_tests::{free_addr, App, AppOptions, Browser, PyDa, WAIT};
 use serde_json::{json, Value};
 
-/// The model both DAs register with (`tests/py/da.py` sets `profile.model`).
-const MODEL: &str = "Dummy_Device";
-const IDF: &str = "Temp-I";
-const ODF: &str = "Show-O";
+/// The walkthrough's models (the DAs register with them: `profile.model`) and features.
+const SENSOR_MODEL: &str = "AI";
+const DISPLAY_MODEL: &str = "Display";
+const IDF: &str = "meow";
+const ODF: &str = "show";
+const PROJECT: &str = "meow";
+
+/// The walkthrough's DAs registered at `app`: BetaCat (model `AI`, IDF `meow` in dB) and a
+/// display (model `Display`, ODF `show`), both online.
+async fn walkthrough_das(app: &App) -> (PyDa, PyDa) {
+    let sensor = PyDa::of_model(
+        app,
+        SENSOR_MODEL,
+        "BetaCat",
+        json!([[IDF, ["dB"]]]),
+        json!([]),
+    )
+    .await;
+    let display = PyDa::of_model(
+        app,
+        DISPLAY_MODEL,
+        "Display",
+        json!([]),
+        json!([[ODF, ["float"]]]),
+    )
+    .await;
+    app.wait_online(2).await;
+    (sensor, display)
+}
+
+/// A controller with fixed broker and CSM ports: its DAs reconnect by themselves after a
+/// restart.
+async fn start_app() -> App {
+    App::start(AppOptions {
+        csm_listen: Some(free_addr()),
+        mqtt_listen: Some(free_addr()),
+        ..Default::default()
+    })
+    .await
+}
+
+/// Runs `iotctl ARGS` against `app`; answers its standard output, panics when it fails.
+async fn iotctl(app: &App, args: &[&str]) -> String {
+    let out = app.iotctl(args, None).await;
+    assert!(
+        out.status.success(),
+        "iotctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// Waits until the Devices page shows `id` online.
 async fn device_online(b: &Browser, id: &str) {
@@ -25,7 +74,7 @@ async fn device_online(b: &Browser, id: &str) {
 }
 
 /// "Create model from this device" on the Devices page, then "Save model".
-async fn model_from_device(b: &Browser, id: &str, feature: &str) {
+async fn model_from_device(b: &Browser, id: &str, model: &str, feature: &str) {
     b.open("#/devices").await;
     device_online(b, id).await;
     b.click(&format!("[data-device=\"{id}\"] .model-from-device"))
@@ -33,7 +82,7 @@ async fn model_from_device(b: &Browser, id: &str, feature: &str) {
     b.find("#model-form").await;
     assert_eq!(
         b.find("#model-name").await.prop("value").await.unwrap(),
-        Some(MODEL.into())
+        Some(model.into())
     );
     // The device's feature is in the form, with one value.
     b.wait_js(
@@ -43,7 +92,7 @@ async fn model_from_device(b: &Browser, id: &str, feature: &str) {
     )
     .await;
     b.click("#model-save").await;
-    b.wait_toast(&format!("Saved model {MODEL}")).await;
+    b.wait_toast(&format!("Saved model {model}")).await;
     b.wait_js(
         "the models list",
         "return location.hash === '#/models' && !!document.querySelector('#model-list');",
@@ -52,15 +101,39 @@ async fn model_from_device(b: &Browser, id: &str, feature: &str) {
     .await;
 }
 
-/// The ids of the project's device objects, in the order they were added.
-async fn object_ids(b: &Browser) -> Vec<u64> {
+/// The ids of the device objects the editor shows on `side` (`in`: their input features,
+/// `out`: their output features), in the order they were added.
+async fn object_ids(b: &Browser, side: &str) -> Vec<u64> {
     let v = b
         .js(
-            "return [...new Set([...document.querySelectorAll('[data-object]')].map(e => Number(e.dataset.object)))].sort((a, b) => a - b);",
-            vec![],
+            "return [...document.querySelectorAll(`[data-object][data-side=\"${arguments[0]}\"]`)].map(e => Number(e.dataset.object)).sort((a, b) => a - b);",
+            vec![json!(side)],
         )
         .await;
     serde_json::from_value(v).expect("ids")
+}
+
+/// The project's input object (its only one on the left) and output object (its only one
+/// on the right), once the editor shows both: the walkthrough's two objects of different
+/// models each show on one side only, with only their model's feature.
+async fn walkthrough_objects(b: &Browser) -> (u64, u64) {
+    b.wait_count("[data-object][data-side=\"in\"]", 1).await;
+    b.wait_count("[data-object][data-side=\"out\"]", 1).await;
+    let (ins, outs) = (object_ids(b, "in").await, object_ids(b, "out").await);
+    assert_eq!((ins.len(), outs.len()), (1, 1), "{ins:?} {outs:?}");
+    let (src, dst) = (ins[0], outs[0]);
+    assert_ne!(src, dst);
+    let features = b
+        .js(
+            "return [...document.querySelectorAll('[data-feature]')].map(e => e.dataset.feature).sort();",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        features,
+        json!([format!("{src}:{IDF}"), format!("{dst}:{ODF}")])
+    );
+    (src, dst)
 }
 
 /// Binds device object `oid` to DA `da` with the editor's select and button, and waits until
@@ -104,18 +177,10 @@ async fn square_arrives(sensor: &mut PyDa, display: &mut PyDa, n: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
-    let opts = AppOptions {
-        // Fixed broker and CSM ports: the DAs reconnect by themselves after the restart.
-        csm_listen: Some(free_addr()),
-        mqtt_listen: Some(free_addr()),
-        ..Default::default()
-    };
-    let app = App::start(opts).await;
-    let mut sensor = PyDa::registered(&app, "Sensor", json!([[IDF, ["float"]]]), json!([])).await;
-    let mut display = PyDa::registered(&app, "Display", json!([]), json!([[ODF, ["float"]]])).await;
-    app.wait_online(2).await;
-    let b = Browser::start(&app.ccm).await;
+async fn the_seed_walkthrough_is_built_in_the_gui_and_imported_elsewhere() {
+    let app = start_app().await;
+    let (mut sensor, mut display) = walkthrough_das(&app).await;
+    let mut b = Browser::start(&app.ccm).await;
 
     // Devices: both DAs online, live.
     b.open("#/devices").await;
@@ -123,11 +188,17 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
     device_online(&b, &display.id).await;
     b.screenshot("devices").await;
 
-    // Models: one model from each device; the second keeps the first one's feature.
-    model_from_device(&b, &sensor.id, IDF).await;
-    model_from_device(&b, &display.id, ODF).await;
-    let row = b.wait_text(&format!("[data-model=\"{MODEL}\"]"), ODF).await;
-    assert!(row.contains(IDF), "{row}");
+    // Models: one model from each device, each with its device's feature only.
+    model_from_device(&b, &sensor.id, SENSOR_MODEL, IDF).await;
+    model_from_device(&b, &display.id, DISPLAY_MODEL, ODF).await;
+    let row = b
+        .wait_text(&format!("[data-model=\"{SENSOR_MODEL}\"]"), IDF)
+        .await;
+    assert!(!row.contains(ODF), "{row}");
+    let row = b
+        .wait_text(&format!("[data-model=\"{DISPLAY_MODEL}\"]"), ODF)
+        .await;
+    assert!(!row.contains(IDF), "{row}");
     b.screenshot("models").await;
 
     // Functions: the join function, written in the editor.
@@ -149,9 +220,9 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
 
     // Projects: create one; the editor opens.
     b.open("#/projects").await;
-    b.type_into("#project-name", "Greenhouse").await;
+    b.type_into("#project-name", PROJECT).await;
     b.click("#project-create-button").await;
-    b.wait_text("#project-title", "Greenhouse").await;
+    b.wait_text("#project-title", PROJECT).await;
     let url = b.client.current_url().await.expect("url");
     let pid: u64 = url
         .fragment()
@@ -159,18 +230,15 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("project editor URL {url}"));
 
-    // Two device objects of the model (each shows on both sides: the model has an input and
-    // an output feature); each bound to its DA.
-    b.choose("#object-model", MODEL).await;
+    // Two device objects, one of each model: the AI object shows `meow` on the left, the
+    // Display object `show` on the right; each bound to its DA.
+    b.choose("#object-model", SENSOR_MODEL).await;
     b.click("#object-add").await;
     b.wait_toast("Added").await;
     b.wait_count("[data-object][data-side=\"in\"]", 1).await;
+    b.choose("#object-model", DISPLAY_MODEL).await;
     b.click("#object-add").await;
-    b.wait_count("[data-object][data-side=\"in\"]", 2).await;
-    b.wait_count("[data-object][data-side=\"out\"]", 2).await;
-    let ids = object_ids(&b).await;
-    assert_eq!(ids.len(), 2, "{ids:?}");
-    let (src, dst) = (ids[0], ids[1]);
+    let (src, dst) = walkthrough_objects(&b).await;
     bind(&b, src, &sensor.id).await;
     bind(&b, dst, &display.id).await;
 
@@ -208,13 +276,13 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
         square_arrives(&mut sensor, &mut display, n).await;
     }
 
-    // The monitor shows the rows of the join.
+    // The monitor shows the rows of the join: the input, the join's result, the output.
     b.click(&format!("[data-join=\"{nid}\"]")).await;
     b.click("#join-monitor").await;
     b.find("#monitor").await;
     square_arrives(&mut sensor, &mut display, 5).await;
     b.wait_count("#monitor-rows tbody tr", 3).await;
-    for kind in ["idf", "odf"] {
+    for kind in ["idf", "join", "odf"] {
         b.wait_count(&format!("#monitor-rows tbody tr[data-kind=\"{kind}\"]"), 1)
             .await;
     }
@@ -261,19 +329,14 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
         .await
         .expect("resize");
 
-    // The projects list; an import of the project's export document (from a file, as a user
-    // picks it) under another name.
-    let export: Value = app
-        .http
-        .get(format!("{}/api/projects/{pid}/export", app.ccm))
-        .send()
-        .await
-        .expect("export")
-        .json()
-        .await
-        .expect("export JSON");
-    let file = app.data_dir.join("greenhouse-export.json");
-    std::fs::write(&file, export.to_string()).expect("write export");
+    // The project exported with `iotctl project export` (the GUI's Export is a download).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("meow-export.json");
+    let path = file.to_str().expect("UTF-8 path");
+    iotctl(&app, &["project", "export", PROJECT, "-o", path]).await;
+
+    // The projects list; an import of that file (picked as a user picks it) under another
+    // name.
     b.open("#/projects").await;
     b.wait_text(&format!("[data-project=\"{pid}\"]"), "on")
         .await;
@@ -282,15 +345,15 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
         .send_keys(&file.display().to_string())
         .await
         .expect("choose the file");
-    b.type_into("#project-import-name", "Greenhouse copy").await;
+    b.type_into("#project-import-name", "meow copy").await;
     b.click("#project-import-button").await;
-    b.wait_toast("Imported project Greenhouse copy").await;
-    b.wait_text("#project-list", "Greenhouse copy").await;
+    b.wait_toast("Imported project meow copy").await;
+    b.wait_text("#project-list", "meow copy").await;
     b.screenshot("projects").await;
     // The copy goes (Delete, confirmed): it would route the same DAs a second time.
     let copy: u64 = b
         .js(
-            "return Number([...document.querySelectorAll('[data-project]')].find(r => r.textContent.includes('Greenhouse copy')).dataset.project);",
+            "return Number([...document.querySelectorAll('[data-project]')].find(r => r.textContent.includes('meow copy')).dataset.project);",
             vec![],
         )
         .await
@@ -298,7 +361,7 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
         .expect("the copy's id");
     b.click(&format!("[data-project=\"{copy}\"] button.danger"))
         .await;
-    b.wait_toast("Deleted project Greenhouse copy").await;
+    b.wait_toast("Deleted project meow copy").await;
     b.wait_js(
         "the copy gone from the list",
         "return !document.querySelector(`[data-project=\"${arguments[0]}\"]`);",
@@ -308,14 +371,10 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
 
     // Restart the controller: the project is still on, and data still flows.
     let app = app.restart().await;
-    let b = {
-        let mut b = b;
-        b.base = app.ccm.clone();
-        b
-    };
+    b.base = app.ccm.clone();
     app.wait_online(2).await;
     b.open(&format!("#/projects/{pid}")).await;
-    b.wait_text("#project-title", "Greenhouse").await;
+    b.wait_text("#project-title", PROJECT).await;
     b.wait_js(
         "the switch still on after the restart",
         "return document.getElementById('project-switch').getAttribute('aria-checked') === 'true';",
@@ -362,6 +421,44 @@ async fn a_user_links_two_devices_in_the_gui_and_data_flows() {
         }
         sensor.push(IDF, json!(3)).await;
     }
+    drop((sensor, display, app));
+
+    // A second, fresh controller with its own BetaCat and display: the exported file imported
+    // with `iotctl project import` lands off, its objects still bound to the first
+    // controller's DAs (shown as not registered). Bound to the new DAs with the editor's
+    // selects, and turned on with `iotctl project on`: the new display gets the squares.
+    let app = start_app().await;
+    let (mut sensor, mut display) = walkthrough_das(&app).await;
+    let said = iotctl(&app, &["project", "import", path]).await;
+    assert!(
+        said.contains(&format!("imported project `{PROJECT}`")) && said.contains("off"),
+        "{said}"
+    );
+    b.base = app.ccm.clone();
+    b.open("#/projects").await;
+    let row = b.wait_text("#project-list", PROJECT).await;
+    assert!(!row.contains("meow copy"), "{row}");
+    b.click("#project-list .project-open").await;
+    b.wait_text("#project-title", PROJECT).await;
+    let (src, dst) = walkthrough_objects(&b).await;
+    b.wait_count("[data-object-state=\"unknown\"]", 2).await;
+    b.wait_text("[data-join]", "square v1").await;
+    b.screenshot("project-imported").await;
+    bind(&b, src, &sensor.id).await;
+    bind(&b, dst, &display.id).await;
+    iotctl(&app, &["project", "on", PROJECT]).await;
+    b.wait_js(
+        "the switch on after `iotctl project on`",
+        "return document.getElementById('project-switch').getAttribute('aria-checked') === 'true';",
+        vec![],
+    )
+    .await;
+    wait_applied(&b).await;
+    app.wait_links_acked().await;
+    for n in [8, 9] {
+        square_arrives(&mut sensor, &mut display, n).await;
+    }
+    b.screenshot("project-imported-on").await;
     b.close().await;
 }
 
