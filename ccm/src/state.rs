@@ -45,12 +45,18 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewLink {
+    #[serde(deserialize_with = "crate::model::whole")]
     pub object: u32,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub feature: String,
     #[serde(default)]
     pub func: Option<FuncRef>,
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<crate::model::InputTypeName>)]
     pub input_type: Vec<InputType>,
     #[serde(default)]
     pub params: Vec<LinkParam>,
@@ -233,9 +239,9 @@ impl State {
     ) -> Result<FunctionVersion, CcmError> {
         validate_name("function", name)?;
         let lang = check_code(code)?;
-        if author.len() > crate::model::MAX_TEXT || author.chars().any(char::is_control) {
+        if author.chars().count() > crate::model::MAX_TEXT || author.chars().any(char::is_control) {
             return Err(CcmError::invalid(
-                "author: at most 1024 bytes, no control characters",
+                "author: at most 1024 characters, no control characters",
             ));
         }
         let d = digest(code);
@@ -376,6 +382,8 @@ impl State {
     }
 
     pub fn add_object(&mut self, pid: u32, model: &str) -> Result<DeviceObject, CcmError> {
+        // A project that does not exist is a 404 whatever the body says.
+        self.project(pid)?;
         if !self.models.contains_key(model) {
             return Err(CcmError::invalid(format!("no model `{model}`")));
         }
@@ -413,6 +421,9 @@ impl State {
     /// object of a project.
     pub fn bind(&mut self, pid: u32, oid: u32, da: Option<DaId>) -> Result<(), CcmError> {
         let p = self.project_mut(pid)?;
+        if !p.objects.iter().any(|o| o.id == oid) {
+            return Err(CcmError::not_found(format!("no device object {oid}")));
+        }
         if let Some(da) = da {
             if let Some(o) = p
                 .objects
@@ -469,6 +480,11 @@ impl State {
         name: Option<&str>,
         join: Option<Option<FuncRef>>,
     ) -> Result<NetApp, CcmError> {
+        // What the path names first: a missing project or network application is a 404
+        // whatever the body says.
+        if !self.project(pid)?.netapps.iter().any(|n| n.id == nid) {
+            return Err(CcmError::not_found(format!("no network application {nid}")));
+        }
         if let Some(n) = name {
             validate_name("network application", n)?;
         }
