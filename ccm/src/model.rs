@@ -3,7 +3,7 @@
 //! bodies of the REST API; every check of a value a user sends is here ([`validate_name`],
 //! [`Feature::check`], ...), so the API and an import refuse the same things.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use iot_proto::wire::graph_api::InputType;
@@ -17,7 +17,7 @@ pub const MAX_NAME: usize = 64;
 pub const MAX_PARAMS: usize = 64;
 /// Largest function code, in bytes.
 pub const MAX_CODE_BYTES: usize = 256 * 1024;
-/// Longest comment or author.
+/// Longest comment, unit or author, in characters (what JSON Schema's `maxLength` counts).
 pub const MAX_TEXT: usize = 1024;
 
 /// Whether a feature produces data (input: a sensor) or consumes it (output: an actuator).
@@ -36,10 +36,88 @@ pub enum FeatureDirection {
 pub struct Param {
     /// `int`, `float`, `bool`, `string` or `json`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^(int|float|bool|string|json)?$")]
     pub kind: String,
+    #[schema(max_length = 1024, pattern = "^[^\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]*$")]
     pub unit: String,
     pub min: Option<f64>,
     pub max: Option<f64>,
+}
+
+/// The pattern of [`validate_name`] (letters and digits of any script, `-`, `_`, `.`, inner
+/// spaces), as an ECMA-262 regular expression for the OpenAPI document. `\p{L}` is a little
+/// narrower than `char::is_alphanumeric` (which also takes the marks of the Alphabetic
+/// property): a name the pattern accepts is always accepted.
+pub const NAME_PATTERN: &str = r"^[\p{L}\p{N}_.-]([\p{L}\p{N} _.-]*[\p{L}\p{N}_.-])?$";
+
+/// Serde helper for the whole numbers of request bodies (ids, versions): JSON Schema's
+/// `integer`, which the OpenAPI document says, includes numbers written with a zero fraction
+/// (`3.0`), so they are read as well; a fraction, a negative number or one out of range is
+/// refused.
+pub fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::{Error, Unexpected, Visitor};
+    struct Whole<T>(std::marker::PhantomData<T>);
+    impl<T: TryFrom<u64>> Visitor<'_> for Whole<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "a whole number from 0 to 2^{} - 1",
+                std::mem::size_of::<T>() * 8
+            )
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<T, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+            }
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<T, E> {
+            // 2^64: every whole f64 below it fits a u64 exactly.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                self.visit_u64(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(Whole(std::marker::PhantomData))
+}
+
+/// A name (of a feature, model, function, project or network application) in the OpenAPI
+/// document: a string of 1 to [`MAX_NAME`] characters matching [`NAME_PATTERN`].
+#[derive(Debug)]
+pub struct Name;
+
+impl utoipa::PartialSchema for Name {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_NAME))
+            .pattern(Some(NAME_PATTERN))
+            .into()
+    }
+}
+
+impl ToSchema for Name {}
+
+/// How an input link feeds a value to its function ([`InputType`]), for the OpenAPI document.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputTypeName {
+    /// The value as sent.
+    Sample,
+    /// The difference from the previous value of the same input.
+    Variant,
 }
 
 /// A device feature: `Temperature-I`, `Switch-O`, ...
@@ -48,11 +126,17 @@ pub struct Param {
 pub struct Feature {
     /// May be left out of a `PUT /api/features/{name}` body.
     #[serde(default)]
+    #[schema(
+        max_length = 64,
+        pattern = "^([\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?)?$"
+    )]
     pub name: String,
     pub direction: FeatureDirection,
     /// One entry per value of a message (the feature's width).
+    #[schema(min_items = 1, max_items = 64)]
     pub params: Vec<Param>,
     #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]*$")]
     pub comment: String,
 }
 
@@ -63,10 +147,17 @@ pub struct Feature {
 pub struct Model {
     /// May be left out of a `PUT /api/models/{name}` body.
     #[serde(default)]
+    #[schema(
+        max_length = 64,
+        pattern = "^([\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?)?$"
+    )]
     pub name: String,
     /// Names of features of the library.
+    /// Listed once each.
+    #[schema(min_items = 1, value_type = Vec<Name>)]
     pub features: Vec<String>,
     #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]*$")]
     pub comment: String,
 }
 
@@ -74,6 +165,7 @@ pub struct Model {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FunctionVersion {
     /// 1, 2, ...
+    #[serde(deserialize_with = "whole")]
     pub version: u32,
     pub code: String,
     /// `sha256(code)` in lowercase hex: the function's identity in the CSM.
@@ -86,6 +178,11 @@ pub struct FunctionVersion {
 /// A named function of the library, with all its versions (oldest first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Function {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: String,
     /// `python` or `rhai`, told from the latest version's code.
     pub lang: String,
@@ -96,7 +193,13 @@ pub struct Function {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FuncRef {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: String,
+    #[serde(deserialize_with = "whole")]
     pub version: u32,
 }
 
@@ -105,7 +208,13 @@ pub struct FuncRef {
 #[serde(deny_unknown_fields)]
 pub struct DeviceObject {
     /// Unique in its project.
+    #[serde(deserialize_with = "whole")]
     pub id: u32,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub model: String,
     /// The DA it stands for; `null` until bound.
     #[schema(value_type = Option<String>, format = "uuid")]
@@ -127,18 +236,25 @@ pub struct LinkParam {
 #[serde(deny_unknown_fields)]
 pub struct Link {
     /// Unique in its network application.
+    #[serde(deserialize_with = "whole")]
     pub id: u32,
     /// A device object of the project.
+    #[serde(deserialize_with = "whole")]
     pub object: u32,
     /// A feature of that object's model; its direction says whether the link feeds the join
     /// (input) or is fed by it (output).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub feature: String,
     /// The link's function (IDF or ODF function); `null` = values pass unchanged.
     #[serde(default)]
     pub func: Option<FuncRef>,
     /// Input links only: `sample` or `variant` per value (empty = all `sample`).
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<InputTypeName>)]
     pub input_type: Vec<InputType>,
     /// Per value: range and normalization (empty = none).
     #[serde(default)]
@@ -151,7 +267,13 @@ pub struct Link {
 #[serde(deny_unknown_fields)]
 pub struct NetApp {
     /// Unique in its project.
+    #[serde(deserialize_with = "whole")]
     pub id: u32,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: String,
     /// The join function; `null` = one input passes through, several make a list.
     #[serde(default)]
@@ -164,7 +286,13 @@ pub struct NetApp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Project {
+    #[serde(deserialize_with = "whole")]
     pub id: u32,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: String,
     #[serde(default)]
     pub on: bool,
@@ -177,7 +305,7 @@ pub struct Project {
     #[serde(default)]
     pub netapps: Vec<NetApp>,
     /// Incremented on every change (an `If-Match`-style check for editors).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     pub rev: u64,
 }
 
@@ -191,6 +319,7 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct ProjectExport {
     /// Always `"iotctl-ccm-project/1"`.
+    #[schema(pattern = "^iotctl-ccm-project/1$")]
     pub format: String,
     pub project: Project,
     pub models: Vec<Model>,
@@ -241,9 +370,9 @@ pub fn shorten(s: &str) -> String {
 }
 
 fn validate_text(what: &'static str, text: &str) -> Result<(), CcmError> {
-    if text.len() > MAX_TEXT {
+    if text.chars().count() > MAX_TEXT {
         return Err(CcmError::invalid(format!(
-            "{what} is longer than {MAX_TEXT} bytes"
+            "{what} is longer than {MAX_TEXT} characters"
         )));
     }
     if text
@@ -390,8 +519,32 @@ mod tests {
     fn names() {
         assert!(validate_name("model", "Dummy_Sensor").is_ok());
         assert!(validate_name("model", "Bulb v2.1").is_ok());
+        // Letters and digits of any script (the fuzz script generates ASCII only).
+        for ok in ["溫度計", "Sensör-٣", "हिंदी"] {
+            assert!(validate_name("model", ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["a€", "🙂", "a\u{3000}b"] {
+            assert!(validate_name("model", bad).is_err(), "{bad:?}");
+        }
         for bad in ["", " x", "x ", "a/b", "a\nb", &"x".repeat(65)] {
             assert!(validate_name("model", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers() {
+        #[derive(Debug, Deserialize)]
+        struct W {
+            #[serde(deserialize_with = "whole")]
+            n: u32,
+        }
+        let read = |j: &str| serde_json::from_str::<W>(j).map(|w| w.n);
+        assert_eq!(read(r#"{"n": 3}"#).ok(), Some(3));
+        assert_eq!(read(r#"{"n": 3.0}"#).ok(), Some(3));
+        assert_eq!(read(r#"{"n": 4294967295.0}"#).ok(), Some(u32::MAX));
+        for bad in ["3.5", "-1", "-1.0", "4294967296", "1e300", "\"3\"", "null"] {
+            let e = read(&format!(r#"{{"n": {bad}}}"#));
+            assert!(e.is_err(), "{bad}: {e:?}");
         }
     }
 

@@ -523,3 +523,94 @@ async fn with_auth_on_only_an_admin_gets_in_and_every_refusal_is_counted() {
     }
     assert!(!app.log_text().contains(iot_tests::ADMIN_PASSWORD));
 }
+
+/// What `scripts/fuzz-ccm-api.sh` (schemathesis against the OpenAPI document) found, fixed:
+/// each refusal keeps the `{"error", "reason"}` body and the status that names the real problem,
+/// and the document says what the API does.
+#[tokio::test]
+async fn what_the_api_fuzzer_found_stays_fixed() {
+    let app = App::spawn().await;
+    let c = CcmClient::of(&app);
+    // A path segment that is not UTF-8 once decoded: a JSON 400, not axum's plain text.
+    let (s, v) = c.get("/api/projects/%FF").await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid")), "{v}");
+    let (s, v) = c.get("/api/features/%C3%28").await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid")), "{v}");
+
+    // What the path names is checked first: a missing project or object is a 404 even when
+    // the body names something missing too.
+    c.model("Sensor", &[("Meow-I", "input", 1)]).await;
+    let (s, v) = c
+        .post("/api/projects/999/objects", &json!({"model": "Nope"}))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let p = c
+        .ok(Method::POST, "/api/projects", Some(&json!({"name": "p"})))
+        .await;
+    let pid = p["id"].as_u64().unwrap();
+    let (s, v) = c
+        .patch(
+            &format!("/api/projects/{pid}/netapps/999"),
+            &json!({"join": {"name": "nope", "version": 1}}),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let da = "0b3f6a0e-2c59-4b26-8fe4-b197d6fe7ba8";
+    c.ok(
+        Method::POST,
+        &format!("/api/projects/{pid}/objects"),
+        Some(&json!({"model": "Sensor"})),
+    )
+    .await;
+    c.ok(
+        Method::POST,
+        &format!("/api/projects/{pid}/objects/1/bind"),
+        Some(&json!({"da_id": da})),
+    )
+    .await;
+    let (s, v) = c
+        .post(
+            &format!("/api/projects/{pid}/objects/9/bind"),
+            &json!({"da_id": da}),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+
+    // Ids are JSON Schema integers, which include `1.0`; a fraction is still refused.
+    let n = c
+        .ok(
+            Method::POST,
+            &format!("/api/projects/{pid}/netapps"),
+            Some(&json!({"name": "n", "links": [{"object": 1.0, "feature": "Meow-I"}]})),
+        )
+        .await;
+    assert_eq!(n["links"][0]["object"], 1, "{n}");
+    let (s, v) = c
+        .post(
+            &format!("/api/projects/{pid}/netapps"),
+            &json!({"name": "m", "links": [{"object": 1.5, "feature": "Meow-I"}]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    // Texts are limited in characters, as the document's `maxLength` counts.
+    let f = |comment: String| json!({"direction": "input", "params": [{}], "comment": comment});
+    let (s, v) = c.put("/api/features/Wide-I", &f("é".repeat(1024))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c.put("/api/features/Wide-I", &f("é".repeat(1025))).await;
+    assert_eq!(s, 400, "{v}");
+
+    // The document: numeric path parameters, the logins each operation needs, the refusals.
+    let (_, api) = c.get("/api/openapi.json").await;
+    let op = &api["paths"]["/api/projects/{id}/objects"]["post"];
+    assert_eq!(op["parameters"][0]["schema"]["type"], "integer", "{op}");
+    for status in ["400", "401", "403", "404", "413"] {
+        assert!(op["responses"][status].is_object(), "{status}: {op}");
+    }
+    assert_eq!(api["paths"]["/api/session"]["get"]["security"], json!([{}]));
+    let status = &api["components"]["schemas"]["ProjectStatus"]["properties"];
+    // Keys of JSON objects are strings, not the integers they spell.
+    for map in ["objects", "netapps"] {
+        assert_eq!(status[map]["propertyNames"]["type"], "string", "{status}");
+    }
+}

@@ -1,6 +1,6 @@
 //! `/api/features`, `/api/models`, `/api/functions`: the library projects draw from.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{empty, JsonBody};
+use super::{empty, JsonBody, Path};
 use crate::error::{CcmError, ErrorBody};
 use crate::model::{Feature, Function, FunctionVersion, Model};
 use crate::Ccm;
@@ -149,8 +149,11 @@ pub async fn get_function(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewVersion {
+    /// Rhai (a line `fn run(...)`) or Python (`def run(...):`), at most 256 KiB, no NUL.
+    #[schema(pattern = "^([^\\x00]*\\n)?[^\\S\\n]*(fn|def) [^\\S\\n]*run[^\\S\\n]*\\([^\\x00]*$")]
     pub code: String,
     #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub author: String,
 }
 

@@ -4,13 +4,14 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::stream::{self, Stream, StreamExt};
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::Path;
 use crate::apply::{DeviceInfo, MonitorRow};
 use crate::error::{CcmError, ErrorBody};
 use crate::Ccm;

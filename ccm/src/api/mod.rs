@@ -14,7 +14,8 @@ pub mod projects;
 pub mod session;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -59,6 +60,30 @@ where
     }
 }
 
+/// The parameters of a path (`{name}`, `{id}`, ...), as [`axum::extract::Path`] reads them;
+/// a path it cannot read (a segment that is not UTF-8 once percent-decoded) is a 400 with the
+/// usual error body rather than axum's plain-text answer.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = CcmError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(CcmError::invalid(format!(
+                "the path cannot be read: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
 /// `{}`: the answer of a change that has nothing to return.
 pub fn empty() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({}))
@@ -82,7 +107,10 @@ pub fn router(ccm: Ccm) -> Router {
         .fallback(|| async { CcmError::not_found("no such API endpoint") });
     Router::new()
         .nest("/api", api)
-        .route("/", get(|| asset(Path("index.html".to_owned()))))
+        .route(
+            "/",
+            get(|| asset(axum::extract::Path("index.html".to_owned()))),
+        )
         .route("/{*path}", get(asset))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(ccm)
@@ -92,7 +120,7 @@ const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src
 
 /// A file of the GUI; unknown paths under `/` that look like a page get `index.html` (the GUI
 /// routes with `#` fragments, so this is only for bookmarks of `/`).
-async fn asset(Path(path): Path<String>) -> Response {
+async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
     if path.starts_with("api/") {
         return CcmError::not_found("no such API endpoint").into_response();
     }

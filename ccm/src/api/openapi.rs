@@ -1,8 +1,17 @@
 //! `/api/openapi.json`: the OpenAPI 3 document, generated from the handlers' annotations and
 //! the Rust types of their bodies (utoipa), so it cannot drift from the code.
+//!
+//! What every handler shares is added here, once, rather than on each annotation
+//! ([`Common`]): the path parameters (`{name}` a name, `{id}`/`{oid}`/`{nid}`/`{lid}`
+//! numbers), the 400 of an unreadable path or body, the 413 of an oversized body, and the
+//! 401/403 of the admin check on every operation that does not say `security(())`.
+//! `scripts/fuzz-ccm-api.sh` holds the API to this document.
 
 use axum::Json;
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{library, live, projects, session};
@@ -11,8 +20,8 @@ use crate::apply::{
 };
 use crate::error::ErrorBody;
 use crate::model::{
-    DeviceObject, Feature, FeatureDirection, FuncRef, Function, FunctionVersion, Link, LinkParam,
-    Model, NetApp, Param, Project, ProjectExport,
+    DeviceObject, Feature, FeatureDirection, FuncRef, Function, FunctionVersion, InputTypeName,
+    Link, LinkParam, Model, Name, NetApp, Param, Project, ProjectExport,
 };
 use crate::state::NewLink;
 
@@ -36,15 +45,15 @@ use crate::state::NewLink;
         projects::add_link, projects::update_link, projects::delete_link,
     ),
     components(schemas(
-        ErrorBody, Feature, FeatureDirection, Param, Model, Function, FunctionVersion, FuncRef,
-        Project, DeviceObject, NetApp, Link, LinkParam, ProjectExport, NewLink,
+        ErrorBody, Name, InputTypeName, Feature, FeatureDirection, Param, Model, Function,
+        FunctionVersion, FuncRef, Project, DeviceObject, NetApp, Link, LinkParam, ProjectExport, NewLink,
         DeviceInfo, DeviceEvent, MonitorRow, ProjectStatus, NetAppStatus, ObjectStatus,
         session::SessionInfo, session::Login, library::NewVersion,
         projects::ProjectSummary, projects::NewProject, projects::ProjectView,
         projects::ProjectChange, projects::NewObject, projects::Bind, projects::NewNetApp,
         projects::NetAppChange, projects::LinkChange,
     )),
-    modifiers(&BasicAuth),
+    modifiers(&BasicAuth, &Common),
     security(("basic" = []))
 )]
 pub struct ApiDoc;
@@ -62,6 +71,151 @@ impl Modify for BasicAuth {
     }
 }
 
+/// What the handlers share: path parameters, and the refusals of the extractors and of the
+/// admin check (see the module doc).
+#[derive(Debug)]
+struct Common;
+
+impl Modify for Common {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        // A model lists a feature once (no derive attribute says `uniqueItems`).
+        if let Some(RefOr::T(Schema::Object(model))) = openapi
+            .components
+            .as_mut()
+            .and_then(|c| c.schemas.get_mut("Model"))
+        {
+            if let Some(RefOr::T(Schema::Array(features))) = model.properties.get_mut("features") {
+                features.unique_items = true;
+            }
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let names: Vec<&str> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let params = op.parameters.get_or_insert_with(Vec::new);
+                params.retain(|p| p.parameter_in != ParameterIn::Path);
+                params.splice(0..0, names.iter().map(|n| path_param(n)));
+                let body = op.request_body.is_some();
+                if body || !names.is_empty() {
+                    add_error(
+                        op,
+                        "400",
+                        "`invalid`: a malformed body, a value refused, or a path parameter that cannot be read",
+                    );
+                }
+                if body {
+                    add_error(
+                        op,
+                        "413",
+                        "`too_large`: the body is larger than `ccm.max_body_bytes`",
+                    );
+                }
+                // `security(())` on the annotation: the operation needs no login.
+                if op.security.is_none() {
+                    add_error(
+                        op,
+                        "401",
+                        "`unauthorized` (authentication on): no or wrong credentials",
+                    );
+                    add_error(
+                        op,
+                        "403",
+                        "`forbidden` (authentication on): the user is not an admin",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `{name}`: a name ([`crate::model::validate_name`]); anything else an id (a `u32`).
+fn path_param(name: &str) -> Parameter {
+    let (schema, what) = if name == "name" {
+        (
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(crate::model::MAX_NAME))
+                .pattern(Some(crate::model::NAME_PATTERN)),
+            "the name",
+        )
+    } else {
+        (
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0))
+                .maximum(Some(u32::MAX)),
+            match name {
+                "id" => "the project id",
+                "oid" => "the device object id",
+                "nid" => "the network application id",
+                "lid" => "the link id",
+                _ => "an id",
+            },
+        )
+    };
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some(what))
+        .schema(Some(schema))
+        .build()
+}
+
+fn add_error(op: &mut Operation, status: &str, description: &str) {
+    if op.responses.responses.contains_key(status) {
+        return;
+    }
+    let res = ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    op.responses.responses.insert(status.to_owned(), res.into());
+}
+
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shared_parts_are_in_the_document() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        let features = &doc["components"]["schemas"]["Model"]["properties"]["features"];
+        assert_eq!(features["uniqueItems"], true, "{features}");
+        let op = &doc["paths"]["/api/projects/{id}/netapps/{nid}/links/{lid}"]["put"];
+        let names: Vec<&str> = op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(names, ["id", "nid", "lid"], "{op}");
+        assert_eq!(op["parameters"][2]["schema"]["type"], "integer", "{op}");
+        for status in ["200", "400", "401", "403", "404", "413"] {
+            assert!(op["responses"][status].is_object(), "{status}: {op}");
+        }
+        let login = &doc["paths"]["/api/login"]["post"];
+        assert!(login["responses"]["401"].is_object(), "{login}");
+        assert_eq!(login["security"], serde_json::json!([{}]), "{login}");
+    }
 }

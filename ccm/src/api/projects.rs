@@ -1,7 +1,7 @@
 //! `/api/projects`: projects, their device objects (and bindings), network applications,
 //! links, on/off, export and import.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -11,7 +11,7 @@ use iot_proto::DaId;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{empty, JsonBody};
+use super::{empty, JsonBody, Path};
 use crate::apply::ProjectStatus;
 use crate::error::{CcmError, ErrorBody};
 use crate::model::{DeviceObject, FuncRef, Link, LinkParam, NetApp, Project, ProjectExport};
@@ -87,6 +87,11 @@ pub async fn list(State(ccm): State<Ccm>) -> Json<Vec<ProjectSummary>> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: String,
     /// Default `true`.
     #[serde(default)]
@@ -130,6 +135,11 @@ pub async fn show(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectChange {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: Option<String>,
     pub auto_bind: Option<bool>,
     pub on: Option<bool>,
@@ -213,6 +223,11 @@ pub async fn export(State(ccm): State<Ccm>, Path(raw): Path<String>) -> Result<R
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ImportQuery {
     /// Import under this name instead of the document's.
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: Option<String>,
 }
 
@@ -236,6 +251,11 @@ pub async fn import(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewObject {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub model: String,
 }
 
@@ -315,6 +335,11 @@ pub async fn unbind(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNetApp {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: String,
     #[serde(default)]
     pub links: Vec<NewLink>,
@@ -347,6 +372,11 @@ where
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetAppChange {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub name: Option<String>,
     /// The join function; `null` removes it; absent leaves it.
     #[serde(default, deserialize_with = "present")]
@@ -411,7 +441,7 @@ pub struct LinkChange {
     #[serde(default)]
     pub func: Option<FuncRef>,
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<crate::model::InputTypeName>)]
     pub input_type: Vec<InputType>,
     #[serde(default)]
     pub params: Vec<LinkParam>,

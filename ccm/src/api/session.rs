@@ -108,7 +108,7 @@ fn session_user(ccm: &Ccm, headers: &HeaderMap) -> Option<String> {
     Some(live.user.clone())
 }
 
-#[utoipa::path(get, path = "/api/session", tag = "session",
+#[utoipa::path(get, path = "/api/session", tag = "session", security(()),
     responses((status = 200, body = SessionInfo)))]
 pub async fn session(State(ccm): State<Ccm>, headers: HeaderMap) -> Json<SessionInfo> {
     let auth = ccm.users().is_some();
@@ -123,7 +123,7 @@ pub async fn session(State(ccm): State<Ccm>, headers: HeaderMap) -> Json<Session
     })
 }
 
-#[utoipa::path(post, path = "/api/login", tag = "session", request_body = Login,
+#[utoipa::path(post, path = "/api/login", tag = "session", request_body = Login, security(()),
     responses((status = 200, body = SessionInfo), (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody)))]
 pub async fn login(
@@ -187,7 +187,8 @@ pub async fn login(
     Ok(res)
 }
 
-#[utoipa::path(post, path = "/api/logout", tag = "session", responses((status = 200)))]
+#[utoipa::path(post, path = "/api/logout", tag = "session", security(()),
+    responses((status = 200, description = "logged out (also without a session)")))]
 pub async fn logout(State(ccm): State<Ccm>, headers: HeaderMap) -> Response {
     if let Some(token) = cookie_token(&headers) {
         ccm.sessions().lock().remove(&digest(&token));

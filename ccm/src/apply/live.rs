@@ -49,6 +49,7 @@ pub struct NetAppStatus {
     /// Plain words on the state: what it waits for, or the CSM's refusal.
     pub detail: String,
     /// Errors by link id (a refused `add_link`, a function error seen on the monitor).
+    #[schema(value_type = BTreeMap<String, String>)]
     pub link_errors: BTreeMap<u32, String>,
     /// The join function's last error.
     pub join_error: Option<String>,
@@ -67,7 +68,11 @@ pub struct ObjectStatus {
 /// A project's run-time status, by object and network application id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct ProjectStatus {
+    /// By device object id (JSON keys are strings: `"1"`).
+    #[schema(value_type = BTreeMap<String, ObjectStatus>)]
     pub objects: BTreeMap<u32, ObjectStatus>,
+    /// By network application id.
+    #[schema(value_type = BTreeMap<String, NetAppStatus>)]
     pub netapps: BTreeMap<u32, NetAppStatus>,
     /// What the last reconciliation with the CSM found different and changed, newest last.
     pub reconciled: Vec<String>,

@@ -46,12 +46,18 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewLink {
+    #[serde(deserialize_with = "crate::model::whole")]
     pub object: u32,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
+    )]
     pub feature: String,
     #[serde(default)]
     pub func: Option<FuncRef>,
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<crate::model::InputTypeName>)]
     pub input_type: Vec<InputType>,
     #[serde(default)]
     pub params: Vec<LinkParam>,
@@ -234,9 +240,9 @@ impl State {
     ) -> Result<FunctionVersion, CcmError> {
         validate_name("function", name)?;
         let lang = check_code(code)?;
-        if author.len() > crate::model::MAX_TEXT || author.chars().any(char::is_control) {
+        if author.chars().count() > crate::model::MAX_TEXT || author.chars().any(char::is_control) {
             return Err(CcmError::invalid(
-                "author: at most 1024 bytes, no control characters",
+                "author: at most 1024 characters, no control characters",
             ));
         }
         let d = digest(code);

@@ -96,6 +96,8 @@ impl State {
     }
 
     pub fn add_object(&mut self, pid: u32, model: &str) -> Result<DeviceObject, CcmError> {
+        // A project that does not exist is a 404 whatever the body says.
+        self.project(pid)?;
         if !self.models.contains_key(model) {
             return Err(CcmError::invalid(format!("no model `{model}`")));
         }
@@ -133,6 +135,9 @@ impl State {
     /// object of a project.
     pub fn bind(&mut self, pid: u32, oid: u32, da: Option<DaId>) -> Result<(), CcmError> {
         let p = self.project_mut(pid)?;
+        if !p.objects.iter().any(|o| o.id == oid) {
+            return Err(CcmError::not_found(format!("no device object {oid}")));
+        }
         if let Some(da) = da {
             if let Some(o) = p
                 .objects
@@ -189,6 +194,11 @@ impl State {
         name: Option<&str>,
         join: Option<Option<FuncRef>>,
     ) -> Result<NetApp, CcmError> {
+        // What the path names first: a missing project or network application is a 404
+        // whatever the body says.
+        if !self.project(pid)?.netapps.iter().any(|n| n.id == nid) {
+            return Err(CcmError::not_found(format!("no network application {nid}")));
+        }
         if let Some(n) = name {
             validate_name("network application", n)?;
         }
