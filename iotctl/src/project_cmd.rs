@@ -127,13 +127,15 @@ pub async fn run(cfg: &Config, command: ProjectCommand, login: Option<Login>) ->
                 "id", "name", "on", "objects", "netapps"
             );
             for p in list.as_array().cloned().unwrap_or_default() {
+                // Numbers as u64: a JSON value ignores the column widths.
+                let n = |k: &str| p[k].as_u64().unwrap_or_default();
                 println!(
                     "{:>4}  {:<32} {:<4} {:>8} {:>8}",
-                    p["id"],
+                    n("id"),
                     p["name"].as_str().unwrap_or_default(),
                     if p["on"] == true { "on" } else { "off" },
-                    p["objects"],
-                    p["netapps"]
+                    n("objects"),
+                    n("netapps")
                 );
             }
         }
