@@ -10,6 +10,7 @@
 //! - [`api`]: the REST API under `/api/`, its OpenAPI document, logins, event streams.
 //! - [`assets`]: the web GUI's files, embedded in the binary.
 //! - [`error`]: [`CcmError`], every refusal with its HTTP status.
+//! - [`home`]: home scenes (commands, the TP-Link protocol, the catalog); the handler follows.
 //!
 //! [`Ccm`] is the handle shared by all of them: the state behind one lock, written through
 //! to the database on every change ([`Ccm::mutate`]), and a kick to the applier.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod apply;
 pub mod assets;
 pub mod error;
+pub mod home;
 pub mod model;
 pub mod state;
 pub mod transfer;
