@@ -7,10 +7,12 @@
 //! - [`gate`]: [`Gate`], the broker's CONNECT check (users, then DAs).
 //! - [`basic`]: HTTP Basic credentials.
 //! - [`refusals`]: [`Refusals`], counters by reason.
+//! - [`rate`]: `COUNT/PERIOD` rate limits and the token-bucket [`rate::Limiter`] every limit uses.
 
 pub mod basic;
 pub mod gate;
 pub mod password;
+pub mod rate;
 pub mod refusals;
 pub mod users;
 

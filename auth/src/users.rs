@@ -3,7 +3,7 @@
 //! it; the slow part (an Argon2 verification) runs with the lock released.
 //!
 //! The store is a copy of the `users` table, reloaded every few seconds by
-//! [`Users::spawn_reload`], so `iotctl user add/rm/passwd` in another process takes effect in a
+//! [`Users::load_and_reload`], so `iotctl user add/rm/passwd` in another process takes effect in a
 //! running controller without a restart.
 
 use std::collections::HashMap;
