@@ -38,7 +38,7 @@ pub struct Param {
     #[serde(rename = "type")]
     #[schema(pattern = "^(int|float|bool|string|json)?$")]
     pub kind: String,
-    #[schema(max_length = 1024, pattern = "^[^\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(value_type = Text)]
     pub unit: String,
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -92,6 +92,20 @@ where
     d.deserialize_any(Whole(std::marker::PhantomData))
 }
 
+/// A string schema for the OpenAPI document.
+fn string_schema(
+    min: usize,
+    max: usize,
+    pattern: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(min))
+        .max_length(Some(max))
+        .pattern(Some(pattern))
+        .into()
+}
+
 /// A name (of a feature, model, function, project or network application) in the OpenAPI
 /// document: a string of 1 to [`MAX_NAME`] characters matching [`NAME_PATTERN`].
 #[derive(Debug)]
@@ -99,16 +113,37 @@ pub struct Name;
 
 impl utoipa::PartialSchema for Name {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        utoipa::openapi::schema::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::String)
-            .min_length(Some(1))
-            .max_length(Some(MAX_NAME))
-            .pattern(Some(NAME_PATTERN))
-            .into()
+        string_schema(1, MAX_NAME, NAME_PATTERN)
     }
 }
 
 impl ToSchema for Name {}
+
+/// A name that a body may leave empty (the path names it): `""` or a [`Name`].
+#[derive(Debug)]
+pub struct NameOrEmpty;
+
+impl utoipa::PartialSchema for NameOrEmpty {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let inner = NAME_PATTERN.trim_start_matches('^').trim_end_matches('$');
+        string_schema(0, MAX_NAME, &format!("^({inner})?$"))
+    }
+}
+
+impl ToSchema for NameOrEmpty {}
+
+/// A comment or a unit: at most [`MAX_TEXT`] characters, no control characters but tab and
+/// newline.
+#[derive(Debug)]
+pub struct Text;
+
+impl utoipa::PartialSchema for Text {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(0, MAX_TEXT, "^[^\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]*$")
+    }
+}
+
+impl ToSchema for Text {}
 
 /// How an input link feeds a value to its function ([`InputType`]), for the OpenAPI document.
 #[derive(Debug, ToSchema)]
@@ -126,17 +161,14 @@ pub enum InputTypeName {
 pub struct Feature {
     /// May be left out of a `PUT /api/features/{name}` body.
     #[serde(default)]
-    #[schema(
-        max_length = 64,
-        pattern = "^([\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?)?$"
-    )]
+    #[schema(value_type = NameOrEmpty)]
     pub name: String,
     pub direction: FeatureDirection,
     /// One entry per value of a message (the feature's width).
     #[schema(min_items = 1, max_items = 64)]
     pub params: Vec<Param>,
     #[serde(default)]
-    #[schema(max_length = 1024, pattern = "^[^\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(value_type = Text)]
     pub comment: String,
 }
 
@@ -147,17 +179,14 @@ pub struct Feature {
 pub struct Model {
     /// May be left out of a `PUT /api/models/{name}` body.
     #[serde(default)]
-    #[schema(
-        max_length = 64,
-        pattern = "^([\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?)?$"
-    )]
+    #[schema(value_type = NameOrEmpty)]
     pub name: String,
     /// Names of features of the library.
     /// Listed once each.
     #[schema(min_items = 1, value_type = Vec<Name>)]
     pub features: Vec<String>,
     #[serde(default)]
-    #[schema(max_length = 1024, pattern = "^[^\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(value_type = Text)]
     pub comment: String,
 }
 
@@ -178,11 +207,7 @@ pub struct FunctionVersion {
 /// A named function of the library, with all its versions (oldest first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Function {
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = Name)]
     pub name: String,
     /// `python` or `rhai`, told from the latest version's code.
     pub lang: String,
@@ -193,11 +218,7 @@ pub struct Function {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FuncRef {
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = Name)]
     pub name: String,
     #[serde(deserialize_with = "whole")]
     pub version: u32,
@@ -210,11 +231,7 @@ pub struct DeviceObject {
     /// Unique in its project.
     #[serde(deserialize_with = "whole")]
     pub id: u32,
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = Name)]
     pub model: String,
     /// The DA it stands for; `null` until bound.
     #[schema(value_type = Option<String>, format = "uuid")]
@@ -243,11 +260,7 @@ pub struct Link {
     pub object: u32,
     /// A feature of that object's model; its direction says whether the link feeds the join
     /// (input) or is fed by it (output).
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = Name)]
     pub feature: String,
     /// The link's function (IDF or ODF function); `null` = values pass unchanged.
     #[serde(default)]
@@ -269,11 +282,7 @@ pub struct NetApp {
     /// Unique in its project.
     #[serde(deserialize_with = "whole")]
     pub id: u32,
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = Name)]
     pub name: String,
     /// The join function; `null` = one input passes through, several make a list.
     #[serde(default)]
@@ -288,11 +297,7 @@ pub struct NetApp {
 pub struct Project {
     #[serde(deserialize_with = "whole")]
     pub id: u32,
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = Name)]
     pub name: String,
     #[serde(default)]
     pub on: bool,

@@ -141,11 +141,7 @@ impl Modify for Common {
 fn path_param(name: &str) -> Parameter {
     let (schema, what) = if name == "name" {
         (
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(crate::model::MAX_NAME))
-                .pattern(Some(crate::model::NAME_PATTERN)),
+            <crate::model::Name as utoipa::PartialSchema>::schema(),
             "the name",
         )
     } else {
@@ -154,7 +150,8 @@ fn path_param(name: &str) -> Parameter {
                 .schema_type(Type::Integer)
                 .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
                 .minimum(Some(0))
-                .maximum(Some(u32::MAX)),
+                .maximum(Some(u32::MAX))
+                .into(),
             match name {
                 "id" => "the project id",
                 "oid" => "the device object id",

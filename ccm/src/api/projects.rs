@@ -87,11 +87,7 @@ pub async fn list(State(ccm): State<Ccm>) -> Json<Vec<ProjectSummary>> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = crate::model::Name)]
     pub name: String,
     /// Default `true`.
     #[serde(default)]
@@ -135,11 +131,7 @@ pub async fn show(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectChange {
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = crate::model::Name)]
     pub name: Option<String>,
     pub auto_bind: Option<bool>,
     pub on: Option<bool>,
@@ -223,11 +215,7 @@ pub async fn export(State(ccm): State<Ccm>, Path(raw): Path<String>) -> Result<R
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ImportQuery {
     /// Import under this name instead of the document's.
-    #[param(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[param(value_type = Option<crate::model::Name>)]
     pub name: Option<String>,
 }
 
@@ -251,11 +239,7 @@ pub async fn import(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewObject {
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = crate::model::Name)]
     pub model: String,
 }
 
@@ -335,11 +319,7 @@ pub async fn unbind(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNetApp {
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = crate::model::Name)]
     pub name: String,
     #[serde(default)]
     pub links: Vec<NewLink>,
@@ -372,11 +352,7 @@ where
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetAppChange {
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = crate::model::Name)]
     pub name: Option<String>,
     /// The join function; `null` removes it; absent leaves it.
     #[serde(default, deserialize_with = "present")]

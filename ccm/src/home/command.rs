@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::model::shorten;
+
 /// A parsed command, as a brightness in percent (0 = off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Command {
@@ -59,14 +61,6 @@ impl fmt::Display for Command {
             n => write!(f, "dim:{n}"),
         }
     }
-}
-
-fn shorten(s: &str) -> String {
-    s.chars()
-        .take(32)
-        .collect::<String>()
-        .escape_debug()
-        .to_string()
 }
 
 #[cfg(test)]

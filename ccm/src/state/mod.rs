@@ -48,11 +48,7 @@ impl Kind {
 pub struct NewLink {
     #[serde(deserialize_with = "crate::model::whole")]
     pub object: u32,
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[\\p{L}\\p{N}_.-]([\\p{L}\\p{N} _.-]*[\\p{L}\\p{N}_.-])?$"
-    )]
+    #[schema(value_type = crate::model::Name)]
     pub feature: String,
     #[serde(default)]
     pub func: Option<FuncRef>,

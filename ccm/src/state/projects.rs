@@ -120,11 +120,11 @@ impl State {
     /// Removes a device object and every link to it.
     pub fn delete_object(&mut self, pid: u32, oid: u32) -> Result<(), CcmError> {
         let p = self.project_mut(pid)?;
-        let before = p.objects.len();
-        p.objects.retain(|o| o.id != oid);
-        if p.objects.len() == before {
-            return Err(CcmError::not_found(format!("no device object {oid}")));
-        }
+        remove(
+            &mut p.objects,
+            |o| o.id == oid,
+            || format!("no device object {oid}"),
+        )?;
         for n in &mut p.netapps {
             n.links.retain(|l| l.object != oid);
         }
@@ -218,11 +218,11 @@ impl State {
 
     pub fn delete_netapp(&mut self, pid: u32, nid: u32) -> Result<(), CcmError> {
         let p = self.project_mut(pid)?;
-        let before = p.netapps.len();
-        p.netapps.retain(|n| n.id != nid);
-        if p.netapps.len() == before {
-            return Err(CcmError::not_found(format!("no network application {nid}")));
-        }
+        remove(
+            &mut p.netapps,
+            |n| n.id == nid,
+            || format!("no network application {nid}"),
+        )?;
         Ok(())
     }
 
@@ -345,11 +345,20 @@ impl State {
 
     pub fn delete_link(&mut self, pid: u32, nid: u32, lid: u32) -> Result<(), CcmError> {
         let n = netapp_mut(self.project_mut(pid)?, nid)?;
-        let before = n.links.len();
-        n.links.retain(|l| l.id != lid);
-        if n.links.len() == before {
-            return Err(CcmError::not_found(format!("no link {lid}")));
-        }
-        Ok(())
+        remove(&mut n.links, |l| l.id == lid, || format!("no link {lid}"))
     }
+}
+
+/// Removes the items of `v` that `matches`; none is a 404 that says `missing()`.
+fn remove<T>(
+    v: &mut Vec<T>,
+    matches: impl Fn(&T) -> bool,
+    missing: impl FnOnce() -> String,
+) -> Result<(), CcmError> {
+    let before = v.len();
+    v.retain(|x| !matches(x));
+    if v.len() == before {
+        return Err(CcmError::not_found(missing()));
+    }
+    Ok(())
 }
