@@ -6,11 +6,13 @@
 //! - [`users`]: [`Users`], the users in memory, reloaded from the database.
 //! - [`gate`]: [`Gate`], the broker's CONNECT check (users, then DAs).
 //! - [`basic`]: HTTP Basic credentials.
+//! - [`operator`]: the admin check of operator HTTP endpoints, refusals counted.
 //! - [`refusals`]: [`Refusals`], counters by reason.
 //! - [`rate`]: `COUNT/PERIOD` rate limits and the token-bucket [`rate::Limiter`] every limit uses.
 
 pub mod basic;
 pub mod gate;
+pub mod operator;
 pub mod password;
 pub mod rate;
 pub mod refusals;

@@ -17,6 +17,7 @@ use axum::Extension;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use iot_auth::basic::{self, BasicCredentials};
+use iot_auth::operator::{self, Denied};
 use iot_auth::Refusal;
 use iot_proto::auth::Role;
 use iot_proto::wire::{DeregisterRequest, RegisterRequest, RegisterResponse};
@@ -102,29 +103,25 @@ fn basic_of(headers: &HeaderMap) -> Option<BasicCredentials> {
 /// The role of the user whose credentials `headers` carry, counting refusals. A password
 /// check is one Argon2 run: off the async threads, a few at a time (`Users::check_async`).
 async fn user_role(h: &CsmHandle, headers: &HeaderMap) -> Result<Role, CsmError> {
-    let Some(users) = h.users.clone() else {
+    let Some(users) = h.users.as_ref() else {
         return Ok(Role::Admin);
     };
-    let Some(creds) = basic_of(headers) else {
-        h.refusals.add(Refusal::HttpNoCredentials);
-        return Err(CsmError::NoCredentials);
-    };
-    let password = creds.password.to_vec();
-    let role = users.check_async(&creds.username, password).await;
-    role.ok_or_else(|| {
-        h.refusals.add(Refusal::HttpBadCredentials);
-        CsmError::BadCredentials
-    })
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    operator::role_of(users, &h.refusals, authorization)
+        .await
+        .map_err(denied)
 }
 
 /// Passes when authentication is off or the request carries an admin's credentials.
 async fn require_admin(h: &CsmHandle, headers: &HeaderMap) -> Result<(), CsmError> {
-    match user_role(h, headers).await? {
-        Role::Admin => Ok(()),
-        Role::App => {
-            h.refusals.add(Refusal::HttpNotAdmin);
-            Err(CsmError::NotAdmin)
-        }
+    operator::admin(Ok(user_role(h, headers).await?), &h.refusals).map_err(denied)
+}
+
+fn denied(d: Denied) -> CsmError {
+    match d {
+        Denied::NoCredentials => CsmError::NoCredentials,
+        Denied::BadCredentials => CsmError::BadCredentials,
+        Denied::NotAdmin => CsmError::NotAdmin,
     }
 }
 

@@ -16,9 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use iot_auth::basic;
-use iot_auth::Refusal;
-use iot_proto::auth::Role;
+use iot_auth::operator::{self, Denied};
 use iot_proto::wire::graph_api::digest;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -139,19 +137,10 @@ pub async fn login(
         })
         .into_response());
     };
-    match users.check_async(&body.username, password.to_vec()).await {
-        Some(Role::Admin) => {}
-        Some(Role::App) => {
-            ccm.refusals().add(Refusal::HttpNotAdmin);
-            return Err(CcmError::Forbidden(
-                "this user is not an admin: the configuration manager needs one".into(),
-            ));
-        }
-        None => {
-            ccm.refusals().add(Refusal::HttpBadCredentials);
-            tracing::info!(user = ?body.username, "CCM login refused");
-            return Err(CcmError::Unauthorized("wrong user name or password".into()));
-        }
+    let role = operator::role(users, ccm.refusals(), &body.username, &password).await;
+    if let Err(d) = operator::admin(role, ccm.refusals()) {
+        tracing::info!(user = ?body.username, "CCM login refused");
+        return Err(denied(d));
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
     {
@@ -214,30 +203,24 @@ pub async fn require_admin(
     if session_user(&ccm, req.headers()).is_some() {
         return Ok(next.run(req).await);
     }
-    let creds = req
+    let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|h| basic::parse(h.as_bytes()));
-    let Some(creds) = creds else {
-        ccm.refusals().add(Refusal::HttpNoCredentials);
-        return Err(CcmError::Unauthorized(
+        .map(|h| h.as_bytes());
+    let role = operator::role_of(users, ccm.refusals(), authorization).await;
+    operator::admin(role, ccm.refusals()).map_err(denied)?;
+    Ok(next.run(req).await)
+}
+
+/// The answer to a refused login or request, in plain words.
+fn denied(d: Denied) -> CcmError {
+    match d {
+        Denied::NoCredentials => CcmError::Unauthorized(
             "log in first (POST /api/login), or send an admin's HTTP Basic credentials".into(),
-        ));
-    };
-    match users
-        .check_async(&creds.username, creds.password.to_vec())
-        .await
-    {
-        Some(Role::Admin) => Ok(next.run(req).await),
-        Some(Role::App) => {
-            ccm.refusals().add(Refusal::HttpNotAdmin);
-            Err(CcmError::Forbidden(
-                "this user is not an admin: the configuration manager needs one".into(),
-            ))
-        }
-        None => {
-            ccm.refusals().add(Refusal::HttpBadCredentials);
-            Err(CcmError::Unauthorized("wrong user name or password".into()))
-        }
+        ),
+        Denied::BadCredentials => CcmError::Unauthorized("wrong user name or password".into()),
+        Denied::NotAdmin => CcmError::Forbidden(
+            "this user is not an admin: the configuration manager needs one".into(),
+        ),
     }
 }
