@@ -11,8 +11,10 @@
 //! - [`qos`]: the one MQTT quality-of-service type of the workspace.
 //! - [`url`]: broker urls (`mqtt://host:port`), parsed in one place.
 //! - [`log`]: [`log::Escaped`], client-supplied text made safe for log lines.
+//! - [`home`]: home scene requests, results and topics (`iottalk/home/...`).
 
 pub mod auth;
+pub mod home;
 pub mod ids;
 pub mod log;
 pub mod qos;
