@@ -20,6 +20,7 @@ pub mod devices;
 pub mod diff;
 mod live;
 pub mod monitor;
+pub mod odf;
 pub mod reconcile;
 pub mod wrapper;
 
