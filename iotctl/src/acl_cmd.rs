@@ -69,5 +69,6 @@ fn export(url: &str, format: AclFormat) -> Result<String> {
             "some stored graphs could not be read: their data topics are missing from the ACL"
         );
     }
-    Ok(mosquitto::export(&users, &das, &links))
+    // Home commands from DAs: off until a config key turns them on (as in `run`).
+    Ok(mosquitto::export(&users, &das, &links, false))
 }

@@ -110,6 +110,8 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
             acl: Some(Arc::new(ControllerAcl {
                 roles: Arc::new(users.clone()),
                 grants: grants.clone(),
+                // Home commands from DAs: off until a config key turns them on.
+                home_das: false,
             })),
         },
         None => Security {
