@@ -130,5 +130,7 @@ mod tests {
         assert!(a_part.contains("topic write iottalk/esm/t1"), "{a_part}");
         assert!(!a_part.contains("iottalk/esm/t2"), "{a_part}");
         assert!(text.contains("topic read iottalk/esm/t2"), "{text}");
+        // The ODF-write API is the admins' (their `#`): no rule names it.
+        assert!(!text.contains("/odf"), "{text}");
     }
 }
