@@ -161,6 +161,8 @@ mod tests {
             "{text}"
         );
         assert!(!a_part.contains("iottalk/home/"), "{a_part}");
+        // The ODF-write API is the admins' (their `#`): no rule names it.
+        assert!(!text.contains("/odf"), "{text}");
     }
 
     /// With `home_das`, each DA may send home commands and read its own home replies.

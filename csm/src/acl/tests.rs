@@ -239,3 +239,30 @@ fn only_admins_publish_retained_on_home_topics() {
     assert!(!acl.may_publish(&client(None), "iottalk/home/cmd/lamp", false));
     assert!(!acl.may_subscribe(&client(Some("nobody")), "iottalk/home/res/#"));
 }
+
+#[test]
+fn the_odf_write_api_is_for_admins_only() {
+    let (acl, a, _) = acl();
+    let sa = a.to_string();
+    let req = iot_proto::topics::odf_req;
+    let res = iot_proto::topics::odf_res;
+    let ops = client(Some("ops"));
+    assert!(acl.may_publish(&ops, &req("ops"), false));
+    assert!(acl.may_subscribe(&ops, &res("ops")));
+    // Neither an app (under its own name or another) nor a DA may write to an ODF this way,
+    // nor read the replies.
+    for (who, name) in [
+        (client(Some("app1")), "app1"),
+        (client(Some(&sa)), sa.as_str()),
+    ] {
+        for c in [name, "ccm"] {
+            assert!(
+                !acl.may_publish(&who, &req(c), false),
+                "{name} on {}",
+                req(c)
+            );
+            assert!(!acl.may_subscribe(&who, &res(c)), "{name} on {}", res(c));
+        }
+        assert!(!acl.may_publish(&who, "iottalk/api/req/+/odf", false));
+    }
+}
