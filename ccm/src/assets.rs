@@ -23,6 +23,8 @@ pub const ASSETS: &[(&str, &str, &[u8])] = &[
     ("js/project.js", JS, include_bytes!("../assets/js/project.js")),
     ("js/panel.js", JS, include_bytes!("../assets/js/panel.js")),
     ("js/monitor.js", JS, include_bytes!("../assets/js/monitor.js")),
+    ("js/home.js", JS, include_bytes!("../assets/js/home.js")),
+    ("js/home-catalog.js", JS, include_bytes!("../assets/js/home-catalog.js")),
 ];
 
 /// The asset at `path` (without its leading `/`).

@@ -5,6 +5,7 @@
 //   #/functions[/NAME]   functions.js the function library
 //   #/projects           projects.js  list, create, import, export
 //   #/projects/ID        project.js   the project editor (panel.js, monitor.js)
+//   #/home               home.js      home devices and scenes: states, runs, the catalog (home-catalog.js)
 // A page module exports render(main, args) and may answer a function that cleans up when
 // another page opens (closes its event streams, stops its polling).
 
@@ -16,6 +17,7 @@ import * as models from './models.js';
 import * as functions from './functions.js';
 import * as projects from './projects.js';
 import * as project from './project.js';
+import * as home from './home.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -60,6 +62,7 @@ async function route() {
   switch (page) {
     case 'models': r = models.render(main, args); break;
     case 'functions': r = functions.render(main, args); break;
+    case 'home': r = home.render(main, args); break;
     case 'projects':
       r = args.length ? project.render(main, args) : projects.render(main, args);
       break;
