@@ -5,7 +5,8 @@
 //! loop that blocks deadlocks its own clients). After every CONNACK it subscribes again to every
 //! filter in use (the session is clean), and it waits a jittered, growing delay between
 //! reconnect attempts. [`Broker::retained`] uses a short-lived second connection.
-//! Not here: TLS, WebSocket transport, persistent sessions.
+//! Not here: TLS, WebSocket transport, persistent sessions, MQTT 5 properties (received
+//! messages have no `from`, `response_topic` or `correlation`; publishes drop the last two).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -342,6 +343,7 @@ fn from_rumqttc_qos(q: rumqttc::QoS) -> QoS {
 #[async_trait]
 impl Broker for ExternalBroker {
     /// Sent to the broker only: a matching host subscription gets it back from the broker.
+    /// MQTT 3.1.1 has no properties: `response_topic` and `correlation` are not sent.
     async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
         if !valid_topic(&msg.topic) {
             return Err(BrokerError::Topic(msg.topic));

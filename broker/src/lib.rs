@@ -2,7 +2,8 @@
 #![doc = include_str!("../README.md")]
 //!
 //! Layout:
-//! - this file: the [`Broker`] interface the servers use, [`Message`], [`Subscription`], and
+//! - this file: the [`Broker`] interface the servers use, [`Message`] (with its
+//!   [`Publisher`]), [`Subscription`], and
 //!   [`QoS`] (re-exported from `iot-proto`, shared with the device SDK).
 //! - [`embedded`]: rmqtt in-process, with TCP and WebSocket listeners; [`EmbeddedConfig`]
 //!   and its validation.
@@ -40,15 +41,47 @@ pub use iot_proto::QoS;
 pub use tls::{TlsError, TlsFiles};
 
 /// One MQTT application message as the servers see it.
+///
+/// Beyond topic, payload, QoS and retain it carries who published it ([`from`](Self::from))
+/// and the MQTT 5 request/response properties ([`response_topic`](Self::response_topic),
+/// [`correlation`](Self::correlation)). These are `None` on the hot path (a DA's data: no
+/// properties; `from` is one shared [`Arc`]), so a clone stays a few reference counts.
+///
+/// Which broker fills what:
+/// - embedded, received by a host subscription: `from` is the client session that published
+///   it (its will included); `response_topic` and `correlation` are the PUBLISH's MQTT 5
+///   properties (always `None` from an MQTT 3.1.1 client). A host publish has `from == None`.
+/// - embedded, published by the host: `response_topic` and `correlation` go out as PUBLISH
+///   properties to MQTT 5 subscribers; MQTT 3.1.1 subscribers get the payload only. `from` is
+///   ignored (the broker sets who published).
+/// - external (rumqttc, MQTT 3.1.1): all three are `None` on received messages and ignored on
+///   publishes; MQTT 3.1.1 has no properties and does not say who published.
+/// - `retained(filter)`: `from` is `None`; the properties are those stored (embedded only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub topic: String,
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// The client that published it (embedded broker, received messages only); `None` for the
+    /// host's own publishes and on the external broker.
+    pub from: Option<Arc<Publisher>>,
+    /// MQTT 5 Response Topic: where the publisher wants its reply.
+    pub response_topic: Option<String>,
+    /// MQTT 5 Correlation Data: to be copied into the reply.
+    pub correlation: Option<Bytes>,
+}
+
+/// The client session that published a [`Message`], as the embedded broker knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Publisher {
+    pub client_id: String,
+    /// The username it connected with (`None`: anonymous).
+    pub username: Option<String>,
 }
 
 impl Message {
+    /// A message without publisher and without MQTT 5 properties.
     pub fn new(
         topic: impl Into<String>,
         payload: impl Into<Bytes>,
@@ -60,7 +93,31 @@ impl Message {
             payload: payload.into(),
             qos,
             retain,
+            from: None,
+            response_topic: None,
+            correlation: None,
         }
+    }
+
+    /// With an MQTT 5 Response Topic (a reply's request names it).
+    #[must_use]
+    pub fn with_response_topic(mut self, topic: impl Into<String>) -> Self {
+        self.response_topic = Some(topic.into());
+        self
+    }
+
+    /// With MQTT 5 Correlation Data (a reply copies its request's).
+    #[must_use]
+    pub fn with_correlation(mut self, data: impl Into<Bytes>) -> Self {
+        self.correlation = Some(data.into());
+        self
+    }
+
+    /// With the publishing client (set by the embedded broker; a host publish ignores it).
+    #[must_use]
+    pub fn with_from(mut self, from: Publisher) -> Self {
+        self.from = Some(Arc::new(from));
+        self
     }
 }
 
@@ -148,5 +205,27 @@ impl futures::Stream for Subscription {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Message>> {
         self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clone shares the publisher instead of copying its strings; `new` sets no extras.
+    #[test]
+    fn clones_share_the_publisher() {
+        let plain = Message::new("t", "p", QoS::AtMostOnce, false);
+        assert_eq!(
+            (&plain.from, &plain.response_topic, &plain.correlation),
+            (&None, &None, &None)
+        );
+        let m = plain.with_from(Publisher {
+            client_id: "c".into(),
+            username: None,
+        });
+        let c = m.clone();
+        let (a, b) = (m.from.unwrap(), c.from.unwrap());
+        assert!(Arc::ptr_eq(&a, &b));
     }
 }

@@ -10,7 +10,7 @@
 //! - [`api`]: the REST API under `/api/`, its OpenAPI document, logins, event streams.
 //! - [`assets`]: the web GUI's files, embedded in the binary.
 //! - [`error`]: [`CcmError`], every refusal with its HTTP status.
-//! - [`home`]: home scenes (commands, the TP-Link protocol, the catalog); the handler follows.
+//! - [`home`]: home scenes, an MQTT topic handler on `iottalk/home/cmd/<target>` (docs/home.md).
 //!
 //! [`Ccm`] is the handle shared by all of them: the state behind one lock, written through
 //! to the database on every change ([`Ccm::mutate`]), and a kick to the applier.
@@ -24,7 +24,7 @@ pub mod model;
 pub mod state;
 pub mod transfer;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use iot_auth::{Refusals, Users};
@@ -32,7 +32,7 @@ use iot_broker::BrokerHandle;
 use iot_migrations::ccm::CcmDocRow;
 use iot_migrations::Db;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +76,8 @@ pub struct Wiring {
     pub users: Option<Users>,
     /// Refusal counters shared with the CSM's `/metrics`.
     pub refusals: Refusals,
+    /// The home scenes handler's settings (`[home]`).
+    pub home: home::HomeConfig,
 }
 
 /// The shared handle.
@@ -96,6 +98,10 @@ struct Inner {
     users: Option<Users>,
     refusals: Refusals,
     sessions: api::session::Sessions,
+    /// Counts stored changes; watched by the home handler (its retained catalog).
+    changed: watch::Sender<u64>,
+    home: OnceLock<Arc<home::service::Home>>,
+    home_metrics: home::metrics::HomeMetrics,
 }
 
 /// Seconds since the Unix epoch.
@@ -146,6 +152,9 @@ impl Ccm {
                 users,
                 refusals,
                 sessions: Default::default(),
+                changed: watch::Sender::new(0),
+                home: OnceLock::new(),
+                home_metrics: Default::default(),
             }),
         })
     }
@@ -168,6 +177,20 @@ impl Ccm {
 
     pub fn sessions(&self) -> &api::session::Sessions {
         &self.inner.sessions
+    }
+
+    /// The home handler, once started.
+    pub fn home(&self) -> Option<&Arc<home::service::Home>> {
+        self.inner.home.get()
+    }
+
+    pub fn home_metrics(&self) -> &home::metrics::HomeMetrics {
+        &self.inner.home_metrics
+    }
+
+    /// Changes whenever a change is stored.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
     }
 
     /// Reads the state.
@@ -228,6 +251,7 @@ impl Ccm {
         match written {
             Ok(Ok(())) => {
                 self.inner.kick.notify_one();
+                self.inner.changed.send_modify(|n| *n += 1);
                 Ok(out)
             }
             Ok(Err(e)) => {
@@ -268,11 +292,24 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Ccm, JoinHandle<()>), CcmError> {
     let ccm = Ccm::open(cfg.clone(), wiring.db, wiring.users, wiring.refusals).await?;
+    let drivers = home::drivers::Drivers::connect(wiring.broker.clone(), &cfg.api_client)
+        .await
+        .map_err(CcmError::Internal)?;
+    let handler = Arc::new(
+        home::service::Home::new(wiring.home, ccm.clone(), drivers).map_err(CcmError::Invalid)?,
+    );
+    let _ = ccm.inner.home.set(handler.clone());
+    let homes = tokio::spawn(home::service::serve(
+        handler,
+        wiring.broker.clone(),
+        shutdown.clone(),
+    ));
     let applier = tokio::spawn(apply::run(ccm.clone(), wiring.broker, shutdown.clone()));
     let server = api::serve(ccm.clone(), wiring.listener, shutdown.clone());
     let task = tokio::spawn(async move {
         server.await;
         let _ = applier.await;
+        let _ = homes.await;
     });
     Ok((ccm, task))
 }

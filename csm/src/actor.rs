@@ -1,5 +1,5 @@
 //! The task that owns the [`Coordinator`] (registry and graphs): it takes requests from HTTP
-//! handlers, uplink messages, device and graph API requests from the broker, timer expiries and
+//! handlers, uplink messages, device, ODF-write and graph API requests from the broker, timer expiries and
 //! finished function checks, one at a time, and carries out the effects they return (publish,
 //! persist, timers, credentials, plans). It never waits on a graph: plans and gates reach the
 //! engine without blocking, and `add_funcs` compiles its functions in a task of its own (later
@@ -85,6 +85,9 @@ pub struct Counters {
     pub uplink_stale: AtomicU64,
     pub uplink_garbage: AtomicU64,
     pub uplink_unknown: AtomicU64,
+    /// ODF-write API requests carried out, and refused.
+    pub odf_writes: AtomicU64,
+    pub odf_writes_refused: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -95,6 +98,8 @@ pub struct CounterValues {
     pub uplink_stale: u64,
     pub uplink_garbage: u64,
     pub uplink_unknown: u64,
+    pub odf_writes: u64,
+    pub odf_writes_refused: u64,
 }
 
 impl Counters {
@@ -107,8 +112,21 @@ impl Counters {
             uplink_stale: g(&self.uplink_stale),
             uplink_garbage: g(&self.uplink_garbage),
             uplink_unknown: g(&self.uplink_unknown),
+            odf_writes: g(&self.odf_writes),
+            odf_writes_refused: g(&self.odf_writes_refused),
         }
     }
+}
+
+/// The broker subscriptions of the MQTT APIs the actor serves.
+#[derive(Debug)]
+pub struct ApiSubscriptions {
+    /// `iottalk/api/req/+/device`
+    pub device: Subscription,
+    /// `iottalk/api/req/+/odf`
+    pub odf: Subscription,
+    /// `iottalk/api/req/+/graph/+`
+    pub graph: Subscription,
 }
 
 pub(crate) enum Timer {
@@ -145,11 +163,15 @@ impl Actor {
         mut self,
         mut requests: mpsc::Receiver<Request>,
         mut uplinks: Subscription,
-        mut device_api: Subscription,
-        mut graph_api: Subscription,
+        apis: ApiSubscriptions,
         initial: Vec<Effect>,
         shutdown: CancellationToken,
     ) {
+        let ApiSubscriptions {
+            device: mut device_api,
+            odf: mut odf_api,
+            graph: mut graph_api,
+        } = apis;
         self.execute(initial).await;
         loop {
             let mut fx = Vec::new();
@@ -169,6 +191,10 @@ impl Actor {
                             self.state.registry.device_request(client, &msg.payload, &mut fx);
                         }
                     }
+                    None => break,
+                },
+                msg = odf_api.recv() => match msg {
+                    Some(msg) => self.odf_request(&msg, &mut fx),
                     None => break,
                 },
                 msg = graph_api.recv() => match msg {
@@ -194,6 +220,18 @@ impl Actor {
         };
         self.checks
             .request(&mut self.state, client, gid, msg.payload.clone(), fx);
+    }
+
+    fn odf_request(&mut self, msg: &Message, fx: &mut Vec<Effect>) {
+        let Some(ApiRequest::Odf { client }) = ApiRequest::parse(&msg.topic) else {
+            return;
+        };
+        let c = &self.counters;
+        if self.state.registry.odf_request(client, &msg.payload, fx) {
+            c.odf_writes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.odf_writes_refused.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn uplink(&mut self, msg: &Message, fx: &mut Vec<Effect>) {

@@ -7,8 +7,8 @@
 //! - [`actor`]: the one task that owns the state and carries out its effects; [`checks`]:
 //!   the `add_funcs` compilations it runs beside itself.
 //! - [`coordinator`]: the state, registry and graph store together, and what concerns both.
-//! - [`registry`]: the protocol rules of DAs (registration, presence, links, device API) as a
-//!   state machine returning effects; knows nothing of graphs.
+//! - [`registry`]: the protocol rules of DAs (registration, presence, links, device and
+//!   ODF-write APIs) as a state machine returning effects; knows nothing of graphs.
 //! - [`graphs`]: the graph API ops on the graph store, one file per op; knows nothing of the
 //!   registry (it asks through `graphs::Links`).
 //! - [`engine`]: one task per graph routing data through its functions, following its
@@ -254,7 +254,7 @@ pub struct Wiring {
 }
 
 /// Starts the CSM: loads registrations, functions and graphs from the database (migrating it
-/// first), subscribes to the control channels, the device API and the graph API on the
+/// first), subscribes to the control channels, the device, ODF-write and graph APIs on the
 /// broker, starts a routing task per graph, and serves HTTP on the listener until `shutdown`
 /// is cancelled. Returns the handle and the task to await for a clean stop.
 pub async fn start(
@@ -313,8 +313,11 @@ pub async fn start(
     let uplinks = broker
         .subscribe(topics::CTRL_I_FILTER, SUBSCRIPTION_CAPACITY)
         .await?;
-    let device_api = broker.subscribe(topics::DEVICE_REQ_FILTER, 1024).await?;
-    let graph_api = broker.subscribe(topics::GRAPH_REQ_FILTER, 1024).await?;
+    let apis = actor::ApiSubscriptions {
+        device: broker.subscribe(topics::DEVICE_REQ_FILTER, 1024).await?,
+        odf: broker.subscribe(topics::ODF_REQ_FILTER, 1024).await?,
+        graph: broker.subscribe(topics::GRAPH_REQ_FILTER, 1024).await?,
+    };
 
     // Subscriptions deliver live messages only: uplinks retained before we subscribed (DAs
     // that stayed connected to an external broker across a restart) are read once here.
@@ -360,14 +363,7 @@ pub async fn start(
         engine,
         checks: checks::Checks::default(),
     };
-    let actor_task = tokio::spawn(actor.run(
-        rx,
-        uplinks,
-        device_api,
-        graph_api,
-        initial,
-        shutdown.clone(),
-    ));
+    let actor_task = tokio::spawn(actor.run(rx, uplinks, apis, initial, shutdown.clone()));
 
     let app = http::router(handle.clone(), &cfg.path_prefix);
     let header_timeout = Duration::from_millis(cfg.header_timeout_ms.max(1));

@@ -137,6 +137,16 @@ pub async fn collect(h: &CsmHandle) -> Result<Vec<Sample>, crate::CsmError> {
         x.labels.push(("reason", reason.into()));
         out.push(x);
     }
+    for (result, n) in [("ok", c.odf_writes), ("refused", c.odf_writes_refused)] {
+        let mut x = sample(
+            "odf_writes_total",
+            "ODF-write API requests, by result.",
+            Counter,
+            n as f64,
+        );
+        x.labels.push(("result", result.into()));
+        out.push(x);
+    }
     for (action, n) in [
         ("publish", b.acl_denied_publish),
         ("subscribe", b.acl_denied_subscribe),

@@ -35,7 +35,8 @@ pub enum AclFormat {
 pub async fn run(cfg: &Config, command: AclCommand) -> Result<ExitCode> {
     let AclCommand::Export { format, out } = command;
     let url = cfg.database.url.clone();
-    let text = tokio::task::spawn_blocking(move || export(&url, format)).await??;
+    let home_das = cfg.home.allow_das;
+    let text = tokio::task::spawn_blocking(move || export(&url, format, home_das)).await??;
     match out {
         Some(path) => {
             std::fs::write(&path, text)
@@ -47,7 +48,7 @@ pub async fn run(cfg: &Config, command: AclCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn export(url: &str, format: AclFormat) -> Result<String> {
+fn export(url: &str, format: AclFormat, home_das: bool) -> Result<String> {
     let AclFormat::Mosquitto = format;
     let mut db = Db::connect(url)?;
     db.migrate()?;
@@ -69,5 +70,6 @@ fn export(url: &str, format: AclFormat) -> Result<String> {
             "some stored graphs could not be read: their data topics are missing from the ACL"
         );
     }
-    Ok(mosquitto::export(&users, &das, &links))
+    // Home commands from DAs: `home.allow_das`, as in `run`.
+    Ok(mosquitto::export(&users, &das, &links, home_das))
 }

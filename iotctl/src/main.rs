@@ -11,9 +11,11 @@
 
 mod acl_cmd;
 mod bench_cmd;
+mod ccm_api;
 mod config;
 mod exposure;
 mod gencert;
+mod home_cmd;
 mod project_cmd;
 mod run;
 mod runfile;
@@ -101,6 +103,14 @@ enum Command {
     Project {
         #[command(subcommand)]
         command: project_cmd::ProjectCommand,
+        /// An admin user, when authentication is on (its password from IOTCTL_PASSWORD).
+        #[arg(long, env = "IOTCTL_USER", global = true)]
+        user: Option<String>,
+    },
+    /// Home scenes: import, export, list, run (docs/home.md).
+    Home {
+        #[command(subcommand)]
+        command: home_cmd::HomeCommand,
         /// An admin user, when authentication is on (its password from IOTCTL_PASSWORD).
         #[arg(long, env = "IOTCTL_USER", global = true)]
         user: Option<String>,
@@ -203,6 +213,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Command::Project { command, user } => {
                 let login = service::Login::from_env(user)?;
                 project_cmd::run(&cfg, command, login).await
+            }
+            Command::Home { command, user } => {
+                let login = service::Login::from_env(user)?;
+                home_cmd::run(&cfg, command, login).await
             }
             Command::Acl { command } => acl_cmd::run(&cfg, command).await,
             Command::Shell => shell::run(&cfg).await.map(|()| ExitCode::SUCCESS),

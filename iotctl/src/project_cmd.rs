@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::Value;
 
+use crate::ccm_api::Api;
 use crate::config::Config;
-use crate::runfile;
 use crate::service::Login;
 
 #[derive(Debug, Subcommand)]
@@ -45,57 +45,7 @@ pub enum ProjectCommand {
     },
 }
 
-/// A client of the CCM's API.
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    login: Option<Login>,
-}
-
 impl Api {
-    fn new(cfg: &Config, login: Option<Login>) -> Api {
-        let base = runfile::read_state(cfg)
-            .and_then(|s| s.ccm)
-            .unwrap_or_else(|| format!("http://{}", cfg.ccm.listen));
-        Api {
-            base,
-            http: reqwest::Client::new(),
-            login,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
-        if let Some(l) = &self.login {
-            req = req.basic_auth(l.user(), Some(l.password()));
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.with_context(|| {
-            format!(
-                "cannot reach the configuration manager at {}: is the controller running?",
-                self.base
-            )
-        })?;
-        let status = res.status();
-        let v: Value = res.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let reason = v["reason"].as_str().unwrap_or("no reason given");
-            if status.as_u16() == 401 {
-                bail!("{reason} (HTTP 401: pass --user NAME or IOTCTL_USER, with IOTCTL_PASSWORD)");
-            }
-            bail!("{reason} (HTTP {})", status.as_u16());
-        }
-        Ok(v)
-    }
-
     /// The id of a project named by id or by name.
     async fn find(&self, project: &str) -> Result<u64> {
         let list = self
@@ -177,7 +127,10 @@ pub async fn run(cfg: &Config, command: ProjectCommand, login: Option<Login>) ->
             let doc: Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
             let path = match &name {
-                Some(n) => format!("/api/projects/import?name={}", url_encode(n)),
+                Some(n) => format!(
+                    "/api/projects/import?name={}",
+                    crate::ccm_api::url_encode(n)
+                ),
                 None => "/api/projects/import".into(),
             };
             let p = api.call(Method::POST, &path, Some(doc)).await?;
@@ -263,16 +216,4 @@ fn print_project(v: &Value) {
             println!("         join: {e}");
         }
     }
-}
-
-/// Percent-encodes a query value.
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

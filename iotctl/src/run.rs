@@ -110,6 +110,8 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
             acl: Some(Arc::new(ControllerAcl {
                 roles: Arc::new(users.clone()),
                 grants: grants.clone(),
+                // Home commands from DAs (`home.allow_das`, docs/home.md).
+                home_das: cfg.home.allow_das,
             })),
         },
         None => Security {
@@ -324,6 +326,7 @@ async fn start_ccm(
         db,
         users,
         refusals,
+        home: cfg.home.clone(),
     };
     let (_ccm, task) = iot_ccm::start(&cfg.ccm, wiring, shutdown.clone()).await?;
     running.tasks.push(task);

@@ -1,7 +1,8 @@
 //! Every MQTT topic of the protocol, built and parsed here and nowhere else.
 //!
 //! - control channels: `<id>/ctrl/i` (DA -> CSM) and `<id>/ctrl/o` (CSM -> DA);
-//! - APIs: `iottalk/api/req/<client>/<api>` answered on `iottalk/api/res/<client>/<api>`;
+//! - APIs (`graph/<gid>`, `device`, `odf`): `iottalk/api/req/<client>/<api>` answered on
+//!   `iottalk/api/res/<client>/<api>`;
 //! - data: one opaque topic per link, `iottalk/esm/<uuid>`;
 //! - monitor: `iottalk/monitor/<uuid>`;
 //! - request/response between DAs and apps: `iottalk/rpc/<target>/req`, answered on the
@@ -17,6 +18,8 @@ pub const CTRL_I_FILTER: &str = "+/ctrl/i";
 pub const GRAPH_REQ_FILTER: &str = "iottalk/api/req/+/graph/+";
 /// Filter for device API requests of every client.
 pub const DEVICE_REQ_FILTER: &str = "iottalk/api/req/+/device";
+/// Filter for ODF-write API requests of every client.
+pub const ODF_REQ_FILTER: &str = "iottalk/api/req/+/odf";
 
 const API_REQ_PREFIX: &str = "iottalk/api/req/";
 const API_RES_PREFIX: &str = "iottalk/api/res/";
@@ -53,6 +56,8 @@ pub enum ApiRequest<'a> {
     Graph { client: &'a str, gid: &'a str },
     /// `iottalk/api/req/<client>/device`
     Device { client: &'a str },
+    /// `iottalk/api/req/<client>/odf`
+    Odf { client: &'a str },
 }
 
 impl<'a> ApiRequest<'a> {
@@ -62,6 +67,7 @@ impl<'a> ApiRequest<'a> {
         let client = parts.next().filter(|c| !c.is_empty())?;
         match (parts.next(), parts.next(), parts.next()) {
             (Some("device"), None, None) => Some(Self::Device { client }),
+            (Some("odf"), None, None) => Some(Self::Odf { client }),
             (Some("graph"), Some(gid), None) if !gid.is_empty() => {
                 Some(Self::Graph { client, gid })
             }
@@ -73,7 +79,8 @@ impl<'a> ApiRequest<'a> {
     pub fn response_topic(&self) -> String {
         match self {
             Self::Graph { client, gid } => format!("{API_RES_PREFIX}{client}/graph/{gid}"),
-            Self::Device { client } => format!("{API_RES_PREFIX}{client}/device"),
+            Self::Device { client } => device_res(client),
+            Self::Odf { client } => odf_res(client),
         }
     }
 }
@@ -86,6 +93,16 @@ pub fn device_req(client: &str) -> String {
 /// Response topic of the device API for `client`.
 pub fn device_res(client: &str) -> String {
     format!("{API_RES_PREFIX}{client}/device")
+}
+
+/// Request topic of the ODF-write API for `client`.
+pub fn odf_req(client: &str) -> String {
+    format!("{API_REQ_PREFIX}{client}/odf")
+}
+
+/// Response topic of the ODF-write API for `client`.
+pub fn odf_res(client: &str) -> String {
+    format!("{API_RES_PREFIX}{client}/odf")
 }
 
 /// Request topic of the graph API for `client` and graph `gid`.
@@ -231,6 +248,12 @@ mod tests {
             Some(ApiRequest::Device { client: "ccm" })
         );
         assert_eq!(ApiRequest::parse("iottalk/api/req//device"), None);
+        let odf = ApiRequest::parse("iottalk/api/req/ccm/odf");
+        assert_eq!(odf, Some(ApiRequest::Odf { client: "ccm" }));
+        assert_eq!(odf.unwrap().response_topic(), odf_res("ccm"));
+        assert_eq!(odf_req("ccm"), "iottalk/api/req/ccm/odf");
+        assert!(matches(ODF_REQ_FILTER, &odf_req("ccm")));
+        assert_eq!(ApiRequest::parse("iottalk/api/req/ccm/odf/x"), None);
         assert_eq!(ApiRequest::parse("iottalk/api/req/gui/graph/1/x"), None);
         assert_eq!(
             ApiRequest::Graph {

@@ -5,12 +5,14 @@
 //! client that collects what it receives), [`pyda`] ([`PyDa`], an iottalk-py DA in a child
 //! process), [`raw_da`] ([`RawDa`], a DA on raw MQTT), [`graph_client`] ([`GraphClient`]),
 //! [`tls`] (certificates from `iotctl gencert`), [`ccm_client`] ([`CcmClient`], the CCM's REST API),
-//! [`browser`] ([`Browser`], headless Chromium over WebDriver, for the CCM's GUI).
+//! [`browser`] ([`Browser`], headless Chromium over WebDriver, for the CCM's GUI),
+//! [`home_sim`] ([`TplinkSim`] and [`HttpTarget`], the devices home scenes drive).
 //! Every wait is on a condition with a deadline, never a fixed sleep.
 
 pub mod browser;
 pub mod ccm_client;
 pub mod graph_client;
+pub mod home_sim;
 pub mod mqtt;
 pub mod pyda;
 pub mod raw_da;
@@ -19,6 +21,7 @@ pub mod tls;
 pub use browser::Browser;
 pub use ccm_client::CcmClient;
 pub use graph_client::GraphClient;
+pub use home_sim::{HttpTarget, TplinkSim};
 pub use iot_proto::wire::graph_api::digest;
 pub use mqtt::{connack_code, connack_with, Mqtt, Received};
 pub use pyda::PyDa;

@@ -432,3 +432,85 @@ async fn the_mosquitto_export_enforces_the_same_rules_in_mosquitto() {
         "app1 read a DA's data"
     );
 }
+
+/// Home scenes: an app user may send commands (`iottalk/home/cmd/+`) and read replies; a DA
+/// may neither (without `home_das`): its command is dropped and counted, its filter refused.
+#[tokio::test]
+async fn an_app_user_sends_home_commands_and_a_da_may_not() {
+    let app = App::start(auth_on()).await;
+    let out = app
+        .iotctl(
+            &["user", "add", "app1", "--role", "app", "--password-stdin"],
+            Some("app1-pw"),
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while connack_code(&app.mqtt, "app1", "app1-pw").await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "app1 never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut admin = Mqtt::connect_as(&app.mqtt, None, Some((ADMIN_USER, ADMIN_PASSWORD))).await;
+    admin
+        .subscribe("iottalk/home/cmd/#", QoS::AtLeastOnce)
+        .await;
+    let mut user = Mqtt::connect_as(&app.mqtt, None, Some(("app1", "app1-pw"))).await;
+    let mut da = RawDa::online(&app).await;
+
+    // The app reads replies (not commands); the DA reads neither.
+    assert_eq!(
+        user.subscribe_many(
+            &["iottalk/home/res/#", "iottalk/home/cmd/+"],
+            QoS::AtLeastOnce
+        )
+        .await,
+        [true, false]
+    );
+    assert_eq!(
+        da.mqtt
+            .subscribe_many(&["iottalk/home/res/#"], QoS::AtLeastOnce)
+            .await,
+        [false]
+    );
+    until_denied(&app, "subscribe", 2.0).await;
+
+    // The DA's command is dropped (counted); the app's, sent after, is the first one through.
+    let before = denied(&app, "publish").await;
+    da.mqtt
+        .publish("iottalk/home/cmd/x", "on", QoS::AtLeastOnce, false)
+        .await;
+    until_denied(&app, "publish", before + 1.0).await;
+    user.publish("iottalk/home/cmd/x", "off", QoS::AtLeastOnce, false)
+        .await;
+    let got = admin
+        .recv_until("a home command", |r| {
+            r.topic.starts_with("iottalk/home/cmd/")
+        })
+        .await;
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("iottalk/home/cmd/x", &b"off"[..]),
+        "the DA's command passed the ACL"
+    );
+    // A retained command is refused even to the app.
+    let before = denied(&app, "publish").await;
+    user.publish("iottalk/home/cmd/x", "on", QoS::AtLeastOnce, true)
+        .await;
+    until_denied(&app, "publish", before + 1.0).await;
+
+    // A reply reaches the app.
+    admin
+        .publish("iottalk/home/res/app1/e2e", "done", QoS::AtLeastOnce, false)
+        .await;
+    let got = user
+        .recv_until("the reply", |r| r.topic == "iottalk/home/res/app1/e2e")
+        .await;
+    assert_eq!(&got.payload[..], b"done");
+}

@@ -1,5 +1,6 @@
-//! The embedded broker's rmqtt hooks: host subscriptions (`MessagePublish`), drop counting
-//! (`MessageDropped`) and CONNECT authentication with the will's topic (`ClientAuthenticate`). Registered once by
+//! The embedded broker's rmqtt hooks: host subscriptions (`MessagePublish`, with the publisher
+//! and the MQTT 5 request/response properties), drop counting (`MessageDropped`) and CONNECT
+//! authentication with the will's topic (`ClientAuthenticate`). Registered once by
 //! [`register_hooks`] before the server accepts connections. Not here: the server's settings
 //! (see `mod.rs`).
 
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use rmqtt::codec::v5::PublishProperties;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::types::{AuthResult, LastWill};
@@ -15,7 +17,7 @@ use super::acl_hooks::AclCounts;
 use super::{from_rmqtt_qos, Authenticator};
 use crate::acl::{ClientRef, TopicAcl};
 use crate::local::LocalRouter;
-use crate::Message;
+use crate::{Message, Publisher};
 
 /// Our hooks: host subscriptions, drop counting and, with an authenticator, authentication.
 /// Called before the server is built, so the first CONNECT is already checked.
@@ -46,7 +48,8 @@ pub(super) async fn register_hooks(
     register.start().await;
 }
 
-/// Feeds every inbound publish (clients, wills, the host) to the host subscriptions.
+/// Feeds every inbound publish (clients, wills, the host) to the host subscriptions, with the
+/// publishing client (`from`, none for the host) and the MQTT 5 request/response properties.
 /// It runs before rmqtt's publish ACL check, which is fine as long as no ACL plugin is used.
 struct PublishHook {
     local: LocalRouter,
@@ -62,13 +65,18 @@ impl Handler for PublishHook {
                 _ => *p,
             };
             if !self.local.is_empty() {
-                let msg = Message::new(
+                let mut msg = Message::new(
                     p.topic.to_string(),
                     p.payload.clone(),
                     from_rmqtt_qos(p.qos),
                     p.retain,
                 );
-                if session.is_some() {
+                set_properties(&mut msg, p.properties.as_ref());
+                if let Some(s) = session {
+                    msg = msg.with_from(Publisher {
+                        client_id: s.id.client_id.to_string(),
+                        username: s.id.username.as_ref().map(|u| u.to_string()),
+                    });
                     self.local.dispatch(&msg).await;
                 } else {
                     // A host publish (no client session): never wait on a host subscription,
@@ -78,6 +86,14 @@ impl Handler for PublishHook {
             }
         }
         (true, acc)
+    }
+}
+
+/// Copies the MQTT 5 request/response properties of a PUBLISH (none from MQTT 3.1.1) into `msg`.
+pub(super) fn set_properties(msg: &mut Message, props: Option<&PublishProperties>) {
+    if let Some(props) = props {
+        msg.response_topic = props.response_topic.as_ref().map(|t| t.to_string());
+        msg.correlation.clone_from(&props.correlation_data);
     }
 }
 

@@ -366,7 +366,12 @@ impl Broker for EmbeddedBroker {
             topic: TopicName::from(msg.topic),
             packet_id: None,
             payload: msg.payload,
-            properties: Some(PublishProperties::default()),
+            // Sent to MQTT 5 subscribers as they are; MQTT 3.1.1 ones get the payload only.
+            properties: Some(PublishProperties {
+                response_topic: msg.response_topic.map(TopicName::from),
+                correlation_data: msg.correlation,
+                ..PublishProperties::default()
+            }),
         };
         let p = Publish::from(p).create_time(rmqtt::utils::timestamp_millis());
         // Like rmqtt-http-api: hooks first (ours feeds host subscriptions), then routing; a
@@ -409,12 +414,13 @@ impl Broker for EmbeddedBroker {
         let by_topic: BTreeMap<String, Message> = found
             .into_iter()
             .map(|(topic, r)| {
-                let m = Message::new(
+                let mut m = Message::new(
                     topic.to_string(),
                     r.publish.payload.clone(),
                     from_rmqtt_qos(r.publish.qos),
                     true,
                 );
+                hooks::set_properties(&mut m, r.publish.properties.as_ref());
                 (m.topic.clone(), m)
             })
             .collect();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use iot_broker::{
-    Authenticator, Broker, BrokerError, EmbeddedBroker, EmbeddedConfig, Message, QoS,
+    Authenticator, Broker, BrokerError, EmbeddedBroker, EmbeddedConfig, Message, Publisher, QoS,
 };
 use rumqttc::Packet;
 use tokio::io::AsyncWriteExt;
@@ -286,7 +286,10 @@ async fn host_subscribe_publish_and_retained() {
     let m = within(WAIT, "client publish", host.recv()).await.unwrap();
     assert_eq!(
         m,
-        Message::new("h/1/x", "from client", QoS::AtLeastOnce, true)
+        Message::new("h/1/x", "from client", QoS::AtLeastOnce, true).with_from(Publisher {
+            client_id: "h-client".into(),
+            username: None,
+        })
     );
     assert_eq!(
         within(WAIT, "exact", exact.recv()).await.unwrap().payload,

@@ -7,6 +7,7 @@ mod deep_topics;
 mod embedded;
 mod external;
 mod raw;
+mod request_response;
 mod tls;
 
 use std::future::Future;

@@ -5,8 +5,9 @@
 //!
 //! Files: [`session`] (logins and the admin check), [`library`] (features, models,
 //! functions), [`projects`] (projects and everything in them, export/import), [`live`]
-//! (devices and the event streams), [`openapi`].
+//! (devices and the event streams), [`home`] (home scenes and `/metrics`), [`openapi`].
 
+pub mod home;
 pub mod library;
 pub mod live;
 pub mod openapi;
@@ -96,6 +97,7 @@ pub fn router(ccm: Ccm) -> Router {
         .merge(library::routes())
         .merge(projects::routes())
         .merge(live::routes())
+        .merge(home::routes())
         .route_layer(middleware::from_fn_with_state(
             ccm.clone(),
             session::require_admin,
@@ -105,8 +107,15 @@ pub fn router(ccm: Ccm) -> Router {
         .route("/openapi.json", get(openapi::document))
         .merge(protected)
         .fallback(|| async { CcmError::not_found("no such API endpoint") });
+    let metrics = Router::new()
+        .route("/metrics", get(home::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            ccm.clone(),
+            session::require_admin,
+        ));
     Router::new()
         .nest("/api", api)
+        .merge(metrics)
         .route(
             "/",
             get(|| asset(axum::extract::Path("index.html".to_owned()))),

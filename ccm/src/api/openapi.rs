@@ -14,7 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{library, live, projects, session};
+use super::{home, library, live, projects, session};
 use crate::apply::{
     DeviceEvent, DeviceInfo, MonitorRow, NetAppStatus, ObjectStatus, ProjectStatus,
 };
@@ -29,7 +29,7 @@ use crate::state::NewLink;
 #[openapi(
     info(
         title = "iotctl configuration manager",
-        description = "Device models, functions and projects of the controller (docs/ccm.md). With authentication on, every path but /api/session, /api/login, /api/logout and this document needs an admin: a session cookie from /api/login, or HTTP Basic.",
+        description = "Device models, functions and projects of the controller (docs/ccm.md), and home scenes (docs/home.md). With authentication on, every path but /api/session, /api/login, /api/logout and this document needs an admin: a session cookie from /api/login, or HTTP Basic.",
         version = "1"
     ),
     paths(
@@ -43,6 +43,8 @@ use crate::state::NewLink;
         projects::add_object, projects::delete_object, projects::bind, projects::unbind,
         projects::add_netapp, projects::update_netapp, projects::delete_netapp,
         projects::add_link, projects::update_link, projects::delete_link,
+        home::get_catalog, home::put_catalog, home::get_devices, home::put_devices,
+        home::get_scenes, home::put_scenes, home::get_states, home::run,
     ),
     components(schemas(
         ErrorBody, Name, InputTypeName, Feature, FeatureDirection, Param, Model, Function,

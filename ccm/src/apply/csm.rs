@@ -1,21 +1,22 @@
 //! The CCM's graph-API client over the [`BrokerHandle`] it is given (the embedded broker or
 //! an external connection): requests on `iottalk/api/req/<client>/graph/<gid>` with a
 //! `nonce`, replies from one subscription to `iottalk/api/res/<client>/graph/+` matched by
-//! it. Also the `show` read op, sent as raw JSON and read into [`ShownGraph`].
+//! it (see [`replies`](super::replies)). Also the `show` read op, sent as raw JSON and read
+//! into [`ShownGraph`].
 //! Not here: what to send (see `diff`), the device API (see `devices`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use iot_broker::{BrokerHandle, Message, QoS};
+use iot_broker::BrokerHandle;
 use iot_proto::topics;
 use iot_proto::wire::graph_api::{Digest, GraphOk, GraphOp, GraphReply, InputType, LinkRef};
 use iot_proto::wire::Direction;
 use iot_proto::DaId;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
+
+use super::replies::{NoReply, Replies};
 
 /// How long a request waits for its reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -55,32 +56,13 @@ impl CsmError {
     }
 }
 
-/// Requests waiting for their reply, by nonce. A std mutex: held for an insert or a remove,
-/// never across an `.await`.
-type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<GraphReply>>>>;
-
-fn lock(w: &Waiting) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<GraphReply>>> {
-    w.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Aborts the reply task when the client is dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// A graph-API client; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CsmClient {
     broker: BrokerHandle,
     client: String,
-    waiting: Waiting,
+    replies: Replies<GraphReply>,
     timeout: Duration,
-    _task: Arc<AbortOnDrop>,
 }
 
 impl CsmClient {
@@ -91,67 +73,41 @@ impl CsmClient {
         client: &str,
         timeout: Duration,
     ) -> Result<CsmClient, CsmError> {
-        let mut sub = broker
-            .subscribe(&topics::graph_res_filter(client), 256)
-            .await
-            .map_err(|e| CsmError::Broker(e.to_string()))?;
-        let waiting: Waiting = Arc::default();
-        let w = waiting.clone();
-        let task = tokio::spawn(async move {
-            while let Some(msg) = sub.recv().await {
-                let Some(reply) = GraphReply::from_json(&msg.payload) else {
-                    continue;
-                };
-                let nonce = reply.fields.get("nonce").and_then(Value::as_str);
-                if let Some(tx) = nonce.and_then(|n| lock(&w).remove(n)) {
-                    let _ = tx.send(reply);
-                }
-            }
-        });
+        let replies = Replies::subscribe(&broker, &topics::graph_res_filter(client), |p| {
+            let reply = GraphReply::from_json(p)?;
+            let nonce = reply.fields.get("nonce")?.as_str()?.to_owned();
+            Some((nonce, reply))
+        })
+        .await
+        .map_err(CsmError::Broker)?;
         Ok(CsmClient {
             broker,
             client: client.to_owned(),
-            waiting,
+            replies,
             timeout,
-            _task: Arc::new(AbortOnDrop(task.abort_handle())),
         })
     }
 
     /// Sends a request body (a `nonce` is added) and returns the reply, whatever its state.
-    pub async fn send(
-        &self,
-        gid: &str,
-        mut body: Map<String, Value>,
-    ) -> Result<GraphReply, CsmError> {
+    pub async fn send(&self, gid: &str, body: Map<String, Value>) -> Result<GraphReply, CsmError> {
         let op = body
             .get("op")
             .and_then(Value::as_str)
             .unwrap_or("?")
             .to_owned();
-        let nonce = uuid::Uuid::new_v4().simple().to_string();
-        body.insert("nonce".into(), Value::String(nonce.clone()));
-        let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(nonce.clone(), tx);
-        let msg = Message::new(
-            topics::graph_req(&self.client, gid),
-            Value::Object(body).to_string(),
-            QoS::ExactlyOnce,
-            false,
-        );
-        if let Err(e) = self.broker.publish(msg).await {
-            lock(&self.waiting).remove(&nonce);
-            return Err(CsmError::Broker(e.to_string()));
-        }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) | Err(_) => {
-                lock(&self.waiting).remove(&nonce);
-                Err(CsmError::Timeout {
-                    op,
-                    gid: gid.to_owned(),
-                    timeout_s: self.timeout.as_secs(),
-                })
-            }
+        let topic = topics::graph_req(&self.client, gid);
+        match self
+            .replies
+            .request(&self.broker, topic, body, self.timeout)
+            .await
+        {
+            Ok(reply) => Ok(reply),
+            Err(NoReply::Broker(e)) => Err(CsmError::Broker(e)),
+            Err(NoReply::Timeout) => Err(CsmError::Timeout {
+                op,
+                gid: gid.to_owned(),
+                timeout_s: self.timeout.as_secs(),
+            }),
         }
     }
 

@@ -5,6 +5,8 @@
 //!
 //! Layout:
 //! - [`csm`]: the graph-API client (nonce-matched replies, `show`).
+//! - [`odf`]: the ODF-write client (a value handed to a DA's ODF, for home devices).
+//! - `replies`: the nonce-matched replies both clients share.
 //! - [`devices`]: the device API (`attach`, announcements) and the task keeping [`Live`]'s
 //!   device list and CSM flag current.
 //! - [`desired`]: the graphs wanted, object statuses and auto-bind, from the state (pure).
@@ -20,7 +22,9 @@ pub mod devices;
 pub mod diff;
 mod live;
 pub mod monitor;
+pub mod odf;
 pub mod reconcile;
+mod replies;
 pub mod wrapper;
 
 pub use live::{

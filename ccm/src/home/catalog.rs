@@ -40,6 +40,19 @@ pub enum Driver {
     },
 }
 
+impl Driver {
+    /// The driver's name, as the import format writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Tplink { .. } => "tplink",
+            Self::Http { .. } => "http",
+            Self::Mqtt { .. } => "mqtt",
+            Self::Da { .. } => "da",
+            Self::Delay { .. } => "delay",
+        }
+    }
+}
+
 fn tplink_port() -> u16 {
     9999
 }
@@ -147,9 +160,20 @@ pub fn parse_item(item: &str) -> Result<Item, String> {
 impl Catalog {
     /// Reads and checks the TOML import format.
     pub fn from_toml(text: &str) -> Result<Catalog, CatalogError> {
-        let c: Catalog = toml::from_str(text).map_err(|e| CatalogError::Toml(e.to_string()))?;
+        let c = Catalog::read_toml(text)?;
         c.check()?;
         Ok(c)
+    }
+
+    /// Reads the TOML import format without checking it: a part to merge into a stored
+    /// catalog may name targets only the stored one has (the merge is checked whole).
+    pub fn read_toml(text: &str) -> Result<Catalog, CatalogError> {
+        toml::from_str(text).map_err(|e| CatalogError::Toml(e.to_string()))
+    }
+
+    /// The import format's text of this catalog.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
     }
 
     /// The scene names without variants (`evening` for `evening` and `evening:off`).
@@ -342,6 +366,8 @@ items = ["lamp:dim:10", "pause", "lamp:full"]
             }
         );
         assert_eq!(c.scenes["wakeup"].mode(), Mode::Sequence);
+        let text = c.to_toml().unwrap();
+        assert_eq!(Catalog::from_toml(&text).unwrap(), c, "{text}");
         assert_eq!(c.scenes["evening"].mode(), Mode::Parallel);
         let off = c.scene_for("evening", Command::OFF).unwrap();
         assert_eq!(off.items(), ["lamp", "porch"]);

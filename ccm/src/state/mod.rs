@@ -2,15 +2,18 @@
 //! checks the change first and records which documents it touched. Nothing here does I/O:
 //! [`crate::Ccm::mutate`] persists the touched documents and tells the applier.
 
+mod home;
 mod projects;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use iot_proto::wire::graph_api::{digest, InputType};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::CcmError;
+use crate::home::catalog::Catalog;
 use crate::model::{
     check_code, validate_name, Feature, FuncRef, Function, FunctionVersion, LinkParam, Model,
     NetApp, Project,
@@ -23,6 +26,8 @@ pub enum Kind {
     Model,
     Function,
     Project,
+    /// The home catalog: one document named `catalog`.
+    Home,
 }
 
 impl Kind {
@@ -32,13 +37,20 @@ impl Kind {
             Self::Model => "model",
             Self::Function => "function",
             Self::Project => "project",
+            Self::Home => "home",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        [Self::Feature, Self::Model, Self::Function, Self::Project]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Self::Feature,
+            Self::Model,
+            Self::Function,
+            Self::Project,
+            Self::Home,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -66,6 +78,8 @@ pub struct State {
     pub models: BTreeMap<String, Model>,
     pub functions: BTreeMap<String, Function>,
     pub projects: BTreeMap<u32, Project>,
+    /// Home devices and scenes (shared with running commands, replaced on every change).
+    pub home: Arc<Catalog>,
     /// Documents changed since the last [`State::take_touched`].
     touched: BTreeSet<(Kind, String)>,
 }
@@ -91,6 +105,7 @@ impl State {
             Kind::Model => serde_json::to_string(self.models.get(name)?),
             Kind::Function => serde_json::to_string(self.functions.get(name)?),
             Kind::Project => serde_json::to_string(self.projects.get(&name.parse().ok()?)?),
+            Kind::Home => serde_json::to_string(&*self.home),
         };
         json.ok()
     }
@@ -114,6 +129,10 @@ impl State {
             Some(Kind::Project) => {
                 let p: Project = serde_json::from_str(doc).map_err(bad)?;
                 self.projects.insert(p.id, p);
+            }
+            Some(Kind::Home) => {
+                let c: Catalog = serde_json::from_str(doc).map_err(bad)?;
+                self.home = Arc::new(c);
             }
             None => return Err(format!("unknown stored document kind `{kind}`")),
         }

@@ -4,12 +4,19 @@
 //! - an `admin` user may do everything;
 //! - an `app` user: request/response services (publish requests `iottalk/rpc/+/req` and
 //!   replies `iottalk/rpc/+/res/+`, never retained; read `iottalk/rpc/<name>/#`) and the
-//!   read-only device API under its own name (`iottalk/api/req|res/<name>/device`);
+//!   read-only device API under its own name (`iottalk/api/req|res/<name>/device`); home
+//!   scenes (publish commands `iottalk/home/cmd/+`, never retained; read replies
+//!   `iottalk/home/res/#`, states `iottalk/home/state/#` and `iottalk/home/catalog`);
 //! - a DA (its id as username): its control channels (publish `<id>/ctrl/i`, read
 //!   `<id>/ctrl/o`), the data topics of its links (publish on IDF topics, read ODF topics;
 //!   [`DaGrants`], kept by the actor as CONNECT and DISCONNECT go out), and request/response
-//!   (publish requests and replies, read `iottalk/rpc/<id>/#`);
+//!   (publish requests and replies, read `iottalk/rpc/<id>/#`); nothing on home topics unless
+//!   [`ControllerAcl::home_das`]: then home commands (publish `iottalk/home/cmd/+`, never
+//!   retained) and its own replies (read `iottalk/home/res/<id>/#`);
 //! - anyone else: nothing.
+//!
+//! Retained home topics (states, the catalog) are written by the controller as host, which
+//! the ACL does not check; among clients only admins may publish retained there.
 //!
 //! [`DaGrants`] is shared between the actor (writer) and broker connection tasks (readers):
 //! a std `RwLock`, never held across an `.await`.
@@ -22,6 +29,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use iot_broker::{ClientRef, TopicAcl};
 use iot_proto::auth::{Role, Roles};
+use iot_proto::home;
 use iot_proto::topics::matches;
 use iot_proto::wire::control::Direction;
 use iot_proto::DaId;
@@ -103,10 +111,24 @@ impl DaGrants {
 pub struct ControllerAcl {
     pub roles: Arc<dyn Roles>,
     pub grants: DaGrants,
+    /// Whether DAs may send home commands (`iottalk/home/cmd/+`) and read their replies
+    /// (`iottalk/home/res/<id>/#`); apps and admins may anyway.
+    pub home_das: bool,
 }
 
 /// Topics every DA and app may publish on: requests to anyone, replies to anyone.
 const RPC_PUBLISH: [&str; 2] = ["iottalk/rpc/+/req", "iottalk/rpc/+/res/+"];
+
+/// Whether `topic` is a home command an app (or DA) may send: `iottalk/home/cmd/<target>`,
+/// never retained (a retained command would be run again for every new subscriber).
+fn home_command(topic: &str, retain: bool) -> bool {
+    !retain && home::parse_cmd(topic).is_some()
+}
+
+/// Whether an app may subscribe to `filter` on home topics: replies, states, the catalog.
+fn home_app_reads(filter: &str) -> bool {
+    covers(&home::res("#"), filter) || covers(&home::state("#"), filter) || filter == home::CATALOG
+}
 
 /// Who a username is.
 enum Who {
@@ -140,11 +162,14 @@ impl TopicAcl for ControllerAcl {
         match self.who(client) {
             Who::Admin => true,
             Who::App(name) => {
-                rpc() || (!retain && topic == format!("iottalk/api/req/{name}/device"))
+                rpc()
+                    || home_command(topic, retain)
+                    || (!retain && topic == format!("iottalk/api/req/{name}/device"))
             }
             Who::Da(id) => {
                 topic == iot_proto::topics::ctrl_i(&id)
                     || rpc()
+                    || (self.home_das && home_command(topic, retain))
                     || self
                         .grants
                         .with(&id, |g| g.is_some_and(|g| g.publish.contains(topic)))
@@ -159,10 +184,12 @@ impl TopicAcl for ControllerAcl {
             Who::App(name) => {
                 covers(&format!("iottalk/rpc/{name}/#"), filter)
                     || filter == format!("iottalk/api/res/{name}/device")
+                    || home_app_reads(filter)
             }
             Who::Da(id) => {
                 filter == iot_proto::topics::ctrl_o(&id)
                     || covers(&format!("iottalk/rpc/{id}/#"), filter)
+                    || (self.home_das && covers(&home::res(&format!("{id}/#")), filter))
                     || self
                         .grants
                         .get(&id)

@@ -2,7 +2,8 @@
 //! written as a Mosquitto `acl_file`, for an external broker, which the controller cannot
 //! make enforce them. A snapshot: DAs and their data topics as stored now (the data topics of
 //! links are kept in the graphs across restarts), so it is generated again after users, DAs
-//! or links change.
+//! or links change. Mosquitto's ACL cannot tell retained publishes apart: that rule of the
+//! embedded broker (request/response and home commands are never retained) is not exported.
 //!
 //! [`ControllerAcl`]: super::ControllerAcl
 
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use iot_proto::auth::Role;
+use iot_proto::home;
 use iot_proto::wire::control::Direction;
 use iot_proto::DaId;
 
@@ -46,8 +48,15 @@ pub fn link_topics(graph_docs: &[String]) -> (LinkTopics, usize) {
     (out, unreadable)
 }
 
-/// The Mosquitto ACL file for `users`, the DAs `das` and their data topics `links`.
-pub fn export(users: &[(String, Role)], das: &[DaId], links: &LinkTopics) -> String {
+/// The Mosquitto ACL file for `users`, the DAs `das` and their data topics `links`; with
+/// `home_das`, DAs may send home commands and read their own home replies
+/// ([`ControllerAcl::home_das`](super::ControllerAcl::home_das)).
+pub fn export(
+    users: &[(String, Role)],
+    das: &[DaId],
+    links: &LinkTopics,
+    home_das: bool,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -67,7 +76,12 @@ pub fn export(users: &[(String, Role)], das: &[DaId], links: &LinkTopics) -> Str
                     out,
                     "topic write iottalk/rpc/+/req\ntopic write iottalk/rpc/+/res/+\n\
                      topic read iottalk/rpc/{name}/#\n\
-                     topic write iottalk/api/req/{name}/device\ntopic read iottalk/api/res/{name}/device"
+                     topic write iottalk/api/req/{name}/device\ntopic read iottalk/api/res/{name}/device\n\
+                     topic write {}\ntopic read {}\ntopic read {}\ntopic read {}",
+                    home::CMD_FILTER,
+                    home::res("#"),
+                    home::state("#"),
+                    home::CATALOG,
                 );
             }
         }
@@ -79,6 +93,14 @@ pub fn export(users: &[(String, Role)], das: &[DaId], links: &LinkTopics) -> Str
             "# DA\nuser {id}\ntopic write {id}/ctrl/i\ntopic read {id}/ctrl/o\n\
              topic write iottalk/rpc/+/req\ntopic write iottalk/rpc/+/res/+\ntopic read iottalk/rpc/{id}/#"
         );
+        if home_das {
+            let _ = writeln!(
+                out,
+                "topic write {}\ntopic read {}",
+                home::CMD_FILTER,
+                home::res(&format!("{id}/#"))
+            );
+        }
         if let Some((publish, read)) = links.get(id) {
             for t in publish {
                 let _ = writeln!(out, "topic write {t}");
@@ -112,6 +134,7 @@ mod tests {
             &[("ops".into(), Role::Admin), ("app1".into(), Role::App)],
             &[a, b],
             &links,
+            false,
         );
         assert!(text.contains("user ops\ntopic readwrite #\n"), "{text}");
         assert!(
@@ -130,5 +153,31 @@ mod tests {
         assert!(a_part.contains("topic write iottalk/esm/t1"), "{a_part}");
         assert!(!a_part.contains("iottalk/esm/t2"), "{a_part}");
         assert!(text.contains("topic read iottalk/esm/t2"), "{text}");
+        assert!(
+            text.contains(
+                "topic write iottalk/home/cmd/+\ntopic read iottalk/home/res/#\n\
+                 topic read iottalk/home/state/#\ntopic read iottalk/home/catalog\n"
+            ),
+            "{text}"
+        );
+        assert!(!a_part.contains("iottalk/home/"), "{a_part}");
+        // The ODF-write API is the admins' (their `#`): no rule names it.
+        assert!(!text.contains("/odf"), "{text}");
+    }
+
+    /// With `home_das`, each DA may send home commands and read its own home replies.
+    #[test]
+    fn home_das_get_commands_and_their_replies() {
+        let (a, b) = (DaId::new_v4(), DaId::new_v4());
+        let text = export(&[], &[a, b], &LinkTopics::new(), true);
+        for id in [a, b] {
+            assert!(
+                text.contains(&format!(
+                    "topic write iottalk/home/cmd/+\ntopic read iottalk/home/res/{id}/#\n"
+                )),
+                "{text}"
+            );
+        }
+        assert!(!text.contains("iottalk/home/state"), "{text}");
     }
 }

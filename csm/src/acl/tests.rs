@@ -34,6 +34,7 @@ fn acl() -> (ControllerAcl, DaId, DaId) {
         ControllerAcl {
             roles: Arc::new(Table),
             grants,
+            home_das: false,
         },
         a,
         b,
@@ -127,4 +128,141 @@ fn das_use_their_channels_and_the_topics_of_their_links() {
     let app = client(Some("app1"));
     assert!(!acl.may_publish(&app, "iottalk/rpc/x/res/n", true));
     assert!(!acl.may_publish(&app, "iottalk/api/req/app1/device", true));
+}
+
+#[test]
+fn apps_send_home_commands_and_read_replies_states_and_the_catalog() {
+    let (acl, _, _) = acl();
+    let app = client(Some("app1"));
+    assert!(acl.may_publish(&app, "iottalk/home/cmd/lamp", false));
+    assert!(acl.may_publish(&app, "iottalk/home/cmd/evening", false));
+    for f in [
+        "iottalk/home/res/#",
+        "iottalk/home/res/lamp",
+        "iottalk/home/res/app1/+",
+        "iottalk/home/state/#",
+        "iottalk/home/state/+",
+        "iottalk/home/state/lamp",
+        "iottalk/home/catalog",
+    ] {
+        assert!(acl.may_subscribe(&app, f), "{f}");
+    }
+    // Commands only on one level, never retained; states, replies and the catalog are the
+    // controller's to publish.
+    for (t, retain) in [
+        ("iottalk/home/cmd/lamp", true),
+        ("iottalk/home/cmd/", false),
+        ("iottalk/home/cmd/a/b", false),
+        ("iottalk/home/cmd", false),
+        ("iottalk/home/res/lamp", false),
+        ("iottalk/home/state/lamp", false),
+        ("iottalk/home/state/lamp", true),
+        ("iottalk/home/catalog", true),
+    ] {
+        assert!(!acl.may_publish(&app, t, retain), "{t} retain={retain}");
+    }
+    for f in [
+        "iottalk/home/#",
+        "iottalk/home/+/lamp",
+        "iottalk/home/cmd/+",
+        "iottalk/home/cmd/lamp",
+        "iottalk/home/catalog/#",
+        "iottalk/#",
+    ] {
+        assert!(!acl.may_subscribe(&app, f), "{f}");
+    }
+}
+
+#[test]
+fn das_have_no_home_topics_unless_home_das() {
+    let (acl, a, b) = acl();
+    let sa = a.to_string();
+    let da_a = client(Some(&sa));
+    assert!(!acl.may_publish(&da_a, "iottalk/home/cmd/lamp", false));
+    for f in [
+        format!("iottalk/home/res/{a}/#"),
+        "iottalk/home/res/#".to_owned(),
+        "iottalk/home/state/lamp".to_owned(),
+        "iottalk/home/catalog".to_owned(),
+    ] {
+        assert!(!acl.may_subscribe(&da_a, &f), "{f}");
+    }
+
+    let acl = ControllerAcl {
+        home_das: true,
+        ..acl
+    };
+    assert!(acl.may_publish(&da_a, "iottalk/home/cmd/lamp", false));
+    assert!(!acl.may_publish(&da_a, "iottalk/home/cmd/lamp", true));
+    assert!(!acl.may_publish(&da_a, "iottalk/home/res/lamp", false));
+    assert!(!acl.may_publish(&da_a, &format!("iottalk/home/res/{a}/1"), false));
+    assert!(!acl.may_publish(&da_a, "iottalk/home/state/lamp", true));
+    for f in [
+        format!("iottalk/home/res/{a}/#"),
+        format!("iottalk/home/res/{a}/r1"),
+        format!("iottalk/home/res/{a}"),
+    ] {
+        assert!(acl.may_subscribe(&da_a, &f), "{f}");
+    }
+    for f in [
+        format!("iottalk/home/res/{b}/#"),
+        "iottalk/home/res/#".to_owned(),
+        "iottalk/home/res/+/r1".to_owned(),
+        "iottalk/home/state/#".to_owned(),
+        "iottalk/home/catalog".to_owned(),
+        "iottalk/home/cmd/+".to_owned(),
+    ] {
+        assert!(!acl.may_subscribe(&da_a, &f), "{f}");
+    }
+}
+
+#[test]
+fn only_admins_publish_retained_on_home_topics() {
+    let (acl, a, _) = acl();
+    let acl = ControllerAcl {
+        home_das: true,
+        ..acl
+    };
+    let sa = a.to_string();
+    let ops = client(Some("ops"));
+    for t in [
+        "iottalk/home/cmd/lamp",
+        "iottalk/home/res/lamp",
+        "iottalk/home/state/lamp",
+        "iottalk/home/catalog",
+    ] {
+        assert!(acl.may_publish(&ops, t, true), "{t}");
+        for who in [Some("app1"), Some(sa.as_str()), Some("nobody"), None] {
+            assert!(!acl.may_publish(&client(who), t, true), "{who:?} {t}");
+        }
+    }
+    assert!(!acl.may_publish(&client(None), "iottalk/home/cmd/lamp", false));
+    assert!(!acl.may_subscribe(&client(Some("nobody")), "iottalk/home/res/#"));
+}
+
+#[test]
+fn the_odf_write_api_is_for_admins_only() {
+    let (acl, a, _) = acl();
+    let sa = a.to_string();
+    let req = iot_proto::topics::odf_req;
+    let res = iot_proto::topics::odf_res;
+    let ops = client(Some("ops"));
+    assert!(acl.may_publish(&ops, &req("ops"), false));
+    assert!(acl.may_subscribe(&ops, &res("ops")));
+    // Neither an app (under its own name or another) nor a DA may write to an ODF this way,
+    // nor read the replies.
+    for (who, name) in [
+        (client(Some("app1")), "app1"),
+        (client(Some(&sa)), sa.as_str()),
+    ] {
+        for c in [name, "ccm"] {
+            assert!(
+                !acl.may_publish(&who, &req(c), false),
+                "{name} on {}",
+                req(c)
+            );
+            assert!(!acl.may_subscribe(&who, &res(c)), "{name} on {}", res(c));
+        }
+        assert!(!acl.may_publish(&who, "iottalk/api/req/+/odf", false));
+    }
 }

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use iot_broker::{BrokerHandle, Subscription};
+use bytes::Bytes;
+use iot_broker::{BrokerHandle, Message, QoS, Subscription};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::{Id, JoinError, JoinSet};
@@ -31,6 +32,17 @@ use iot_proto::log::Escaped;
 
 /// Messages queued per IDF topic before the broker waits for the graph task.
 const IDF_QUEUE: usize = 4096;
+
+/// The payload of an ODF output: the value's JSON text (a list, as the DA's SDK expects).
+pub fn odf_payload(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// An ODF output as the controller publishes it on the ODF's data topic: QoS 0, not
+/// retained. Routed outputs and the ODF-write API (`registry::odf_api`) both go out so.
+pub fn odf_output(topic: &str, payload: Bytes) -> Message {
+    Message::new(topic, payload, QoS::AtMostOnce, false)
+}
 
 /// Which ODF topics of a plan are open (their DA is subscribed), by topic.
 pub type Gates = HashMap<Arc<str>, bool>;

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exec::Exec;
 use super::held::Held;
-use super::{GraphStats, PendingSubs, Snapshot};
+use super::{odf_output, odf_payload, GraphStats, PendingSubs, Snapshot};
 use crate::plan::Plan;
 use iot_proto::log::Escaped;
 
@@ -147,7 +147,7 @@ async fn handle(
             Ok(outs) => {
                 for (j, value) in &outs {
                     let topic = &plan.odfs[*j].topic;
-                    let payload = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+                    let payload = odf_payload(value);
                     if let Some(payload) = held.hold(topic, payload) {
                         publish_out(broker, stats, topic, payload).await;
                     }
@@ -189,8 +189,7 @@ async fn deliver_held(broker: &BrokerHandle, stats: &GraphStats, topic: &str, re
 }
 
 async fn publish_out(broker: &BrokerHandle, stats: &GraphStats, topic: &str, payload: Bytes) {
-    let out = Message::new(topic, payload, QoS::AtMostOnce, false);
-    match broker.publish(out).await {
+    match broker.publish(odf_output(topic, payload)).await {
         Ok(()) => {
             stats.msgs_out.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,11 +1,12 @@
 //! The registry: registered DAs, their presence, their links (one data topic per DA feature in
-//! use, shared by every graph that uses it), and the device API clients. Every input (an HTTP
+//! use, shared by every graph that uses it), the device API clients, and the ODF-write API. Every input (an HTTP
 //! request, an uplink message, a timer) is a method that changes the registry and returns
 //! [`Effect`]s for the actor to carry out. It knows nothing of graphs: the coordinator takes
 //! and releases links on their behalf. Nothing here does I/O.
 
 mod device_api;
 mod links;
+mod odf_api;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::*;
 
-fn id(n: u8) -> DaId {
+pub(super) fn id(n: u8) -> DaId {
     format!("00000000-0000-4000-8000-0000000000{n:02x}")
         .parse()
         .unwrap()
@@ -21,7 +21,7 @@ fn req(name: Option<&str>) -> RegisterRequest {
     RegisterRequest::from_json(body.to_string().as_bytes()).unwrap()
 }
 
-fn publishes(fx: &[Effect]) -> Vec<(&str, Value, bool)> {
+pub(super) fn publishes(fx: &[Effect]) -> Vec<(&str, Value, bool)> {
     fx.iter()
         .filter_map(|e| match e {
             Effect::Publish(m) => Some((
@@ -34,11 +34,11 @@ fn publishes(fx: &[Effect]) -> Vec<(&str, Value, bool)> {
         .collect()
 }
 
-fn presence(rev: &Rev, state: &str) -> Vec<u8> {
+pub(super) fn presence(rev: &Rev, state: &str) -> Vec<u8> {
     json!({"state": state, "rev": rev}).to_string().into_bytes()
 }
 
-fn registered(st: &mut Registry, n: u8) -> Rev {
+pub(super) fn registered(st: &mut Registry, n: u8) -> Rev {
     st.register(id(n), req(None), 1.0, &mut Vec::new())
         .unwrap()
         .record
@@ -380,14 +380,14 @@ fn gates(fx: &[Effect]) -> Vec<(&str, bool)> {
 }
 
 /// DA 1 sends `body` on its ctrl/i; the effects.
-fn uplink1(st: &mut Registry, body: &[u8], retained: bool) -> Vec<Effect> {
+pub(super) fn uplink1(st: &mut Registry, body: &[u8], retained: bool) -> Vec<Effect> {
     let mut fx = Vec::new();
     st.uplink(&topics::ctrl_i(&id(1)), body, retained, 1.0, &mut fx);
     fx
 }
 
 /// The msg_id of the CONNECT for ODF `Dummy_Control` among `fx`.
-fn odf_connect_id(fx: &[Effect]) -> Value {
+pub(super) fn odf_connect_id(fx: &[Effect]) -> Value {
     publishes(fx)
         .into_iter()
         .map(|(_, s, _)| s)
@@ -397,7 +397,7 @@ fn odf_connect_id(fx: &[Effect]) -> Value {
 }
 
 /// A reply to CONNECT: `ok`, or `error` with a reason.
-fn reply(msg_id: &Value, state: &str) -> Vec<u8> {
+pub(super) fn reply(msg_id: &Value, state: &str) -> Vec<u8> {
     let mut body = json!({"msg_id": msg_id, "state": state});
     if state == "error" {
         body["reason"] = json!("no");

@@ -85,6 +85,9 @@ proptest! {
         prop_assert_eq!(ApiRequest::parse(&req), Some(graph.clone()));
         prop_assert_eq!(graph.response_topic(), topics::graph_res(&client, &gid));
         prop_assert_eq!(ApiRequest::parse(&dev), Some(ApiRequest::Device { client: &client }));
+        let odf_req = topics::odf_req(&client);
+        let odf = ApiRequest::parse(&odf_req);
+        prop_assert_eq!(odf.as_ref().map(ApiRequest::response_topic), Some(topics::odf_res(&client)));
         prop_assert!(topics::matches(&topics::graph_res_filter(&client), &topics::graph_res(&client, &gid)));
     }
 

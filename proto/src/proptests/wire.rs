@@ -1,4 +1,5 @@
-//! Properties of the registration bodies, the control channel and the device API.
+//! Properties of the registration bodies, the control channel, the device API and the
+//! ODF-write API.
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -7,6 +8,7 @@ use super::*;
 use crate::ids::{MsgId, Rev};
 use crate::wire::control::{Ack, Command, Direction, Presence, Signal, Uplink};
 use crate::wire::device_api::DeviceRequest;
+use crate::wire::odf_api::OdfWrite;
 use crate::wire::register::{
     DaRecord, DeregisterRequest, Feature, RegisterRequest, RegisterResponse,
 };
@@ -27,6 +29,9 @@ fn parse_all(body: &[u8]) -> Result<(), TestCaseError> {
         has_reason(&e)?;
     }
     if let Err((_, e)) = DeviceRequest::parse(body) {
+        has_reason(&e)?;
+    }
+    if let Err((_, e)) = OdfWrite::parse(body) {
         has_reason(&e)?;
     }
     if let Err(e) = serde_json::from_slice::<RegisterResponse>(body) {

@@ -7,12 +7,14 @@
 //! - [`control`]: the per-DA control channel (signals, replies, presence).
 //! - [`graph_api`]: the graph API (spec section 4): typed requests and replies, `digest()`.
 //! - [`device_api`]: the device API: attach/detach and announcements.
+//! - [`odf_api`]: the ODF-write API: a value handed to a DA's ODF as routed data would be.
 //! - [`paging`]: replies larger than the broker's payload limit: pages, or an error.
 
 pub mod control;
 mod depth;
 pub mod device_api;
 pub mod graph_api;
+pub mod odf_api;
 pub mod paging;
 pub mod register;
 
