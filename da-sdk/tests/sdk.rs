@@ -1194,6 +1194,54 @@ async fn home_scenes_run_from_a_da_and_failures_are_results() {
     da.deregister().await.unwrap();
 }
 
+/// With authentication on, a DA runs home scenes only when the controller sets
+/// `home.allow_das = true`; otherwise the broker refuses its result filter and the command
+/// fails at once with an error that says so (not after a silent timeout).
+#[tokio::test]
+async fn home_scenes_from_a_da_need_allow_das_when_authentication_is_on() {
+    let catalog =
+        json!({"devices": {"pause": {"driver": "delay", "ms": 10}}, "scenes": {"s": ["pause"]}});
+    let app = App::start(AppOptions {
+        auth: true,
+        ..AppOptions::default()
+    })
+    .await;
+    put_home_catalog(&app, &catalog).await;
+    let da = builder(&app).connect().await.unwrap();
+    let started = Instant::now();
+    let err = da.home_run("s", "on").await.unwrap_err();
+    assert!(matches!(err, Error::HomeRefused { .. }), "{err:?}");
+    assert!(err.to_string().contains("home.allow_das = true"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The DA is still usable, and the next command asks again.
+    assert!(matches!(
+        da.home_run_within("s", "on", Duration::from_millis(300))
+            .await,
+        Err(Error::HomeRefused { .. })
+    ));
+    da.deregister().await.unwrap();
+    drop(app);
+
+    let app = App::start(AppOptions {
+        auth: true,
+        extra_toml: "[home]\nallow_das = true\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
+    put_home_catalog(&app, &catalog).await;
+    let da = builder(&app).connect().await.unwrap();
+    let r = da
+        .home_run_within("s", "on", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(r.ok && r.children.len() == 1, "{r:?}");
+    da.deregister().await.unwrap();
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
