@@ -19,6 +19,7 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iot_proto::home::HomeResult;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::runtime::Runtime;
@@ -141,6 +142,22 @@ impl Da {
     ) -> Result<R, Error> {
         self.rt
             .block_on(self.inner.call_within(target, method, args, timeout))
+    }
+
+    /// See [`crate::Da::home_run`].
+    pub fn home_run(&self, target: &str, cmd: &str) -> Result<HomeResult, Error> {
+        self.rt.block_on(self.inner.home_run(target, cmd))
+    }
+
+    /// See [`crate::Da::home_run_within`].
+    pub fn home_run_within(
+        &self,
+        target: &str,
+        cmd: &str,
+        deadline: Duration,
+    ) -> Result<HomeResult, Error> {
+        self.rt
+            .block_on(self.inner.home_run_within(target, cmd, deadline))
     }
 
     /// See [`crate::Da::deregister`].

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use iot_proto::home::{HomeResult, MAX_DEADLINE_MS};
 use iot_proto::{DaId, Rev};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,6 +31,23 @@ use crate::transport::{Registration, Supervisor};
 
 /// Largest push payload (the JSON list), in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// How long past a home command's deadline [`Da::home_run`] waits for its result: the
+/// controller answers by the deadline, this covers the trip there and back.
+pub const HOME_REPLY_MARGIN: Duration = Duration::from_secs(2);
+
+/// A home command's `deadline_ms` (1 ms to [`MAX_DEADLINE_MS`]; `None`: the controller's
+/// default) and how long its caller waits: that deadline (the largest the controller may
+/// have as its default when none is given) plus [`HOME_REPLY_MARGIN`].
+fn home_deadline(deadline: Option<Duration>) -> (Option<u64>, Duration) {
+    let ms = deadline.map(|d| {
+        u64::try_from(d.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_DEADLINE_MS)
+    });
+    let wait = Duration::from_millis(ms.unwrap_or(MAX_DEADLINE_MS)) + HOME_REPLY_MARGIN;
+    (ms, wait)
+}
 
 /// A registered, running device application. Clone it freely: every clone drives the same DA.
 #[derive(Debug, Clone)]
@@ -356,6 +374,74 @@ impl Da {
         })
     }
 
+    /// Runs a home target (a device or scene of the controller's home catalog, see
+    /// `docs/home.md`) with `cmd` (`on`, `off`, `dim`, `med`, `full`, `dim:N`; empty means
+    /// `on`) under the controller's default deadline (`home.deadline_ms`, 5 s unless
+    /// configured), and returns its result tree. See [`Da::home_run_within`].
+    ///
+    /// Waits at most 62 s (the largest deadline the controller may be configured with, plus
+    /// [`HOME_REPLY_MARGIN`]); give a deadline to fail sooner when no result comes.
+    pub async fn home_run(&self, target: &str, cmd: &str) -> Result<HomeResult, Error> {
+        self.home(target, cmd, None).await
+    }
+
+    /// Runs a home target with `cmd` under `deadline` (at most 60 s; the controller answers
+    /// by then, with unfinished devices marked `deadline`) and returns its result tree.
+    ///
+    /// A run that failed is still `Ok`: read [`HomeResult::ok`] and
+    /// [`HomeResult::failures`] (an unknown target is `ok: false` with `detail`
+    /// `unknown target`). `Err` is for what kept a result from arriving:
+    /// [`Error::HomeTimeout`] when none came within the deadline plus
+    /// [`HOME_REPLY_MARGIN`] (no home handler, or, with authentication on, a controller
+    /// whose `home.allow_das` is off: the broker drops the command), [`Error::HomeRefused`]
+    /// when the broker refused this DA the results, [`Error::Decode`] for a result that does
+    /// not parse, [`Error::InvalidName`] for a target that cannot be a topic level.
+    ///
+    /// The result comes back on `iottalk/home/res/<DA id>/<nonce>`, a fresh nonce per
+    /// command. Dropping the future cancels the wait: a late result is ignored (the
+    /// command itself may still run).
+    ///
+    /// ```no_run
+    /// # async fn f(da: da_sdk::Da) -> Result<(), da_sdk::Error> {
+    /// let r = da.home_run_within("evening", "dim:40", std::time::Duration::from_secs(3)).await?;
+    /// if !r.ok {
+    ///     eprintln!("evening failed in part: {}", r.failures().join(", "));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn home_run_within(
+        &self,
+        target: &str,
+        cmd: &str,
+        deadline: Duration,
+    ) -> Result<HomeResult, Error> {
+        self.home(target, cmd, Some(deadline)).await
+    }
+
+    async fn home(
+        &self,
+        target: &str,
+        cmd: &str,
+        deadline: Option<Duration>,
+    ) -> Result<HomeResult, Error> {
+        let (deadline_ms, wait) = home_deadline(deadline);
+        let (t, c) = (target.to_owned(), cmd.to_owned());
+        let asked = self.ask(|reply| Cmd::Home {
+            target: t,
+            cmd: c,
+            deadline_ms,
+            wait,
+            reply,
+        });
+        tokio::time::timeout(wait, asked)
+            .await
+            .map_err(|_| Error::HomeTimeout {
+                target: target.to_owned(),
+                timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            })?
+    }
+
     /// Stops the DA's tasks after announcing `offline`; returns the last rev.
     async fn stop(&self) -> Result<Rev, Error> {
         let (tx, rx) = oneshot::channel();
@@ -410,4 +496,26 @@ pub(crate) fn encode_sample(value: impl Serialize) -> Result<Vec<u8>, Error> {
         )));
     }
     Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_deadlines_are_capped_and_waited_for_with_a_margin() {
+        let s = Duration::from_secs;
+        assert_eq!(home_deadline(None), (None, s(62)));
+        assert_eq!(
+            home_deadline(Some(Duration::from_millis(1500))),
+            (Some(1500), Duration::from_millis(3500))
+        );
+        assert_eq!(home_deadline(Some(s(600))), (Some(60_000), s(62)));
+        assert_eq!(home_deadline(Some(Duration::MAX)), (Some(60_000), s(62)));
+        // The controller refuses 0.
+        assert_eq!(
+            home_deadline(Some(Duration::ZERO)),
+            (Some(1), Duration::from_millis(2001))
+        );
+    }
 }

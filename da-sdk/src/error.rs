@@ -65,6 +65,15 @@ pub enum Error {
         code: RpcErrorCode,
         reason: String,
     },
+    /// A home command ([`crate::Da::home_run`]) got no result in time: no controller runs
+    /// home scenes on this broker, or authentication is on and the broker dropped the
+    /// request because the controller does not let DAs run them (`home.allow_das`).
+    #[error("home target `{target}` sent no result within {timeout_ms} ms: check that the controller runs home scenes and, when authentication is on, sets `home.allow_das = true` (else the broker drops a DA's home commands)")]
+    HomeTimeout { target: String, timeout_ms: u64 },
+    /// The broker refused this DA's subscription to its home results: authentication is on
+    /// and the controller does not let DAs run home scenes.
+    #[error("the broker refused this DA the home results (`{filter}`): with authentication on, DAs may run home scenes only when the controller sets `home.allow_das = true`")]
+    HomeRefused { filter: String },
     /// A device description that cannot be used (bad tag, name, feature...).
     #[error("invalid device: {0}")]
     InvalidDevice(String),

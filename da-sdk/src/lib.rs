@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - [`config`]: [`DaBuilder`] and its settings (outbox, retry, QoS, MQTT version).
-//! - [`da`]: [`Da`], the handle of a running DA: push, ODF streams, serve/call, deregister.
+//! - [`da`]: [`Da`], the handle of a running DA: push, ODF streams, serve/call, home scenes
+//!   ([`Da::home_run`], results as [`HomeResult`]), deregister.
 //! - [`odf`]: [`OdfStream`] and how ODF data decodes into the caller's type.
 //! - [`status`]: [`Status`], a snapshot published after every change.
 //! - [`device`], [`manager`], [`gateway`]: devices behind a gateway, their store, and
@@ -11,7 +12,7 @@
 //! - [`blocking`]: the same API for programs without an async runtime.
 //! - [`error`]: [`Error`] and [`DecodeError`].
 //! - Internal: `core` (the DA's task, owner of its state; its handlers by concern in
-//!   `core::{connection, delivery, control, requests}`), `transport` (the MQTT connection
+//!   `core::{connection, delivery, control, requests, home}`), `transport` (the MQTT connection
 //!   supervisor; `transport::{client, link, poller, events}` build a connection, send on
 //!   it, read it, and report to `core`), `features` (signal handling), `outbox`, `rpc`,
 //!   `http` (the registration API client), `backoff`, `sqlite`.
@@ -41,10 +42,11 @@ mod sqlite;
 mod transport;
 
 pub use config::{DaBuilder, MqttVersion, OutboxConfig, Retry, SignalInfo, Units, WhenFull};
-pub use da::{Da, MAX_PAYLOAD_BYTES};
+pub use da::{Da, HOME_REPLY_MARGIN, MAX_PAYLOAD_BYTES};
 pub use device::{Device, Tags};
 pub use error::{DecodeError, Error};
 pub use gateway::{Gateway, Reconciled};
+pub use iot_proto::home::HomeResult;
 pub use iot_proto::rpc::RpcErrorCode;
 pub use iot_proto::wire::{Command, Direction};
 pub use iot_proto::{DaId, QoS, Rev};
@@ -67,6 +69,7 @@ mod send_check {
         is_send(&da.odf::<i64>("x"));
         is_send(&da.call::<_, i64>("t", "m", ()));
         is_send(&da.serve("m", |x: i64| async move { Ok::<_, String>(x) }));
+        is_send(&da.home_run("t", "on"));
         is_send(&da.deregister());
         is_send(&da.wait_for(|_| true));
     }

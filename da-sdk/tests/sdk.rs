@@ -1099,6 +1099,149 @@ async fn the_blocking_api_pushes_receives_and_calls() {
     assert_eq!(app.get(&id.to_string()).await.0, 404);
 }
 
+/// Sets the controller's home catalog through its REST API.
+async fn put_home_catalog(app: &App, catalog: &Value) {
+    let r = app
+        .operator(app.http.put(format!("{}/api/home", app.ccm)))
+        .json(catalog)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert!(status.is_success(), "PUT /api/home: {status} {body}");
+}
+
+/// Home scenes from a DA (issue 11), against the controller's home handler: a scene of one
+/// `delay` device runs and its result tree comes back; an unknown target is a result with
+/// `ok: false`, not an error; concurrent commands each get their own result; the reply
+/// filter is subscribed to again after a controller restart; the blocking API too.
+#[tokio::test(flavor = "multi_thread")]
+async fn home_scenes_run_from_a_da_and_failures_are_results() {
+    let mut app = fixed_app().await;
+    put_home_catalog(
+        &app,
+        &json!({"devices": {"pause": {"driver": "delay", "ms": 10}}, "scenes": {"s": ["pause"]}}),
+    )
+    .await;
+    let da = builder(&app).connect().await.unwrap();
+
+    let r = da.home_run("s", "on").await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!((r.target.as_str(), r.cmd.as_str()), ("s", "on"));
+    assert_eq!(
+        r.id.len(),
+        32,
+        "the request's nonce comes back as its id: {r:?}"
+    );
+    assert_eq!(r.children.len(), 1, "{r:?}");
+    assert_eq!(r.children[0].target, "pause");
+    assert!(r.children[0].ok, "{r:?}");
+    assert!(r.failures().is_empty());
+
+    let r = da
+        .home_run_within("garage", "off", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.target, "garage");
+    assert_eq!(r.detail.as_deref(), Some("unknown target"), "{r:?}");
+    assert_eq!(r.failures(), ["garage: unknown target"]);
+
+    // Several at once: each result reaches its own caller.
+    let runs = ["on", "off", "dim:40"].map(|cmd| {
+        let da = da.clone();
+        async move { da.home_run_within("s", cmd, WAIT).await }
+    });
+    let results = futures::future::join_all(runs).await;
+    let cmds: Vec<String> = results
+        .into_iter()
+        .map(|r| {
+            let r = r.unwrap();
+            assert!(r.ok, "{r:?}");
+            r.cmd
+        })
+        .collect();
+    assert_eq!(cmds, ["on", "off", "dim:40"]);
+    assert!(matches!(
+        da.home_run("a/b", "on").await,
+        Err(Error::InvalidName(_))
+    ));
+
+    // After a restart the DA subscribes to its results again (the catalog is stored).
+    app.stop().await;
+    wait(&da, "reconnecting", |s| s.state == ConnState::Reconnecting).await;
+    let app = app.restart().await;
+    wait(&da, "online again", |s| s.is_online() && s.sessions == 2).await;
+    let r = da.home_run_within("s", "full", WAIT).await.unwrap();
+    assert!(r.ok && r.children.len() == 1, "{r:?}");
+
+    let url = app.csm.clone();
+    let blocking = std::thread::spawn(move || {
+        let da = patient(Da::builder(url))
+            .model("Dummy_Device")
+            .connect_blocking()
+            .unwrap();
+        let r = da.home_run("s", "off");
+        da.deregister().unwrap();
+        r
+    });
+    let r = tokio::task::spawn_blocking(move || blocking.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.ok && r.cmd == "off", "{r:?}");
+    da.deregister().await.unwrap();
+}
+
+/// With authentication on, a DA runs home scenes only when the controller sets
+/// `home.allow_das = true`; otherwise the broker refuses its result filter and the command
+/// fails at once with an error that says so (not after a silent timeout).
+#[tokio::test]
+async fn home_scenes_from_a_da_need_allow_das_when_authentication_is_on() {
+    let catalog =
+        json!({"devices": {"pause": {"driver": "delay", "ms": 10}}, "scenes": {"s": ["pause"]}});
+    let app = App::start(AppOptions {
+        auth: true,
+        ..AppOptions::default()
+    })
+    .await;
+    put_home_catalog(&app, &catalog).await;
+    let da = builder(&app).connect().await.unwrap();
+    let started = Instant::now();
+    let err = da.home_run("s", "on").await.unwrap_err();
+    assert!(matches!(err, Error::HomeRefused { .. }), "{err:?}");
+    assert!(err.to_string().contains("home.allow_das = true"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The DA is still usable, and the next command asks again.
+    assert!(matches!(
+        da.home_run_within("s", "on", Duration::from_millis(300))
+            .await,
+        Err(Error::HomeRefused { .. })
+    ));
+    da.deregister().await.unwrap();
+    drop(app);
+
+    let app = App::start(AppOptions {
+        auth: true,
+        extra_toml: "[home]\nallow_das = true\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
+    put_home_catalog(&app, &catalog).await;
+    let da = builder(&app).connect().await.unwrap();
+    let r = da
+        .home_run_within("s", "on", Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(r.ok && r.children.len() == 1, "{r:?}");
+    da.deregister().await.unwrap();
+}
+
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

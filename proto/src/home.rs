@@ -37,6 +37,27 @@ pub fn res(target: &str) -> String {
     format!("{RES_PREFIX}{target}")
 }
 
+/// `iottalk/home/res/<owner>/<nonce>`: the reply topic of one request of a client that keeps
+/// its replies under its own name (a DA: its id, the only part of `iottalk/home/res/` the
+/// controller's ACL lets it read).
+pub fn owned_res(owner: &str, nonce: &str) -> String {
+    format!("{RES_PREFIX}{owner}/{nonce}")
+}
+
+/// `iottalk/home/res/<owner>/+`: every reply topic [`owned_res`] makes for `owner`.
+pub fn owned_res_filter(owner: &str) -> String {
+    format!("{RES_PREFIX}{owner}/+")
+}
+
+/// The nonce of a topic [`owned_res`] made for `owner` (`None`: another topic).
+pub fn parse_owned_res<'a>(owner: &str, topic: &'a str) -> Option<&'a str> {
+    topic
+        .strip_prefix(RES_PREFIX)?
+        .strip_prefix(owner)?
+        .strip_prefix('/')
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+}
+
 /// `iottalk/home/state/<device>`.
 pub fn state(device: &str) -> String {
     format!("{STATE_PREFIX}{device}")
@@ -184,6 +205,15 @@ mod tests {
         assert!(!valid_reply_topic("iottalk/home/res/"));
         assert!(!valid_reply_topic("iottalk/home/res/#"));
         assert!(!valid_reply_topic("0f7ee2b4/ctrl/o"));
+        let mine = owned_res("da1", "n1");
+        assert_eq!(mine, "iottalk/home/res/da1/n1");
+        assert!(valid_reply_topic(&mine));
+        assert!(crate::topics::matches(&owned_res_filter("da1"), &mine));
+        assert_eq!(parse_owned_res("da1", &mine), Some("n1"));
+        assert_eq!(parse_owned_res("da2", &mine), None);
+        assert_eq!(parse_owned_res("da", &mine), None);
+        assert_eq!(parse_owned_res("da1", "iottalk/home/res/da1/"), None);
+        assert_eq!(parse_owned_res("da1", "iottalk/home/res/da1/n/x"), None);
     }
 
     #[test]

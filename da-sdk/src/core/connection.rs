@@ -2,7 +2,7 @@
 //! on it: what is sent on connecting (subscriptions, `online`, calls made while offline),
 //! what is reset on a loss, and how the reports (packet ids, acknowledgements, incoming
 //! publishes) are matched to what the task queued. Incoming publishes are only routed here;
-//! `control` and `requests` handle them. Not here: sending the outbox (`delivery`).
+//! `control`, `requests` and `home` handle them. Not here: sending the outbox (`delivery`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -51,6 +51,7 @@ impl Core {
                 self.resume_deadline = None;
                 self.outq
                     .retain(|o| matches!(o, Out::Publish { tag: Tag::Call, .. }));
+                self.home_connection_lost();
                 // Pending subscriptions are made again on connecting; the server re-sends
                 // CONNECT on our online, and that one is answered.
                 let tokens: Vec<u64> = self.sub_waiters.keys().copied().collect();
@@ -94,6 +95,9 @@ impl Core {
         ];
         if !self.handlers.is_empty() {
             filters.push((self.serve_topic.clone(), QoS::AtLeastOnce));
+        }
+        if let Some(f) = self.home_filter() {
+            filters.push((f.to_owned(), QoS::AtLeastOnce));
         }
         filters.extend(
             self.features
@@ -171,13 +175,15 @@ impl Core {
                     }
                 }
             }
-            NetEvent::SubAck(pkid) => {
+            NetEvent::SubAck { pkid, refused } => {
                 let token = self
                     .session
                     .as_mut()
                     .and_then(|s| s.sub_by_pkid.remove(&pkid));
                 if let Some(token) = token {
-                    self.subscribed(token);
+                    if !self.home_subscribed(token, refused) {
+                        self.subscribed(token);
+                    }
                 }
             }
             NetEvent::OutDisconnect => {
@@ -232,7 +238,7 @@ impl Core {
         } else if let Some(odf) = self.features.odf_for_topic(topic) {
             let odf = odf.to_owned();
             self.deliver(&odf, payload);
-        } else {
+        } else if !self.on_home_result(topic, &payload) {
             tracing::debug!(topic, "message on a topic we no longer use");
         }
     }

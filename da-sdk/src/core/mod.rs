@@ -9,7 +9,8 @@
 //! - `connection`: a connection coming up or going down, and what rumqttc reports on it;
 //! - `delivery`: handing queued requests and outbox entries to the connection, in order;
 //! - `control`: signals from the server, our own uplink, ODF data to its consumers;
-//! - `requests`: request/response, as the server (`serve`) and as the client (`call`).
+//! - `requests`: request/response, as the server (`serve`) and as the client (`call`);
+//! - `home`: home scene commands (`home_run`) and their results.
 //!
 //! Not here: the MQTT connection itself (`transport`), what a signal does to the features
 //! (`features`), storage (`outbox`), running request handlers (`rpc`).
@@ -20,6 +21,7 @@
 mod connection;
 mod control;
 mod delivery;
+mod home;
 mod requests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use iot_proto::home::HomeResult;
 use iot_proto::wire::{Presence, Uplink};
 use iot_proto::{topics, DaId, QoS, Rev};
 use serde_json::Value;
@@ -68,6 +71,16 @@ pub(crate) enum Cmd {
         timeout: Duration,
         reply: oneshot::Sender<Result<Value, Error>>,
     },
+    /// Runs a home target; the result is sent back on a reply topic of this DA's own.
+    Home {
+        target: String,
+        cmd: String,
+        /// The request's `deadline_ms` (`None`: the controller's default).
+        deadline_ms: Option<u64>,
+        /// How long the caller waits: the request is not sent after that.
+        wait: Duration,
+        reply: oneshot::Sender<Result<HomeResult, Error>>,
+    },
     /// Publish offline, disconnect, stop; answers with the last rev.
     Stop { reply: oneshot::Sender<Rev> },
 }
@@ -92,6 +105,26 @@ struct PendingCall {
     target: String,
     method: String,
     reply: oneshot::Sender<Result<Value, Error>>,
+}
+
+struct PendingHome {
+    target: String,
+    reply: oneshot::Sender<Result<HomeResult, Error>>,
+}
+
+/// The home commands of this DA: where their results come back and who waits for them.
+struct Home {
+    /// `iottalk/home/res/<id>/+`.
+    filter: String,
+    /// Whether a home command was made: from then on the filter is subscribed to on every
+    /// connection.
+    used: bool,
+    /// The token of the first subscription to the filter, until the broker acknowledges it.
+    pending: Option<u64>,
+    /// Requests waiting for that acknowledgement (nonce, request).
+    held: Vec<(String, Out)>,
+    /// Waiting callers by nonce (the last level of the reply topic, also the request's `id`).
+    calls: HashMap<String, PendingHome>,
 }
 
 struct Stopping {
@@ -130,6 +163,7 @@ pub(crate) struct Core {
     rpc_rx: mpsc::Receiver<Done>,
     calls: HashMap<String, PendingCall>,
     next_call: u64,
+    home: Home,
     /// Callers of `serve` waiting for the broker to acknowledge a subscription.
     sub_waiters: HashMap<u64, Vec<oneshot::Sender<Result<(), Error>>>>,
     /// The token of the request-topic subscription in flight.
@@ -197,6 +231,13 @@ impl Core {
             rpc_rx,
             calls: HashMap::new(),
             next_call: 1,
+            home: Home {
+                filter: iot_proto::home::owned_res_filter(&me),
+                used: false,
+                pending: None,
+                held: Vec::new(),
+                calls: HashMap::new(),
+            },
             sub_waiters: HashMap::new(),
             serve_pending: None,
             next_token: 1,
@@ -318,6 +359,13 @@ impl Core {
                 timeout,
                 reply,
             } => self.call(target, method, args, timeout, reply),
+            Cmd::Home {
+                target,
+                cmd,
+                deadline_ms,
+                wait,
+                reply,
+            } => self.home_run(target, cmd, deadline_ms, wait, reply),
             Cmd::Stop { reply } => self.begin_stop(Some(reply)),
         }
     }
@@ -343,6 +391,7 @@ impl Core {
     fn on_tick(&mut self) {
         // Calls whose caller gave up (deadline or cancellation) are forgotten.
         self.calls.retain(|_, c| !c.reply.is_closed());
+        self.home.calls.retain(|_, c| !c.reply.is_closed());
         if self
             .stopping
             .as_ref()
@@ -415,19 +464,8 @@ mod tests {
         }
     }
 
-    /// The events of the task name no DA themselves; its span does, and keeps doing so when
-    /// the filter lets only warnings through.
-    #[tokio::test(start_paused = true)]
-    async fn events_carry_the_da_id_of_the_tasks_span() {
-        let lines = Lines::default();
-        let sink = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || sink.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-
+    /// A DA's task state, not running, without a connection (stop at once).
+    pub(super) async fn test_core() -> Core {
         let id = DaId::new_v4();
         let opts = Arc::new(Options {
             stop_timeout: Duration::ZERO,
@@ -449,7 +487,7 @@ mod tests {
         let outbox = Outbox::open(&opts.outbox, &id).await.unwrap();
         let (status_tx, _status_rx) =
             watch::channel(Status::new(id, reg.name.clone(), reg.rev.clone()));
-        let core = Core::new(
+        Core::new(
             id,
             opts,
             reg,
@@ -459,19 +497,45 @@ mod tests {
             status_tx,
             CancellationToken::new(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A connection whose event loop is never polled.
+    pub(super) fn link() -> Link {
+        let (client, _) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "h", 1), 4);
+        Link::V4(client)
+    }
+
+    /// `core` as on a connection (generation 1).
+    pub(super) async fn connect(core: &mut Core) {
+        core.on_connected(1, link(), Protocol::V311).await;
+    }
+
+    /// The events of the task name no DA themselves; its span does, and keeps doing so when
+    /// the filter lets only warnings through.
+    #[tokio::test(start_paused = true)]
+    async fn events_carry_the_da_id_of_the_tasks_span() {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let core = test_core().await;
+        let id = core.id;
         let (cmd_tx, cmd_rx) = mpsc::channel(1);
         let (net_tx, net_rx) = mpsc::channel(4);
         let task = tokio::spawn(core.run(cmd_rx, net_rx));
 
         // A connection (whose event loop is never polled), a malformed signal on it, then a
         // stop the broker never confirms: two warnings, one debug line left out.
-        let (client, _) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "h", 1), 4);
-        let link = Link::V4(client);
         for input in [
             Input::Connected {
                 gen: 1,
-                link,
+                link: link(),
                 protocol: Protocol::V311,
             },
             Input::Net {

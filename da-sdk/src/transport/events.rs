@@ -59,7 +59,11 @@ pub(crate) enum NetEvent {
     PubComp(u16),
     /// A subscribe request was written, in request order.
     OutSubscribe(u16),
-    SubAck(u16),
+    /// A subscribe was acknowledged; `refused`: the broker refused one of its filters.
+    SubAck {
+        pkid: u16,
+        refused: bool,
+    },
     OutDisconnect,
     /// Some other request was processed: room in rumqttc's queue.
     Progress,

@@ -88,13 +88,17 @@ fn map_v4(e: rumqttc::Event) -> Polled {
         Event::Incoming(Packet::PubAck(a)) => Polled::Event(NetEvent::PubAck(a.pkid)),
         Event::Incoming(Packet::PubComp(c)) => Polled::Event(NetEvent::PubComp(c.pkid)),
         Event::Incoming(Packet::SubAck(s)) => {
-            if s.return_codes
+            let refused = s
+                .return_codes
                 .iter()
-                .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-            {
+                .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+            if refused {
                 tracing::warn!("the broker refused a subscription");
             }
-            Polled::Event(NetEvent::SubAck(s.pkid))
+            Polled::Event(NetEvent::SubAck {
+                pkid: s.pkid,
+                refused,
+            })
         }
         Event::Incoming(_) => Polled::Skip,
         Event::Outgoing(Outgoing::Publish(pkid)) => Polled::Event(NetEvent::OutPublish(pkid)),
@@ -128,13 +132,17 @@ fn map_v5(e: rumqttc::v5::Event) -> Polled {
         Event::Incoming(Packet::PubAck(a)) => Polled::Event(NetEvent::PubAck(a.pkid)),
         Event::Incoming(Packet::PubComp(c)) => Polled::Event(NetEvent::PubComp(c.pkid)),
         Event::Incoming(Packet::SubAck(s)) => {
-            if s.return_codes
+            let refused = s
+                .return_codes
                 .iter()
-                .any(|c| !matches!(c, m5::v5::SubscribeReasonCode::Success(_)))
-            {
+                .any(|c| !matches!(c, m5::v5::SubscribeReasonCode::Success(_)));
+            if refused {
                 tracing::warn!(codes = ?s.return_codes, "the broker refused a subscription");
             }
-            Polled::Event(NetEvent::SubAck(s.pkid))
+            Polled::Event(NetEvent::SubAck {
+                pkid: s.pkid,
+                refused,
+            })
         }
         Event::Incoming(_) => Polled::Skip,
         Event::Outgoing(Outgoing::Publish(pkid)) => Polled::Event(NetEvent::OutPublish(pkid)),
