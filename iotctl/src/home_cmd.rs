@@ -117,13 +117,10 @@ async fn catalog(api: &Api) -> Result<Catalog> {
 }
 
 fn print_list(c: &Catalog) {
-    let width = c
-        .devices
-        .keys()
-        .chain(c.scenes.keys())
-        .map(String::len)
-        .max()
-        .unwrap_or(0);
+    let width =
+        |names: &mut dyn Iterator<Item = &String>| names.map(String::len).max().unwrap_or(0);
+    let dw = width(&mut c.devices.keys());
+    let sw = width(&mut c.scenes.keys());
     println!("devices:");
     for (name, d) in &c.devices {
         let what = match d {
@@ -133,7 +130,7 @@ fn print_list(c: &Catalog) {
             Driver::Da { da, odf } => format!("da {da} {odf}"),
             Driver::Delay { ms } => format!("delay {ms} ms"),
         };
-        println!("  {name:<width$}  {what}");
+        println!("  {name:<dw$}  {what}");
     }
     println!("scenes:");
     for (name, s) in &c.scenes {
@@ -141,7 +138,7 @@ fn print_list(c: &Catalog) {
             iot_ccm::home::catalog::Mode::Parallel => "parallel",
             iot_ccm::home::catalog::Mode::Sequence => "sequence",
         };
-        println!("  {name:<width$}  {mode}  {}", s.items().join(", "));
+        println!("  {name:<sw$}  {mode}  {}", s.items().join(", "));
     }
 }
 

@@ -71,7 +71,11 @@ pub fn valid_reply_topic(topic: &str) -> bool {
         && topic.len() <= 512
         && topic.starts_with(RES_PREFIX)
         && !topic.contains(['#', '+', '\0'])
+        && topic.split('/').count() <= MAX_REPLY_LEVELS
 }
+
+/// The most levels a reply topic may have (well under any broker's limit).
+pub const MAX_REPLY_LEVELS: usize = 16;
 
 /// A JSON request. Every field is optional; a plain-text payload is the same as `{"cmd": text}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +209,10 @@ mod tests {
         assert!(!valid_reply_topic("iottalk/home/res/"));
         assert!(!valid_reply_topic("iottalk/home/res/#"));
         assert!(!valid_reply_topic("0f7ee2b4/ctrl/o"));
+        assert!(!valid_reply_topic(&format!(
+            "iottalk/home/res/{}",
+            "a/".repeat(20)
+        )));
         let mine = owned_res("da1", "n1");
         assert_eq!(mine, "iottalk/home/res/da1/n1");
         assert!(valid_reply_topic(&mine));

@@ -97,6 +97,12 @@ impl<R: Send + 'static> Replies<R> {
         body.insert("nonce".into(), Value::String(nonce.clone()));
         let (tx, rx) = oneshot::channel();
         lock(&self.waiting).insert(nonce.clone(), tx);
+        // Forgets the request however this future ends: a reply, a timeout, a refused
+        // publish, or the caller dropping it (a home run cut at its deadline).
+        let _forget = Forget {
+            waiting: &self.waiting,
+            nonce: &nonce,
+        };
         let msg = Message::new(
             topic,
             Value::Object(body).to_string(),
@@ -104,15 +110,23 @@ impl<R: Send + 'static> Replies<R> {
             false,
         );
         if let Err(e) = broker.publish(msg).await {
-            lock(&self.waiting).remove(&nonce);
             return Err(NoReply::Broker(e.to_string()));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) | Err(_) => {
-                lock(&self.waiting).remove(&nonce);
-                Err(NoReply::Timeout)
-            }
+            Ok(Err(_)) | Err(_) => Err(NoReply::Timeout),
         }
+    }
+}
+
+/// Removes a request's entry when dropped.
+struct Forget<'a, R> {
+    waiting: &'a Waiting<R>,
+    nonce: &'a str,
+}
+
+impl<R> Drop for Forget<'_, R> {
+    fn drop(&mut self) {
+        lock(self.waiting).remove(self.nonce);
     }
 }

@@ -136,7 +136,16 @@ pub enum CatalogError {
     Variant(String),
     #[error("scenes contain each other: {0}")]
     Cycle(String),
+    #[error("scene `{scene}` has two variants for the same command: `{a}` and `{b}`")]
+    SameVariant { scene: String, a: String, b: String },
+    #[error("scene `{scene}` {why}")]
+    TooBig { scene: String, why: String },
 }
+
+/// The most devices one run may reach (a scene listing a scene twice doubles its count).
+pub const MAX_LEAVES: usize = 1000;
+/// The deepest scenes may nest.
+pub const MAX_DEPTH: usize = 32;
 
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
@@ -212,6 +221,11 @@ impl Catalog {
                     if topic.is_empty() || topic.contains(['#', '+']) {
                         return Err(bad("`topic` must be a topic name without wildcards"));
                     }
+                    if topic.starts_with("iottalk/home/") {
+                        // A command topic would run a scene from itself; a state topic would
+                        // forge a device's state.
+                        return Err(bad("`topic` must not be under iottalk/home/"));
+                    }
                 }
                 Driver::Da { da, odf } => {
                     if da.parse::<iot_proto::DaId>().is_err() || odf.is_empty() {
@@ -235,9 +249,19 @@ impl Catalog {
                 return Err(CatalogError::Name(name.clone()));
             }
             if let Some(v) = variant {
-                Command::parse(v).map_err(|_| CatalogError::Name(name.clone()))?;
+                let cmd = Command::parse(v).map_err(|_| CatalogError::Name(name.clone()))?;
                 if !bases.contains(base) {
                     return Err(CatalogError::Variant(name.clone()));
+                }
+                if let Some(other) = self
+                    .variants(base)
+                    .find(|(k, c, _)| *c == cmd && *k != name.as_str())
+                {
+                    return Err(CatalogError::SameVariant {
+                        scene: base.to_owned(),
+                        a: other.0.to_owned(),
+                        b: name.clone(),
+                    });
                 }
             }
             if self.devices.contains_key(base) {
@@ -258,7 +282,75 @@ impl Catalog {
                 }
             }
         }
-        self.check_cycles()
+        self.check_cycles()?;
+        self.check_size()
+    }
+
+    /// The variants of scene `base`: their key, command and scene.
+    fn variants<'a>(
+        &'a self,
+        base: &'a str,
+    ) -> impl Iterator<Item = (&'a str, Command, &'a SceneDoc)> + 'a {
+        self.scenes.iter().filter_map(move |(k, s)| {
+            let (b, v) = k.split_once(':')?;
+            let cmd = Command::parse(v).ok()?;
+            (b == base).then_some((k.as_str(), cmd, s))
+        })
+    }
+
+    /// How many devices each scene reaches at most and how deep it nests, both bounded:
+    /// the check runs after [`Self::check_cycles`], so the recursion ends.
+    fn check_size(&self) -> Result<(), CatalogError> {
+        let mut memo = BTreeMap::new();
+        for base in self.base_scenes() {
+            let (leaves, depth) = self.size(base, &mut memo);
+            if leaves > MAX_LEAVES {
+                return Err(CatalogError::TooBig {
+                    scene: base.to_owned(),
+                    why: format!("reaches {leaves} devices in one run (at most {MAX_LEAVES})"),
+                });
+            }
+            if depth > MAX_DEPTH {
+                return Err(CatalogError::TooBig {
+                    scene: base.to_owned(),
+                    why: format!("nests {depth} scenes deep (at most {MAX_DEPTH})"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// (devices reached, nesting depth) of scene `base`, the largest over its variants.
+    fn size<'a>(
+        &'a self,
+        base: &'a str,
+        memo: &mut BTreeMap<&'a str, (usize, usize)>,
+    ) -> (usize, usize) {
+        if let Some(known) = memo.get(base) {
+            return *known;
+        }
+        let lists = self
+            .scenes
+            .get(base)
+            .into_iter()
+            .chain(self.variants(base).map(|(_, _, s)| s));
+        let (mut leaves, mut depth) = (0usize, 1usize);
+        for scene in lists {
+            let mut sum = 0usize;
+            for item in scene.items().iter().filter_map(|i| parse_item(i).ok()) {
+                match self.scenes.get_key_value(item.target.as_str()) {
+                    Some((k, _)) => {
+                        let (l, d) = self.size(k, memo);
+                        sum = sum.saturating_add(l);
+                        depth = depth.max(d + 1);
+                    }
+                    None => sum = sum.saturating_add(1),
+                }
+            }
+            leaves = leaves.max(sum);
+        }
+        memo.insert(base, (leaves, depth));
+        (leaves, depth)
     }
 
     /// Scenes a scene (with its variants) names directly.
@@ -309,9 +401,10 @@ impl Catalog {
 
     /// The items scene `name` runs for command `cmd`: its variant for that command when it
     /// has one, else the plain scene.
-    pub fn scene_for(&self, name: &str, cmd: Command) -> Option<&SceneDoc> {
-        self.scenes
-            .get(&format!("{name}:{cmd}"))
+    pub fn scene_for<'a>(&'a self, name: &'a str, cmd: Command) -> Option<&'a SceneDoc> {
+        self.variants(name)
+            .find(|(_, c, _)| *c == cmd)
+            .map(|(_, _, s)| s)
             .or_else(|| self.scenes.get(name))
     }
 
@@ -383,6 +476,48 @@ items = ["lamp:dim:10", "pause", "lamp:full"]
     }
 
     #[test]
+    fn variants_match_by_command_whatever_their_spelling() {
+        let c = Catalog::from_toml(
+            "[devices.a]\ndriver = \"delay\"\nms = 1\n[scenes]\ne = [\"a\"]\n\"e:med\" = []\n\"e:FULL\" = [\"a\", \"a\"]\n",
+        )
+        .unwrap();
+        assert!(c
+            .scene_for("e", Command::parse("dim:60").unwrap())
+            .unwrap()
+            .items()
+            .is_empty());
+        assert_eq!(c.scene_for("e", Command::ON).unwrap().items().len(), 2);
+        assert_eq!(c.scene_for("e", Command::OFF).unwrap().items().len(), 1);
+    }
+
+    #[test]
+    fn a_scene_that_reaches_too_many_devices_or_nests_too_deep_is_refused() {
+        // s0 lists s1 twice, s1 lists s2 twice...: 2^11 devices from one command.
+        let mut text = String::from("[devices.lamp]\ndriver = \"delay\"\nms = 1\n[scenes]\n");
+        for i in 0..11 {
+            text.push_str(&format!("s{i} = [\"s{n}\", \"s{n}\"]\n", n = i + 1));
+        }
+        text.push_str("s11 = [\"lamp\"]\n");
+        let err = Catalog::from_toml(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "scene `s0` reaches 2048 devices in one run (at most 1000)"
+        );
+        let mut text = String::from("[devices.lamp]\ndriver = \"delay\"\nms = 1\n[scenes]\n");
+        for i in 0..40 {
+            text.push_str(&format!("s{i} = [\"s{}\"]\n", i + 1));
+        }
+        text.push_str("s40 = [\"lamp\"]\n");
+        let err = Catalog::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("nests 41 scenes deep (at most 32)"), "{err}");
+        let err =
+            Catalog::from_toml("[devices.m]\ndriver = \"mqtt\"\ntopic = \"iottalk/home/cmd/x\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("must not be under iottalk/home/"), "{err}");
+    }
+
+    #[test]
     fn cycles_and_unknown_items_are_refused_by_name() {
         let text = r#"
 [devices.lamp]
@@ -406,6 +541,13 @@ porch-lights = ["evening"]
             .to_string();
         assert_eq!(err, "scenes contain each other: x -> x");
         assert!(Catalog::from_toml("[scenes]\n\"y:off\" = []\n").is_err());
+        let err = Catalog::from_toml("[scenes]\ny = []\n\"y:off\" = []\n\"y:OFF\" = []\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "scene `y` has two variants for the same command: `y:off` and `y:OFF`"
+        );
         assert!(Catalog::from_toml("[devices.a]\ndriver = \"warp\"\n").is_err());
         assert!(Catalog::from_toml(
             "[devices.a]\ndriver = \"tplink\"\nhost = \"h\"\nkind = \"toaster\"\n"

@@ -57,6 +57,7 @@ impl Drive for Drivers {
                 http_get(&self.http, &url).await
             }
             Driver::Mqtt { topic, payload } => {
+                // (`{cmd}` is `on`, `off` or `dim:N`: the topic stays a valid name.)
                 let msg = Message::new(
                     topic.replace("{cmd}", &text),
                     payload.replace("{cmd}", &text),
@@ -102,7 +103,12 @@ async fn tplink_send(
 
 /// A GET; any 2xx is success.
 async fn http_get(http: &reqwest::Client, url: &str) -> Result<(), String> {
-    let res = http.get(url).send().await.map_err(|e| http_detail(&e))?;
+    // Without the URL: it may carry a token, and details go to every reader of the reply.
+    let res = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| http_detail(&e.without_url()))?;
     let status = res.status();
     if status.is_success() {
         Ok(())

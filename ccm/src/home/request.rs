@@ -52,7 +52,12 @@ impl Plan {
 
 /// Reads a message on `iottalk/home/cmd/<target>`; `None` when the topic is not one.
 pub fn plan(msg: &Message, catalog: &Catalog, cfg: &HomeConfig) -> Option<Plan> {
-    let asked = home::parse_cmd(&msg.topic)?.to_owned();
+    let asked = match home::parse_cmd(&msg.topic) {
+        Some(t) => t.to_owned(),
+        // `iottalk/home/cmd/` (an empty level) matches the subscription too: answered.
+        None if msg.topic == home::cmd("") => String::new(),
+        None => return None,
+    };
     let correlation = msg.correlation.clone();
     let (req, mut refused) = match HomeRequest::parse(&msg.payload) {
         Ok(r) => (r, None),
@@ -82,6 +87,7 @@ pub fn plan(msg: &Message, catalog: &Catalog, cfg: &HomeConfig) -> Option<Plan> 
         .clamp(1, MAX_DEADLINE_MS);
     let what = match refused {
         Some(why) => Err(why),
+        None if asked.is_empty() => Err("no target: publish on iottalk/home/cmd/<target>".into()),
         None => Command::parse(&cmd_text)
             .map_err(|e| e.to_string())
             .and_then(|cmd| lookup(catalog, &asked).map(|t| (t, cmd))),
@@ -188,6 +194,9 @@ mod tests {
         );
         assert_eq!(p.deadline, Duration::from_millis(700));
         assert!(plan(&msg("iottalk/home/res/lamp", "on"), &catalog(), &cfg).is_none());
+        let p = plan(&msg("iottalk/home/cmd/", "on"), &catalog(), &cfg).unwrap();
+        assert_eq!(p.reply_topic, "iottalk/home/res/");
+        assert!(p.what.unwrap_err().starts_with("no target"));
     }
 
     #[test]

@@ -12,12 +12,10 @@ use futures::future::{join_all, BoxFuture, FutureExt};
 use iot_proto::home::HomeResult;
 use tokio::time::Instant;
 
-use super::catalog::{parse_item, Catalog, Driver, Mode};
+use super::catalog::{parse_item, Catalog, Driver, Mode, MAX_DEPTH};
 use super::command::Command;
 use super::metrics::HomeMetrics;
 
-/// How deep scenes may nest (the catalog has no cycles; this bounds a hand-edited one).
-const MAX_DEPTH: usize = 32;
 /// Pause between two attempts of a leaf.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 

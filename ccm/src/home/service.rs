@@ -111,11 +111,16 @@ impl Home {
             Outcome::Failed
         };
         self.metrics().command(&target, outcome);
-        for m in request::states(&result, &catalog, crate::now()) {
-            if let Err(e) = self.drivers.broker.publish(m).await {
-                tracing::warn!(error = %e, "cannot publish a home device state");
+        // The states go out on their own task: the reply is not held up by them.
+        let states = request::states(&result, &catalog, crate::now());
+        let broker = self.drivers.broker.clone();
+        tokio::spawn(async move {
+            for m in states {
+                if let Err(e) = broker.publish(m).await {
+                    tracing::warn!(error = %e, "cannot publish a home device state");
+                }
             }
-        }
+        });
         result
     }
 
@@ -161,13 +166,22 @@ impl Home {
                 "home command did not fully succeed"
             );
         }
-        if let Err(e) = self
-            .drivers
-            .broker
-            .publish(request::reply(&plan, &result))
-            .await
-        {
+        let broker = &self.drivers.broker;
+        if let Err(e) = broker.publish(request::reply(&plan, &result)).await {
+            // Still one reply: a short refusal on the target's default topic.
             tracing::warn!(error = %e, "cannot publish a home reply");
+            let why = format!("the reply could not be published: {e}");
+            let fallback = Plan {
+                reply_topic: home::res(&plan.asked),
+                ..plan.clone()
+            };
+            let short = HomeResult {
+                children: Vec::new(),
+                ..plan.refusal(&why)
+            };
+            if let Err(e) = broker.publish(request::reply(&fallback, &short)).await {
+                tracing::warn!(error = %e, "cannot publish a home reply");
+            }
         }
     }
 }
