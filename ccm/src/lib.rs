@@ -10,6 +10,7 @@
 //! - [`api`]: the REST API under `/api/`, its OpenAPI document, logins, event streams.
 //! - [`assets`]: the web GUI's files, embedded in the binary.
 //! - [`error`]: [`CcmError`], every refusal with its HTTP status.
+//! - [`keys`]: the keymanager (its cryptography so far).
 //! - [`home`]: home scenes, an MQTT topic handler on `iottalk/home/cmd/<target>` (docs/home.md).
 //!
 //! [`Ccm`] is the handle shared by all of them: the state behind one lock, written through
@@ -20,6 +21,7 @@ pub mod apply;
 pub mod assets;
 pub mod error;
 pub mod home;
+pub mod keys;
 pub mod model;
 pub mod state;
 pub mod transfer;

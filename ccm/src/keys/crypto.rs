@@ -1,0 +1,244 @@
+//! The keymanager's cryptography, exactly as docs/keymanager.md writes it (other clients must
+//! match it byte for byte):
+//!
+//! - the key-encryption key (KEK): Argon2id of the unseal password with a random 16-byte salt
+//!   and stored parameters (at least 64 MiB and 3 passes);
+//! - a stored value: XChaCha20-Poly1305 under the KEK, a random 24-byte nonce each time, with
+//!   the record it belongs to as associated data (a ciphertext moved to another row fails);
+//! - a client secret `S = HMAC-SHA256(password, "iotctl-km-v1|" + CLIENT + "|" + MID)`;
+//! - a request's `mac = HMAC-SHA256(S, "v1\n" + CLIENT + "\n" + NAME + "\n" + ts + "\n" + nonce)`;
+//! - a reply: ChaCha20-Poly1305 under `HMAC-SHA256(S, "reply")`, a random 12-byte iv, with
+//!   associated data `"v1\n" + CLIENT + "\n" + NAME + "\n" + nonce`.
+//!
+//! Every key lives in a [`Zeroizing`] buffer. Pure functions, no I/O.
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A 32-byte key, wiped when dropped.
+pub type Key = Zeroizing<[u8; 32]>;
+
+/// The smallest Argon2id memory cost accepted, in KiB (64 MiB).
+pub const MIN_MEMORY_KIB: u32 = 64 * 1024;
+/// The fewest Argon2id passes accepted.
+pub const MIN_PASSES: u32 = 3;
+
+/// Why a cryptographic step failed (never says more than that).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    #[error("the key derivation parameters are weaker than 64 MiB and 3 passes, or invalid")]
+    Params,
+    #[error("decryption failed: wrong key, or the data was altered")]
+    Open,
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+}
+
+/// How the KEK is derived; stored beside the salt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    /// Memory cost in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        Self {
+            m_kib: MIN_MEMORY_KIB,
+            t: MIN_PASSES,
+            p: 1,
+        }
+    }
+}
+
+/// `n` random bytes from the operating system's generator.
+pub fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::rng().fill_bytes(&mut b);
+    b
+}
+
+/// The key-encryption key of `password` and `salt`.
+pub fn derive_kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<Key, CryptoError> {
+    if p.m_kib < MIN_MEMORY_KIB || p.t < MIN_PASSES {
+        return Err(CryptoError::Params);
+    }
+    let params = Params::new(p.m_kib, p.t, p.p, Some(32)).map_err(|_| CryptoError::Params)?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(password, salt, out.as_mut())
+        .map_err(|_| CryptoError::Params)?;
+    Ok(out)
+}
+
+/// Encrypts a stored value under `kek`, bound to `record` (e.g. `secret:db-password`).
+/// Returns the 24-byte nonce and the ciphertext.
+pub fn seal(kek: &Key, record: &str, plain: &[u8]) -> Result<([u8; 24], Vec<u8>), CryptoError> {
+    let nonce = random::<24>();
+    let cipher = XChaCha20Poly1305::new(kek.as_ref().into());
+    let ct = cipher
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: plain,
+                aad: record.as_bytes(),
+            },
+        )
+        .map_err(|_| CryptoError::Open)?;
+    Ok((nonce, ct))
+}
+
+/// Decrypts what [`seal`] made for the same `record`.
+pub fn open(
+    kek: &Key,
+    record: &str,
+    nonce: &[u8],
+    ct: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let nonce: &[u8; 24] = nonce
+        .try_into()
+        .map_err(|_| CryptoError::Malformed("nonce"))?;
+    let cipher = XChaCha20Poly1305::new(kek.as_ref().into());
+    cipher
+        .decrypt(
+            nonce.into(),
+            Payload {
+                msg: ct,
+                aad: record.as_bytes(),
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Open)
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Key {
+    // HMAC takes keys of any length: `new_from_slice` cannot fail.
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for p in parts {
+        m.update(p);
+    }
+    Zeroizing::new(m.finalize().into_bytes().into())
+}
+
+/// `S`, the secret a client and the server share.
+pub fn client_secret(password: &str, client: &str, machine_id: &str) -> Key {
+    hmac(
+        password.as_bytes(),
+        &[
+            b"iotctl-km-v1|",
+            client.as_bytes(),
+            b"|",
+            machine_id.as_bytes(),
+        ],
+    )
+}
+
+/// The text a request's MAC covers.
+fn mac_input(client: &str, key: &str, ts: i64, nonce: &str) -> String {
+    format!("v1\n{client}\n{key}\n{ts}\n{nonce}")
+}
+
+/// A request's MAC, lowercase hex.
+pub fn request_mac(s: &Key, client: &str, key: &str, ts: i64, nonce: &str) -> String {
+    hex::encode(hmac(s.as_ref(), &[mac_input(client, key, ts, nonce).as_bytes()]).as_ref())
+}
+
+/// Whether `mac_hex` is the request's MAC, compared in constant time. A MAC that is not 64
+/// lowercase hex characters is simply wrong.
+pub fn verify_mac(s: &Key, client: &str, key: &str, ts: i64, nonce: &str, mac_hex: &str) -> bool {
+    let Ok(given) = hex::decode(mac_hex) else {
+        return false;
+    };
+    let mut m = <HmacSha256 as Mac>::new_from_slice(s.as_ref()).unwrap_or_else(|_| unreachable!());
+    m.update(mac_input(client, key, ts, nonce).as_bytes());
+    m.verify_slice(&given).is_ok()
+}
+
+fn reply_aad(client: &str, key: &str, nonce: &str) -> String {
+    format!("v1\n{client}\n{key}\n{nonce}")
+}
+
+/// A reply's `iv` (24 hex characters) and `value` (base64) for `secret`, with a fresh iv.
+pub fn encrypt_reply(
+    s: &Key,
+    client: &str,
+    key: &str,
+    nonce: &str,
+    secret: &[u8],
+) -> Result<(String, String), CryptoError> {
+    encrypt_reply_with_iv(s, client, key, nonce, secret, random::<12>())
+}
+
+fn encrypt_reply_with_iv(
+    s: &Key,
+    client: &str,
+    key: &str,
+    nonce: &str,
+    secret: &[u8],
+    iv: [u8; 12],
+) -> Result<(String, String), CryptoError> {
+    let k = hmac(s.as_ref(), &[b"reply"]);
+    let cipher = ChaCha20Poly1305::new(k.as_ref().into());
+    let aad = reply_aad(client, key, nonce);
+    let ct = cipher
+        .encrypt(
+            (&iv).into(),
+            Payload {
+                msg: secret,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| CryptoError::Open)?;
+    Ok((
+        hex::encode(iv),
+        base64::engine::general_purpose::STANDARD.encode(ct),
+    ))
+}
+
+/// The client's side: the secret in a reply.
+pub fn decrypt_reply(
+    s: &Key,
+    client: &str,
+    key: &str,
+    nonce: &str,
+    iv_hex: &str,
+    value_b64: &str,
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    let iv: [u8; 12] = hex::decode(iv_hex)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or(CryptoError::Malformed("iv"))?;
+    let ct = base64::engine::general_purpose::STANDARD
+        .decode(value_b64)
+        .map_err(|_| CryptoError::Malformed("value"))?;
+    let k = hmac(s.as_ref(), &[b"reply"]);
+    let cipher = ChaCha20Poly1305::new(k.as_ref().into());
+    let aad = reply_aad(client, key, nonce);
+    cipher
+        .decrypt(
+            (&iv).into(),
+            Payload {
+                msg: &ct,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Open)
+}
+
+#[cfg(test)]
+#[path = "crypto_tests.rs"]
+mod tests;
