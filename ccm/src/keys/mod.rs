@@ -1,8 +1,10 @@
 //! The keymanager (docs/keymanager.md, issue "Keymanager as an MQTT topic handler"). So far
 //! the parts that need no network: [`crypto`] (the key-encryption key, sealed values, client
 //! secrets, request MACs and encrypted replies, byte for byte as the document writes them) and
-//! [`request`] (a request parsed and checked: sealed, MAC, clock, replay, rate, panic mode).
+//! [`request`] (a request parsed and checked: sealed, MAC, clock, replay, rate, panic mode)
+//! and [`store`] (sealed at load, unsealed by the password, values and client secrets sealed).
 //! The store, the request handler and the CLI follow.
 
 pub mod crypto;
 pub mod request;
+pub mod store;
