@@ -22,6 +22,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 pub mod ccm;
 pub mod das;
 pub mod graphs;
+pub mod keys;
 pub mod schema;
 pub mod users;
 

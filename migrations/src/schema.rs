@@ -47,4 +47,26 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(ccm_docs, das, functions, graphs, users,);
+diesel::table! {
+    km_audit (id) {
+        id -> Text,
+        time -> Double,
+        action -> Text,
+        client -> Text,
+        key_name -> Text,
+        result -> Text,
+        mqtt_client -> Text,
+    }
+}
+
+diesel::table! {
+    km_store (name) {
+        name -> Text,
+        doc -> Text,
+        updated_time -> Double,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    ccm_docs, das, functions, graphs, km_audit, km_store, users,
+);

@@ -1,0 +1,3 @@
+DROP INDEX km_audit_time;
+DROP TABLE km_audit;
+DROP TABLE km_store;
