@@ -2,9 +2,11 @@
 //! the parts that need no network: [`crypto`] (the key-encryption key, sealed values, client
 //! secrets, request MACs and encrypted replies, byte for byte as the document writes them) and
 //! [`request`] (a request parsed and checked: sealed, MAC, clock, replay, rate, panic mode)
-//! and [`store`] (sealed at load, unsealed by the password, values and client secrets sealed).
+//! and [`store`] (sealed at load, unsealed by the password, values and client secrets sealed);
+//! [`handler`] answers one request from them (reply, audit result, panic).
 //! The store, the request handler and the CLI follow.
 
 pub mod crypto;
+pub mod handler;
 pub mod request;
 pub mod store;
