@@ -11,7 +11,7 @@ use iot_proto::home::HomeResult;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::ccm_api::{url_encode, Api};
+use crate::ccm_api::Api;
 use crate::config::Config;
 use crate::service::Login;
 
@@ -92,7 +92,7 @@ pub async fn run(cfg: &Config, command: HomeCommand, login: Option<Login>) -> Re
             if let Some(d) = deadline_ms {
                 body["deadline_ms"] = d.into();
             }
-            let path = format!("/api/home/run/{}", url_encode(&target));
+            let path = format!("/api/home/run/{}", iot_proto::url::percent_encode(&target));
             let v = api.call(Method::POST, &path, Some(body)).await?;
             let r: HomeResult = serde_json::from_value(v.clone())
                 .context("the API answered something that is not a result")?;

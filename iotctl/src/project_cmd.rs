@@ -129,7 +129,7 @@ pub async fn run(cfg: &Config, command: ProjectCommand, login: Option<Login>) ->
             let path = match &name {
                 Some(n) => format!(
                     "/api/projects/import?name={}",
-                    crate::ccm_api::url_encode(n)
+                    iot_proto::url::percent_encode(n)
                 ),
                 None => "/api/projects/import".into(),
             };

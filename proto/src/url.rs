@@ -1,7 +1,8 @@
 //! Broker urls: `mqtt://host:port` parsed in one place into an [`MqttUrl`] (scheme, host,
 //! port), with a typed [`UrlError`]. Used for `broker.external` in the controller's config, by
 //! the external-broker connection and by `iotctl bench broker --url`. Only plain MQTT over TCP: no TLS, no WebSocket, no
-//! credentials in the url (they have their own settings).
+//! credentials in the url (they have their own settings). Also [`percent_encode`], for a
+//! value placed in any url's path or query.
 
 use std::fmt;
 use std::str::FromStr;
@@ -121,6 +122,20 @@ impl fmt::Display for MqttUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme.as_str(), self.authority())
     }
+}
+
+/// `s` percent-encoded for one path segment or query value: letters, digits and `-._~`
+/// kept, every other byte `%XX`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

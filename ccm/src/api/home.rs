@@ -16,9 +16,7 @@ use serde_json::{Map, Value};
 use super::{JsonBody, Path};
 use crate::error::{CcmError, ErrorBody};
 use crate::home::catalog::{Catalog, Driver, SceneDoc};
-use crate::home::command::Command;
-use crate::home::request::Plan;
-use crate::home::run::lookup;
+use crate::home::request::{resolve, Plan};
 use crate::Ccm;
 
 pub fn routes() -> Router<Ccm> {
@@ -127,9 +125,7 @@ pub async fn run(
         )));
     }
     let cmd_text = crate::model::shorten(req.cmd.as_deref().unwrap_or(""));
-    let what = Command::parse(&cmd_text)
-        .map_err(|e| e.to_string())
-        .and_then(|cmd| ccm.read(|s| lookup(&s.home, &target)).map(|t| (t, cmd)));
+    let what = ccm.read(|s| resolve(&s.home, &target, &cmd_text));
     let plan = Plan {
         asked: target.clone(),
         id: req.id.unwrap_or_default(),

@@ -7,6 +7,7 @@ use std::io;
 use std::time::Duration;
 
 use iot_broker::{BrokerHandle, Message, QoS};
+use iot_proto::url::percent_encode;
 use iot_proto::DaId;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,7 +54,7 @@ impl Drive for Drivers {
                 tplink_send(host, *port, Catalog::tplink_kind(kind), cmd).await
             }
             Driver::Http { url } => {
-                let url = url.replace("{cmd}", &encode_path(&text));
+                let url = url.replace("{cmd}", &percent_encode(&text));
                 http_get(&self.http, &url).await
             }
             Driver::Mqtt { topic, payload } => {
@@ -143,28 +144,15 @@ fn http_detail(e: &reqwest::Error) -> String {
     }
 }
 
-/// `text` as one URL path segment (letters, digits and `-._~` kept, the rest %-encoded).
-fn encode_path(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn commands_are_encoded_as_one_path_segment() {
-        assert_eq!(encode_path("dim:40"), "dim%3A40");
-        assert_eq!(encode_path("on"), "on");
-        assert_eq!(encode_path("a/b c"), "a%2Fb%20c");
+        assert_eq!(percent_encode("dim:40"), "dim%3A40");
+        assert_eq!(percent_encode("on"), "on");
+        assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
     }
 
     #[tokio::test]

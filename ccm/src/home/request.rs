@@ -88,9 +88,7 @@ pub fn plan(msg: &Message, catalog: &Catalog, cfg: &HomeConfig) -> Option<Plan> 
     let what = match refused {
         Some(why) => Err(why),
         None if asked.is_empty() => Err("no target: publish on iottalk/home/cmd/<target>".into()),
-        None => Command::parse(&cmd_text)
-            .map_err(|e| e.to_string())
-            .and_then(|cmd| lookup(catalog, &asked).map(|t| (t, cmd))),
+        None => resolve(catalog, &asked, &cmd_text),
     };
     Some(Plan {
         asked,
@@ -101,6 +99,17 @@ pub fn plan(msg: &Message, catalog: &Catalog, cfg: &HomeConfig) -> Option<Plan> 
         cmd_text,
         what,
     })
+}
+
+/// The command `cmd_text` and the target `asked` names (see [`lookup`]), or the `detail` of
+/// why not.
+pub fn resolve(
+    catalog: &Catalog,
+    asked: &str,
+    cmd_text: &str,
+) -> Result<(String, Command), String> {
+    let cmd = Command::parse(cmd_text).map_err(|e| e.to_string())?;
+    lookup(catalog, asked).map(|t| (t, cmd))
 }
 
 /// The reply message (QoS 1, not retained, with the correlation data when there was some).

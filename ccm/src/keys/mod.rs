@@ -10,3 +10,12 @@ pub mod crypto;
 pub mod handler;
 pub mod request;
 pub mod store;
+
+/// Whether `n` may name a key or a client: 1 to 64 ASCII letters, digits, `-`, `_` or `.` (it
+/// appears in topics and in the MAC and reply formulas).
+pub fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}

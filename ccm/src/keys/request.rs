@@ -58,12 +58,7 @@ pub fn parse(payload: &[u8]) -> Result<KmRequest, Option<String>> {
     let v: Value = serde_json::from_slice(payload).map_err(|_| None)?;
     let nonce = v.get("nonce").and_then(Value::as_str).map(str::to_owned);
     let r: KmRequest = serde_json::from_value(v).map_err(|_| nonce.clone())?;
-    let key_ok = !r.key.is_empty()
-        && r.key.len() <= 64
-        && r.key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !key_ok || !lower_hex(&r.nonce, 32) || !lower_hex(&r.mac, 64) {
+    if !super::valid_name(&r.key) || !lower_hex(&r.nonce, 32) || !lower_hex(&r.mac, 64) {
         return Err(nonce);
     }
     Ok(r)

@@ -66,11 +66,7 @@ pub enum StoreError {
 }
 
 fn check_name(n: &str) -> Result<(), StoreError> {
-    let ok = !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if super::valid_name(n) {
         Ok(())
     } else {
         Err(StoreError::Name(crate::model::shorten(n)))
