@@ -191,7 +191,7 @@ function summary(r) {
   const failed = all.filter((l) => !l.ok).length;
   const text = r.ok
     ? `${r.target} ${r.cmd}: ok, ${all.length} device${all.length === 1 ? '' : 's'} in ${r.ms} ms`
-    : `${r.target} ${r.cmd}: FAILED, ${failed} of ${all.length} device${all.length === 1 ? '' : 's'} in ${r.ms} ms`;
+    : `${r.target} ${r.cmd}: FAILED, ${failed} of ${all.length} device${all.length === 1 ? '' : 's'} failed (${r.ms} ms)`;
   return h('p', { class: `result-summary ${r.ok ? 'ok' : 'failed'}` }, text);
 }
 
