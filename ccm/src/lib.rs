@@ -10,7 +10,8 @@
 //! - [`api`]: the REST API under `/api/`, its OpenAPI document, logins, event streams.
 //! - [`assets`]: the web GUI's files, embedded in the binary.
 //! - [`error`]: [`CcmError`], every refusal with its HTTP status.
-//! - [`keys`]: the keymanager (its cryptography so far).
+//! - [`keys`]: the keymanager, an MQTT topic handler on `iottalk/km/req/<client>`
+//!   (docs/keymanager.md), administered through `/api/keys` from the same machine.
 //! - [`home`]: home scenes, an MQTT topic handler on `iottalk/home/cmd/<target>` (docs/home.md).
 //!
 //! [`Ccm`] is the handle shared by all of them: the state behind one lock, written through
@@ -80,6 +81,8 @@ pub struct Wiring {
     pub refusals: Refusals,
     /// The home scenes handler's settings (`[home]`).
     pub home: home::HomeConfig,
+    /// The keymanager's settings (`[keymanager]`).
+    pub keys: keys::KeysConfig,
 }
 
 /// The shared handle.
@@ -104,6 +107,8 @@ struct Inner {
     changed: watch::Sender<u64>,
     home: OnceLock<Arc<home::service::Home>>,
     home_metrics: home::metrics::HomeMetrics,
+    keys: OnceLock<Arc<keys::service::Keys>>,
+    key_metrics: Arc<keys::metrics::KeyMetrics>,
 }
 
 /// Seconds since the Unix epoch.
@@ -157,6 +162,8 @@ impl Ccm {
                 changed: watch::Sender::new(0),
                 home: OnceLock::new(),
                 home_metrics: Default::default(),
+                keys: OnceLock::new(),
+                key_metrics: Default::default(),
             }),
         })
     }
@@ -188,6 +195,15 @@ impl Ccm {
 
     pub fn home_metrics(&self) -> &home::metrics::HomeMetrics {
         &self.inner.home_metrics
+    }
+
+    /// The keymanager, once started.
+    pub fn keys(&self) -> Option<&Arc<keys::service::Keys>> {
+        self.inner.keys.get()
+    }
+
+    pub fn key_metrics(&self) -> &keys::metrics::KeyMetrics {
+        &self.inner.key_metrics
     }
 
     /// Changes whenever a change is stored.
@@ -301,6 +317,17 @@ pub async fn start(
         home::service::Home::new(wiring.home, ccm.clone(), drivers).map_err(CcmError::Invalid)?,
     );
     let _ = ccm.inner.home.set(handler.clone());
+    let km = keys::service::Keys::start(
+        &wiring.keys,
+        ccm.inner.db.clone(),
+        wiring.broker.clone(),
+        ccm.inner.key_metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(CcmError::Invalid)?;
+    let _ = ccm.inner.keys.set(km.clone());
+    let key_requests = tokio::spawn(keys::service::serve(km, shutdown.clone()));
     let homes = tokio::spawn(home::service::serve(
         handler,
         wiring.broker.clone(),
@@ -312,6 +339,7 @@ pub async fn start(
         server.await;
         let _ = applier.await;
         let _ = homes.await;
+        let _ = key_requests.await;
     });
     Ok((ccm, task))
 }

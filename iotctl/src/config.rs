@@ -26,6 +26,7 @@ pub struct Config {
     pub functions: FunctionsConfig,
     pub ccm: iot_ccm::CcmConfig,
     pub home: iot_ccm::home::HomeConfig,
+    pub keymanager: iot_ccm::keys::KeysConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub database: DatabaseConfig,
@@ -218,6 +219,7 @@ impl Config {
             bail!("`auth.enabled` needs the embedded broker, which enforces it; with `broker.external`, configure that broker's authentication and ACL instead (`iotctl acl export --format mosquitto`)");
         }
         self.home.check().map_err(|e| anyhow!(e))?;
+        self.keymanager.check().map_err(|e| anyhow!(e))?;
         self.validate_tls()?;
         if self.auth.enabled && !self.csm.da_credentials {
             bail!("`auth.enabled` needs `csm.da_credentials = true`: DAs authenticate with the credentials of their registration reply");

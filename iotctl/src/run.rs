@@ -327,6 +327,7 @@ async fn start_ccm(
         users,
         refusals,
         home: cfg.home.clone(),
+        keys: cfg.keymanager.clone(),
     };
     let (_ccm, task) = iot_ccm::start(&cfg.ccm, wiring, shutdown.clone()).await?;
     running.tasks.push(task);

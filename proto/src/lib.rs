@@ -12,10 +12,12 @@
 //! - [`url`]: broker urls (`mqtt://host:port`), parsed in one place.
 //! - [`log`]: [`log::Escaped`], client-supplied text made safe for log lines.
 //! - [`home`]: home scene requests, results and topics (`iottalk/home/...`).
+//! - [`km`]: the keymanager's topics, request and reply, and the formulas a client shares.
 
 pub mod auth;
 pub mod home;
 pub mod ids;
+pub mod km;
 pub mod log;
 pub mod qos;
 pub mod rpc;

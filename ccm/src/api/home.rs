@@ -146,5 +146,6 @@ fn not_running() -> CcmError {
 pub async fn metrics(State(ccm): State<Ccm>) -> impl IntoResponse {
     let mut out = String::new();
     ccm.home_metrics().render(&mut out);
+    ccm.key_metrics().render(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

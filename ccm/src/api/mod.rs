@@ -5,9 +5,11 @@
 //!
 //! Files: [`session`] (logins and the admin check), [`library`] (features, models,
 //! functions), [`projects`] (projects and everything in them, export/import), [`live`]
-//! (devices and the event streams), [`home`] (home scenes and `/metrics`), [`openapi`].
+//! (devices and the event streams), [`home`] (home scenes and `/metrics`), [`keys`] (the
+//! keymanager's admin channel, local only), [`openapi`].
 
 pub mod home;
+pub mod keys;
 pub mod library;
 pub mod live;
 pub mod openapi;
@@ -102,10 +104,19 @@ pub fn router(ccm: Ccm) -> Router {
             ccm.clone(),
             session::require_admin,
         ));
+    // The keymanager's admin channel: an admin, and from this machine only (the local check
+    // runs first, so a remote caller learns nothing about credentials).
+    let key_admin = keys::routes()
+        .route_layer(middleware::from_fn_with_state(
+            ccm.clone(),
+            session::require_admin,
+        ))
+        .route_layer(middleware::from_fn(keys::require_local));
     let api = Router::new()
         .merge(session::routes())
         .route("/openapi.json", get(openapi::document))
         .merge(protected)
+        .merge(key_admin)
         .fallback(|| async { CcmError::not_found("no such API endpoint") });
     let metrics = Router::new()
         .route("/metrics", get(home::metrics))
@@ -156,6 +167,8 @@ async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Respon
 /// Serves until `shutdown`.
 pub async fn serve(ccm: Ccm, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
     let app = router(ccm);
+    // The peer's address reaches the handlers (the keymanager's admin channel is local only).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

@@ -190,17 +190,22 @@ pub async fn logout(State(ccm): State<Ccm>, headers: HeaderMap) -> Response {
     res
 }
 
+/// The admin a request came from (authentication on), as a request extension.
+#[derive(Debug, Clone)]
+pub struct User(pub String);
+
 /// Lets a request through when authentication is off, or it carries an admin's session
-/// cookie or Basic credentials.
+/// cookie or Basic credentials; then the request carries the admin's [`User`].
 pub async fn require_admin(
     State(ccm): State<Ccm>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, CcmError> {
     let Some(users) = ccm.users() else {
         return Ok(next.run(req).await);
     };
-    if session_user(&ccm, req.headers()).is_some() {
+    if let Some(user) = session_user(&ccm, req.headers()) {
+        req.extensions_mut().insert(User(user));
         return Ok(next.run(req).await);
     }
     let authorization = req
@@ -209,6 +214,9 @@ pub async fn require_admin(
         .map(|h| h.as_bytes());
     let role = operator::role_of(users, ccm.refusals(), authorization).await;
     operator::admin(role, ccm.refusals()).map_err(denied)?;
+    if let Some(c) = authorization.and_then(iot_auth::basic::parse) {
+        req.extensions_mut().insert(User(c.username));
+    }
     Ok(next.run(req).await)
 }
 

@@ -1,5 +1,5 @@
-//! The keymanager's cryptography, exactly as docs/keymanager.md writes it (other clients must
-//! match it byte for byte):
+//! The keymanager's cryptography, exactly as docs/keymanager.md writes it; the parts a client
+//! shares (client secret, request MAC, reply encryption) are `iot_proto::km`'s:
 //!
 //! - the key-encryption key (KEK): Argon2id of the unseal password with a random 16-byte salt
 //!   and stored parameters (at least 64 MiB and 3 passes);
@@ -13,19 +13,14 @@
 //! Every key lives in a [`Zeroizing`] buffer. Pure functions, no I/O.
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
-use hmac::{Hmac, Mac};
+use chacha20poly1305::XChaCha20Poly1305;
+use iot_proto::km::{self, OpenError};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// A 32-byte key, wiped when dropped.
-pub type Key = Zeroizing<[u8; 32]>;
+pub use iot_proto::km::{client_secret, decrypt_reply, request_mac, verify_mac, Key};
 
 /// The smallest Argon2id memory cost accepted, in KiB (64 MiB).
 pub const MIN_MEMORY_KIB: u32 = 64 * 1024;
@@ -41,6 +36,15 @@ pub enum CryptoError {
     Open,
     #[error("malformed {0}")]
     Malformed(&'static str),
+}
+
+impl From<OpenError> for CryptoError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Open => Self::Open,
+            OpenError::Malformed(what) => Self::Malformed(what),
+        }
+    }
 }
 
 /// How the KEK is derived; stored beside the salt.
@@ -124,54 +128,7 @@ pub fn open(
         .map_err(|_| CryptoError::Open)
 }
 
-fn hmac(key: &[u8], parts: &[&[u8]]) -> Key {
-    // HMAC takes keys of any length: `new_from_slice` cannot fail.
-    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    for p in parts {
-        m.update(p);
-    }
-    Zeroizing::new(m.finalize().into_bytes().into())
-}
-
-/// `S`, the secret a client and the server share.
-pub fn client_secret(password: &str, client: &str, machine_id: &str) -> Key {
-    hmac(
-        password.as_bytes(),
-        &[
-            b"iotctl-km-v1|",
-            client.as_bytes(),
-            b"|",
-            machine_id.as_bytes(),
-        ],
-    )
-}
-
-/// The text a request's MAC covers.
-fn mac_input(client: &str, key: &str, ts: i64, nonce: &str) -> String {
-    format!("v1\n{client}\n{key}\n{ts}\n{nonce}")
-}
-
-/// A request's MAC, lowercase hex.
-pub fn request_mac(s: &Key, client: &str, key: &str, ts: i64, nonce: &str) -> String {
-    hex::encode(hmac(s.as_ref(), &[mac_input(client, key, ts, nonce).as_bytes()]).as_ref())
-}
-
-/// Whether `mac_hex` is the request's MAC, compared in constant time. A MAC that is not 64
-/// lowercase hex characters is simply wrong.
-pub fn verify_mac(s: &Key, client: &str, key: &str, ts: i64, nonce: &str, mac_hex: &str) -> bool {
-    let Ok(given) = hex::decode(mac_hex) else {
-        return false;
-    };
-    let mut m = <HmacSha256 as Mac>::new_from_slice(s.as_ref()).unwrap_or_else(|_| unreachable!());
-    m.update(mac_input(client, key, ts, nonce).as_bytes());
-    m.verify_slice(&given).is_ok()
-}
-
-fn reply_aad(client: &str, key: &str, nonce: &str) -> String {
-    format!("v1\n{client}\n{key}\n{nonce}")
-}
-
-/// A reply's `iv` (24 hex characters) and `value` (base64) for `secret`, with a fresh iv.
+/// A reply's `iv` and `value` for `secret`, with a fresh random iv.
 pub fn encrypt_reply(
     s: &Key,
     client: &str,
@@ -179,64 +136,14 @@ pub fn encrypt_reply(
     nonce: &str,
     secret: &[u8],
 ) -> Result<(String, String), CryptoError> {
-    encrypt_reply_with_iv(s, client, key, nonce, secret, random::<12>())
-}
-
-fn encrypt_reply_with_iv(
-    s: &Key,
-    client: &str,
-    key: &str,
-    nonce: &str,
-    secret: &[u8],
-    iv: [u8; 12],
-) -> Result<(String, String), CryptoError> {
-    let k = hmac(s.as_ref(), &[b"reply"]);
-    let cipher = ChaCha20Poly1305::new(k.as_ref().into());
-    let aad = reply_aad(client, key, nonce);
-    let ct = cipher
-        .encrypt(
-            (&iv).into(),
-            Payload {
-                msg: secret,
-                aad: aad.as_bytes(),
-            },
-        )
-        .map_err(|_| CryptoError::Open)?;
-    Ok((
-        hex::encode(iv),
-        base64::engine::general_purpose::STANDARD.encode(ct),
-    ))
-}
-
-/// The client's side: the secret in a reply.
-pub fn decrypt_reply(
-    s: &Key,
-    client: &str,
-    key: &str,
-    nonce: &str,
-    iv_hex: &str,
-    value_b64: &str,
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let iv: [u8; 12] = hex::decode(iv_hex)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or(CryptoError::Malformed("iv"))?;
-    let ct = base64::engine::general_purpose::STANDARD
-        .decode(value_b64)
-        .map_err(|_| CryptoError::Malformed("value"))?;
-    let k = hmac(s.as_ref(), &[b"reply"]);
-    let cipher = ChaCha20Poly1305::new(k.as_ref().into());
-    let aad = reply_aad(client, key, nonce);
-    cipher
-        .decrypt(
-            (&iv).into(),
-            Payload {
-                msg: &ct,
-                aad: aad.as_bytes(),
-            },
-        )
-        .map(Zeroizing::new)
-        .map_err(|_| CryptoError::Open)
+    Ok(km::encrypt_reply(
+        s,
+        client,
+        key,
+        nonce,
+        secret,
+        random::<12>(),
+    )?)
 }
 
 #[cfg(test)]

@@ -10,14 +10,6 @@ use super::crypto;
 use super::request::{self, ClientView, Code, Guard};
 use super::store::KeyStore;
 
-/// The request prefix; the client is the last level.
-const REQ_PREFIX: &str = "iottalk/km/req/";
-
-/// The reply topic of `client`.
-pub fn res_topic(client: &str) -> String {
-    format!("iottalk/km/res/{client}")
-}
-
 /// What one request produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -40,9 +32,7 @@ pub fn answer(
     now_unix: i64,
     now: Instant,
 ) -> Option<Outcome> {
-    let client = topic
-        .strip_prefix(REQ_PREFIX)
-        .filter(|c| !c.is_empty() && !c.contains('/'))?;
+    let client = iot_proto::km::client_of_req(topic)?;
     let refused = |nonce: Option<&str>, code: Code, key: String, panic: bool| Outcome {
         reply: Some(request::failure(nonce, code)),
         result: code.as_str(),

@@ -9,19 +9,10 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use iot_auth::rate::{Limiter, Rate};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::crypto::{self, Key};
-
-/// A request as sent.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct KmRequest {
-    pub key: String,
-    pub ts: i64,
-    pub nonce: String,
-    pub mac: String,
-}
+pub use iot_proto::km::KmRequest;
 
 /// The error codes of a failure reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -117,24 +117,52 @@ impl KeyStore {
         if self.stored.is_some() {
             return Err(StoreError::AlreadyInitialised);
         }
+        self.install(KeyStore::fresh(password, params, now)?)
+    }
+
+    /// A new, empty, unsealed store (the slow part of [`init`](Self::init): Argon2id, to run
+    /// without holding the store).
+    pub fn fresh(password: &[u8], params: KdfParams, now: f64) -> Result<KeyStore, StoreError> {
         let salt = crypto::random::<16>().to_vec();
         let kek = crypto::derive_kek(password, &salt, params)?;
         let check = seal_record(&kek, "check", CHECK, now)?;
-        self.stored = Some(Stored {
-            salt,
-            params,
-            check,
-            secrets: BTreeMap::new(),
-            clients: BTreeMap::new(),
-        });
-        self.kek = Some(kek);
+        Ok(KeyStore {
+            stored: Some(Stored {
+                salt,
+                params,
+                check,
+                secrets: BTreeMap::new(),
+                clients: BTreeMap::new(),
+            }),
+            kek: Some(kek),
+        })
+    }
+
+    /// Takes over a [`fresh`](Self::fresh) store, unless one exists already.
+    pub fn install(&mut self, fresh: KeyStore) -> Result<(), StoreError> {
+        if self.stored.is_some() {
+            return Err(StoreError::AlreadyInitialised);
+        }
+        *self = fresh;
         Ok(())
     }
 
     /// Unseals with `password` (the slow part: Argon2id).
     pub fn unseal(&mut self, password: &[u8]) -> Result<(), StoreError> {
+        let (salt, params) = self.kdf_input()?;
+        let kek = crypto::derive_kek(password, &salt, params)?;
+        self.unseal_with(kek)
+    }
+
+    /// What deriving the KEK needs: the salt and the parameters.
+    pub fn kdf_input(&self) -> Result<(Vec<u8>, KdfParams), StoreError> {
         let s = self.stored.as_ref().ok_or(StoreError::NotInitialised)?;
-        let kek = crypto::derive_kek(password, &s.salt, s.params)?;
+        Ok((s.salt.clone(), s.params))
+    }
+
+    /// Unseals with a derived KEK, if it opens the check record.
+    pub fn unseal_with(&mut self, kek: Key) -> Result<(), StoreError> {
+        let s = self.stored.as_ref().ok_or(StoreError::NotInitialised)?;
         match crypto::open(&kek, "check", &s.check.nonce, &s.check.ct) {
             Ok(v) if v.as_slice() == CHECK => {
                 self.kek = Some(kek);
@@ -142,6 +170,77 @@ impl KeyStore {
             }
             _ => Err(StoreError::WrongPassword),
         }
+    }
+
+    /// Seals every record again under `new` (derived from a new password with `salt` and
+    /// `params`), once `old` proves the current password; sealed or not as before.
+    pub fn rekey(
+        &mut self,
+        old: &Key,
+        new: Key,
+        salt: Vec<u8>,
+        params: KdfParams,
+        now: f64,
+    ) -> Result<(), StoreError> {
+        let s = self.stored.as_ref().ok_or(StoreError::NotInitialised)?;
+        let reseal = |record: &str, v: &Sealed| -> Result<Sealed, StoreError> {
+            let plain = crypto::open(old, record, &v.nonce, &v.ct)
+                .map_err(|_| StoreError::WrongPassword)?;
+            let mut out = seal_record(&new, record, &plain, now)?;
+            out.updated = v.updated;
+            Ok(out)
+        };
+        let check = reseal("check", &s.check)?;
+        let mut secrets = BTreeMap::new();
+        for (n, v) in &s.secrets {
+            secrets.insert(n.clone(), reseal(&format!("secret:{n}"), v)?);
+        }
+        let mut clients = BTreeMap::new();
+        for (n, c) in &s.clients {
+            let secret = reseal(&format!("client:{n}"), &c.secret)?;
+            clients.insert(
+                n.clone(),
+                ClientRec {
+                    secret,
+                    keys: c.keys.clone(),
+                },
+            );
+        }
+        let unsealed = self.kek.is_some();
+        self.stored = Some(Stored {
+            salt,
+            params,
+            check,
+            secrets,
+            clients,
+        });
+        self.kek = unsealed.then_some(new);
+        Ok(())
+    }
+
+    /// Puts back what was stored before a change whose write failed.
+    pub fn restore(&mut self, stored: Option<Stored>) {
+        self.stored = stored;
+    }
+
+    /// The keys' names and when each last changed.
+    pub fn names(&self) -> Vec<(String, f64)> {
+        self.stored.as_ref().map_or_else(Vec::new, |s| {
+            s.secrets
+                .iter()
+                .map(|(n, v)| (n.clone(), v.updated))
+                .collect()
+        })
+    }
+
+    /// The clients: name, the keys each may read, when it last changed.
+    pub fn clients(&self) -> Vec<(String, BTreeSet<String>, f64)> {
+        self.stored.as_ref().map_or_else(Vec::new, |s| {
+            s.clients
+                .iter()
+                .map(|(n, c)| (n.clone(), c.keys.clone(), c.secret.updated))
+                .collect()
+        })
     }
 
     /// Wipes the KEK (zeroized as it drops).
@@ -282,6 +381,34 @@ mod tests {
         assert!(!again.may_read("nobody", "db-password"));
         again.seal();
         assert!(again.is_sealed() && again.client_secret("backup").is_none());
+    }
+
+    #[test]
+    fn a_new_password_opens_everything_and_the_old_one_nothing() {
+        let mut ks = KeyStore::default();
+        ks.init(b"old", KdfParams::default(), 1.0).unwrap();
+        ks.put("k", b"v", 1.0).unwrap();
+        ks.add_client("c", "m", BTreeSet::from(["k".to_owned()]), "p", 1.0)
+            .unwrap();
+        let (salt, params) = ks.kdf_input().unwrap();
+        let old = crypto::derive_kek(b"old", &salt, params).unwrap();
+        let wrong = crypto::derive_kek(b"nope", &salt, params).unwrap();
+        let salt2 = crypto::random::<16>().to_vec();
+        let new = crypto::derive_kek(b"new", &salt2, params).unwrap();
+        assert_eq!(
+            ks.rekey(&wrong, new.clone(), salt2.clone(), params, 2.0),
+            Err(StoreError::WrongPassword)
+        );
+        ks.rekey(&old, new, salt2, params, 2.0).unwrap();
+        assert_eq!(ks.value("k").unwrap().as_slice(), b"v");
+        let mut again = KeyStore::loaded(ks.stored().cloned());
+        assert_eq!(again.unseal(b"old"), Err(StoreError::WrongPassword));
+        again.unseal(b"new").unwrap();
+        assert_eq!(again.value("k").unwrap().as_slice(), b"v");
+        assert_eq!(
+            again.client_secret("c").unwrap(),
+            crypto::client_secret("p", "c", "m")
+        );
     }
 
     #[test]

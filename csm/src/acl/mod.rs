@@ -6,7 +6,9 @@
 //!   replies `iottalk/rpc/+/res/+`, never retained; read `iottalk/rpc/<name>/#`) and the
 //!   read-only device API under its own name (`iottalk/api/req|res/<name>/device`); home
 //!   scenes (publish commands `iottalk/home/cmd/+`, never retained; read replies
-//!   `iottalk/home/res/#`, states `iottalk/home/state/#` and `iottalk/home/catalog`);
+//!   `iottalk/home/res/#`, states `iottalk/home/state/#` and `iottalk/home/catalog`); the
+//!   keymanager (publish requests `iottalk/km/req/+`, never retained; read only its own
+//!   replies `iottalk/km/res/<name>`, the name being its keymanager client's);
 //! - a DA (its id as username): its control channels (publish `<id>/ctrl/i`, read
 //!   `<id>/ctrl/o`), the data topics of its links (publish on IDF topics, read ODF topics;
 //!   [`DaGrants`], kept by the actor as CONNECT and DISCONNECT go out), and request/response
@@ -29,10 +31,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use iot_broker::{ClientRef, TopicAcl};
 use iot_proto::auth::{Role, Roles};
-use iot_proto::home;
 use iot_proto::topics::matches;
 use iot_proto::wire::control::Direction;
 use iot_proto::DaId;
+use iot_proto::{home, km};
 
 use crate::registry::Registry;
 use filter::covers;
@@ -130,6 +132,11 @@ fn home_app_reads(filter: &str) -> bool {
     covers(&home::res("#"), filter) || covers(&home::state("#"), filter) || filter == home::CATALOG
 }
 
+/// Whether `topic` is a keymanager request an app may send (never retained).
+fn key_request(topic: &str, retain: bool) -> bool {
+    !retain && km::client_of_req(topic).is_some()
+}
+
 /// Who a username is.
 enum Who {
     Admin,
@@ -164,6 +171,7 @@ impl TopicAcl for ControllerAcl {
             Who::App(name) => {
                 rpc()
                     || home_command(topic, retain)
+                    || key_request(topic, retain)
                     || (!retain && topic == format!("iottalk/api/req/{name}/device"))
             }
             Who::Da(id) => {
@@ -185,6 +193,7 @@ impl TopicAcl for ControllerAcl {
                 covers(&format!("iottalk/rpc/{name}/#"), filter)
                     || filter == format!("iottalk/api/res/{name}/device")
                     || home_app_reads(filter)
+                    || filter == km::res(&name)
             }
             Who::Da(id) => {
                 filter == iot_proto::topics::ctrl_o(&id)

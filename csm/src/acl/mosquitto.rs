@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use iot_proto::auth::Role;
-use iot_proto::home;
 use iot_proto::wire::control::Direction;
 use iot_proto::DaId;
+use iot_proto::{home, km};
 
 use crate::graphs::GraphDoc;
 
@@ -77,11 +77,14 @@ pub fn export(
                     "topic write iottalk/rpc/+/req\ntopic write iottalk/rpc/+/res/+\n\
                      topic read iottalk/rpc/{name}/#\n\
                      topic write iottalk/api/req/{name}/device\ntopic read iottalk/api/res/{name}/device\n\
-                     topic write {}\ntopic read {}\ntopic read {}\ntopic read {}",
+                     topic write {}\ntopic read {}\ntopic read {}\ntopic read {}\n\
+                     topic write {}\ntopic read {}",
                     home::CMD_FILTER,
                     home::res("#"),
                     home::state("#"),
                     home::CATALOG,
+                    km::REQ_FILTER,
+                    km::res(name),
                 );
             }
         }
@@ -161,6 +164,11 @@ mod tests {
             "{text}"
         );
         assert!(!a_part.contains("iottalk/home/"), "{a_part}");
+        assert!(
+            text.contains("topic write iottalk/km/req/+\ntopic read iottalk/km/res/app1\n"),
+            "{text}"
+        );
+        assert!(!a_part.contains("iottalk/km/"), "{a_part}");
         // The ODF-write API is the admins' (their `#`): no rule names it.
         assert!(!text.contains("/odf"), "{text}");
     }

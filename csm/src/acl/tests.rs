@@ -174,6 +174,39 @@ fn apps_send_home_commands_and_read_replies_states_and_the_catalog() {
 }
 
 #[test]
+fn apps_send_key_requests_and_read_only_their_own_replies() {
+    let (acl, a, _) = acl();
+    let app = client(Some("app1"));
+    assert!(acl.may_publish(&app, "iottalk/km/req/app1", false));
+    // The request names a keymanager client; its MAC, not the broker user, proves it.
+    assert!(acl.may_publish(&app, "iottalk/km/req/backup", false));
+    for (t, retain) in [
+        ("iottalk/km/req/app1", true),
+        ("iottalk/km/req/", false),
+        ("iottalk/km/req/a/b", false),
+        ("iottalk/km/res/app1", false),
+    ] {
+        assert!(!acl.may_publish(&app, t, retain), "{t} retain={retain}");
+    }
+    assert!(acl.may_subscribe(&app, "iottalk/km/res/app1"));
+    for f in [
+        "iottalk/km/res/backup",
+        "iottalk/km/res/+",
+        "iottalk/km/res/#",
+        "iottalk/km/req/+",
+        "iottalk/km/#",
+    ] {
+        assert!(!acl.may_subscribe(&app, f), "{f}");
+    }
+    let sa = a.to_string();
+    let da = client(Some(&sa));
+    assert!(!acl.may_publish(&da, "iottalk/km/req/app1", false));
+    assert!(!acl.may_subscribe(&da, &format!("iottalk/km/res/{a}")));
+    let admin = client(Some("ops"));
+    assert!(acl.may_subscribe(&admin, "iottalk/km/res/#"));
+}
+
+#[test]
 fn das_have_no_home_topics_unless_home_das() {
     let (acl, a, b) = acl();
     let sa = a.to_string();
