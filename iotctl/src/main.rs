@@ -16,6 +16,7 @@ mod config;
 mod exposure;
 mod gencert;
 mod home_cmd;
+mod key_cmd;
 mod project_cmd;
 mod run;
 mod runfile;
@@ -112,6 +113,16 @@ enum Command {
         #[command(subcommand)]
         command: home_cmd::HomeCommand,
         /// An admin user, when authentication is on (its password from IOTCTL_PASSWORD).
+        #[arg(long, env = "IOTCTL_USER", global = true)]
+        user: Option<String>,
+    },
+    /// The keymanager: init, unseal, seal, status, rotate, put, rm, list, client, audit, get
+    /// (docs/keymanager.md).
+    Key {
+        #[command(subcommand)]
+        command: key_cmd::KeyCommand,
+        /// An admin user, when authentication is on (its password from IOTCTL_PASSWORD); for
+        /// `get`, the broker user (an app user named like the client).
         #[arg(long, env = "IOTCTL_USER", global = true)]
         user: Option<String>,
     },
@@ -217,6 +228,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Command::Home { command, user } => {
                 let login = service::Login::from_env(user)?;
                 home_cmd::run(&cfg, command, login).await
+            }
+            Command::Key { command, user } => {
+                let login = service::Login::from_env(user)?;
+                key_cmd::run(&cfg, command, login).await
             }
             Command::Acl { command } => acl_cmd::run(&cfg, command).await,
             Command::Shell => shell::run(&cfg).await.map(|()| ExitCode::SUCCESS),
