@@ -17,7 +17,8 @@ pub struct KmAuditRow {
     pub id: String,
     /// Seconds since the Unix epoch.
     pub time: f64,
-    /// `request`, `init`, `put`, `rm`, `client_add`, `client_rm`, `seal`, `unseal`, `panic`.
+    /// `request`, `init`, `put`, `rm`, `client_add`, `client_rm`, `seal`, `unseal`, `rotate`,
+    /// `panic`.
     pub action: String,
     /// The keymanager client (empty for an admin action on no client).
     pub client: String,

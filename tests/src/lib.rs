@@ -120,7 +120,7 @@ pub fn python() -> PathBuf {
     let p = std::env::var_os("IOTTALK_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join(".venv/bin/python"));
-    assert!(p.exists(), "{} is missing: run .ci/run once, or create it with `python3 -m venv .venv && .venv/bin/pip install iottalk-py==2.3.1`", p.display());
+    assert!(p.exists(), "{} is missing: run .ci/run once, or create it with `python3 -m venv .venv && .venv/bin/pip install iottalk-py==2.3.1 cryptography`", p.display());
     p
 }
 

@@ -74,16 +74,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An audit record.
+/// `s` with control characters escaped, cut to the `n` characters its column holds.
+fn clip(s: &str, n: usize) -> String {
+    s.escape_debug().take(n).collect()
+}
+
+/// An audit record, every field fitting its column (`km_audit`): a client name comes from a
+/// topic, an MQTT client id from anyone.
 fn record(action: &str, client: &str, key: &str, result: &str, from: &str) -> KmAuditRow {
     KmAuditRow {
         id: uuid::Uuid::new_v4().simple().to_string(),
         time: unix_now(),
-        action: action.into(),
-        client: crate::model::shorten(client),
-        key_name: crate::model::shorten(key),
-        result: result.into(),
-        mqtt_client: crate::model::shorten(from),
+        action: clip(action, 16),
+        client: clip(client, 64),
+        key_name: clip(key, 64),
+        result: clip(result, 16),
+        mqtt_client: clip(from, 128),
     }
 }
 
@@ -92,7 +98,7 @@ fn error_code(e: &KeyError) -> &'static str {
     match e {
         KeyError::Store(s) => match s {
             StoreError::NotInitialised => "not_initialised",
-            StoreError::AlreadyInitialised => "already_initialised",
+            StoreError::AlreadyInitialised => "already_init",
             StoreError::Sealed => "sealed",
             StoreError::WrongPassword => "wrong_password",
             StoreError::NoKey(_) => "no_key",
@@ -435,12 +441,24 @@ async fn write_audit(
             }
             continue;
         }
-        let n = batch.len() as u64;
         let d = db.clone();
-        let written = tokio::task::spawn_blocking(move || lock(&d).append_km_audit(&batch)).await;
-        if !matches!(written, Ok(Ok(()))) {
-            metrics.audit_failed(n);
-            tracing::error!("keymanager: {n} audit records could not be written");
+        // A batch that fails is written again record by record: one bad record loses itself
+        // only.
+        let failed = tokio::task::spawn_blocking(move || {
+            let mut db = lock(&d);
+            if db.append_km_audit(&batch).is_ok() {
+                return 0;
+            }
+            batch
+                .chunks(1)
+                .filter(|one| db.append_km_audit(one).is_err())
+                .count() as u64
+        })
+        .await
+        .unwrap_or(1);
+        if failed > 0 {
+            metrics.audit_failed(failed);
+            tracing::error!("keymanager: {failed} audit records could not be written");
         }
     }
 }
@@ -461,6 +479,35 @@ pub async fn serve(keys: Arc<Keys>, shutdown: CancellationToken) {
                 Some(m) => keys.handle(&m).await,
                 None => break,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_records_fit_their_columns() {
+        let long = "é".repeat(300);
+        let r = record(
+            "request",
+            &long,
+            &long,
+            "already_init",
+            &format!("\n{long}"),
+        );
+        assert_eq!(r.client.chars().count(), 64);
+        assert_eq!(r.key_name.chars().count(), 64);
+        assert_eq!(r.mqtt_client.chars().count(), 128);
+        assert!(r.mqtt_client.starts_with("\\n"), "{}", r.mqtt_client);
+        for e in [
+            StoreError::NotInitialised,
+            StoreError::AlreadyInitialised,
+            StoreError::WrongPassword,
+            StoreError::Name("x".into()),
+        ] {
+            assert!(error_code(&KeyError::Store(e)).len() <= 16);
         }
     }
 }
