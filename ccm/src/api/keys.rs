@@ -1,19 +1,23 @@
 //! `/api/keys`: the keymanager's admin channel (`iotctl key ...`), answered only to an admin
-//! (when authentication is on) connected from this machine (a loopback address), whatever
-//! `ccm.listen` is. Passwords and values come in the body, are wiped after use, and never
+//! (when authentication is on) connected from this machine, whatever `ccm.listen` is: from a
+//! loopback address, or from the very address it connected to (a TCP connection from another
+//! host cannot carry the server's own address as its source). Passwords and values come in the body, are wiped after use, and never
 //! appear in an answer or a log line.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post, put};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
 use super::{empty, JsonBody, Path};
@@ -44,16 +48,40 @@ pub fn routes() -> Router<Ccm> {
         .route("/keys/audit", get(audit))
 }
 
+/// Both ends of an HTTP connection, as the CCM's server records them.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub remote: SocketAddr,
+    /// The server's address the client connected to.
+    pub local: Option<SocketAddr>,
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer {
+            remote: *stream.remote_addr(),
+            local: stream.io().local_addr().ok(),
+        }
+    }
+}
+
+impl Peer {
+    /// Whether the client runs on this machine.
+    pub fn is_local(&self) -> bool {
+        let ip = self.remote.ip().to_canonical();
+        ip.is_loopback() || self.local.is_some_and(|l| l.ip().to_canonical() == ip)
+    }
+}
+
 /// Refuses every caller that is not on this machine.
 pub async fn require_local(req: Request, next: Next) -> Result<Response, CcmError> {
     let local = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|c| c.0.ip().is_loopback());
+        .get::<ConnectInfo<Peer>>()
+        .is_some_and(|c| c.0.is_local());
     if !local {
         return Err(CcmError::Forbidden(
-            "the keymanager is administered from the controller's machine only (a loopback address)"
-                .into(),
+            "the keymanager is administered from the controller's machine only".into(),
         ));
     }
     Ok(next.run(req).await)
@@ -302,4 +330,31 @@ async fn audit(
         })
         .collect();
     Ok(Json(Value::Array(rows)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(remote: &str, local: &str) -> Peer {
+        Peer {
+            remote: remote.parse().unwrap(),
+            local: Some(local.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn local_means_loopback_or_the_servers_own_address() {
+        assert!(peer("127.0.0.1:5000", "127.0.0.1:7788").is_local());
+        assert!(peer("[::1]:5000", "[::1]:7788").is_local());
+        assert!(peer("[::ffff:127.0.0.1]:5000", "[::]:7788").is_local());
+        assert!(peer("192.0.2.2:5000", "192.0.2.2:7788").is_local());
+        assert!(!peer("192.0.2.9:5000", "192.0.2.2:7788").is_local());
+        assert!(!peer("10.0.0.1:5000", "0.0.0.0:7788").is_local());
+        let unknown = Peer {
+            remote: "192.0.2.2:5000".parse().unwrap(),
+            local: None,
+        };
+        assert!(!unknown.is_local());
+    }
 }

@@ -168,7 +168,7 @@ async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Respon
 pub async fn serve(ccm: Ccm, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
     let app = router(ccm);
     // The peer's address reaches the handlers (the keymanager's admin channel is local only).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<keys::Peer>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
