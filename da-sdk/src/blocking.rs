@@ -1,5 +1,6 @@
 //! The SDK for programs without an async runtime: [`Da`] wraps the async [`crate::Da`] and
-//! a small tokio runtime of its own (one worker thread) that runs the DA's tasks.
+//! a small tokio runtime of its own (one worker thread) that runs the DA's tasks; [`KeyClient`]
+//! does the same for [`crate::KeyClient`].
 //! Do not use it from inside an async context (it blocks the calling thread).
 //!
 //! ```no_run
@@ -23,28 +24,69 @@ use iot_proto::home::HomeResult;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::runtime::Runtime;
+use zeroize::Zeroizing;
 
 use crate::config::DaBuilder;
 use crate::error::{DecodeError, Error};
+use crate::keys::{KeyClientBuilder, KeyError};
 use crate::odf::OdfStream;
 use crate::status::Status;
 
-fn runtime() -> Result<Arc<Runtime>, Error> {
+fn runtime() -> Result<Arc<Runtime>, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("da-sdk")
         .enable_all()
         .build()
         .map(Arc::new)
-        .map_err(|e| Error::Config(format!("cannot start the SDK's runtime: {e}")))
+        .map_err(|e| format!("cannot start the SDK's runtime: {e}"))
 }
 
 impl DaBuilder {
     /// [`DaBuilder::connect`] for programs without an async runtime.
     pub fn connect_blocking(self) -> Result<Da, Error> {
-        let rt = runtime()?;
+        let rt = runtime().map_err(Error::Config)?;
         let inner = rt.block_on(self.connect())?;
         Ok(Da { rt, inner })
+    }
+}
+
+impl KeyClientBuilder {
+    /// [`KeyClientBuilder::build`] for programs without an async runtime.
+    pub fn build_blocking(self) -> Result<KeyClient, KeyError> {
+        let inner = self.build()?;
+        let rt = runtime().map_err(KeyError::Config)?;
+        Ok(KeyClient { rt, inner })
+    }
+}
+
+/// A keymanager client driven from blocking code. Clone it freely.
+///
+/// ```no_run
+/// let keys = da_sdk::KeyClient::builder(
+///     "mqtt://127.0.0.1:1883",
+///     "backup",
+///     da_sdk::Zeroizing::new("the client's password".to_owned()),
+/// )
+/// .build_blocking()?;
+/// let db_password = keys.get("db")?;
+/// # Ok::<(), da_sdk::KeyError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeyClient {
+    rt: Arc<Runtime>,
+    inner: crate::KeyClient,
+}
+
+impl KeyClient {
+    /// The async client (e.g. to hand to code that has a runtime).
+    pub fn as_async(&self) -> &crate::KeyClient {
+        &self.inner
+    }
+
+    /// See [`crate::KeyClient::get`].
+    pub fn get(&self, name: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.rt.block_on(self.inner.get(name))
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`status`]: [`Status`], a snapshot published after every change.
 //! - [`device`], [`manager`], [`gateway`]: devices behind a gateway, their store, and
 //!   the [`Gateway`] that keeps them registered.
+//! - [`keys`]: [`KeyClient`], a client of the controller's keymanager (secrets over MQTT).
 //! - [`blocking`]: the same API for programs without an async runtime.
 //! - [`error`]: [`Error`] and [`DecodeError`].
 //! - Internal: `core` (the DA's task, owner of its state; its handlers by concern in
@@ -26,6 +27,7 @@ pub mod da;
 pub mod device;
 pub mod error;
 pub mod gateway;
+pub mod keys;
 pub mod manager;
 pub mod odf;
 pub mod status;
@@ -50,11 +52,14 @@ pub use iot_proto::home::HomeResult;
 pub use iot_proto::rpc::RpcErrorCode;
 pub use iot_proto::wire::{Command, Direction};
 pub use iot_proto::{DaId, QoS, Rev};
+pub use keys::{machine_id, KeyClient, KeyClientBuilder, KeyError};
 pub use manager::{
     DeviceManager, DeviceState, MemoryDeviceManager, SqliteDeviceManager, StoredDevice,
 };
 pub use odf::OdfStream;
 pub use status::{ConnState, Protocol, Status};
+/// The wiped-on-drop buffer of passwords and key values ([`KeyClient`]).
+pub use zeroize::Zeroizing;
 
 /// The public futures can be spawned on a multi-threaded runtime.
 #[cfg(test)]
@@ -72,5 +77,10 @@ mod send_check {
         is_send(&da.home_run("t", "on"));
         is_send(&da.deregister());
         is_send(&da.wait_for(|_| true));
+    }
+
+    #[allow(dead_code)]
+    fn key_futures_are_send(keys: crate::KeyClient) {
+        is_send(&keys.get("x"));
     }
 }

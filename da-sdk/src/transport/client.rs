@@ -1,7 +1,8 @@
 //! A fresh rumqttc client and event loop for one connection attempt: MQTT options, the
 //! will, credentials, and TLS (rustls with the system's roots or the caller's). Why a
 //! fresh pair per attempt is in the `transport` docs. Not here: polling it (`poller`),
-//! sending on it (`link`), when to connect (the supervisor).
+//! sending on it (`link`), when to connect (the supervisor). The scheme rule and the TLS
+//! transport are shared with the keymanager client (`crate::keys`).
 
 use iot_proto::topics;
 use iot_proto::wire::{Presence, Uplink};
@@ -20,7 +21,7 @@ const REQUEST_CAPACITY: usize = 256;
 /// Why no client could be built: a configuration problem, reported as the connection's
 /// error (`Status::last_error`) and retried after the backoff.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum BuildError {
+pub(crate) enum BuildError {
     #[error("the server named a broker with scheme `{0}`; this SDK speaks mqtt and mqtts")]
     Scheme(String),
     /// The will (a JSON presence) did not encode; never expected.
@@ -55,11 +56,8 @@ pub(super) fn build(
     let will = serde_json::to_vec(&Uplink::presence_json(Presence::Offline, &reg.rev))
         .map_err(BuildError::Will)?;
     let ctrl_i = topics::ctrl_i(id);
-    let tls = match reg.broker.scheme.as_str() {
-        "mqtt" | "tcp" => false,
-        "mqtts" | "ssl" => true,
-        other => return Err(BuildError::Scheme(other.to_owned())),
-    };
+    let tls = scheme_is_tls(&reg.broker.scheme)
+        .ok_or_else(|| BuildError::Scheme(reg.broker.scheme.clone()))?;
     match protocol {
         Protocol::V311 => {
             let mut o = rumqttc::MqttOptions::new(
@@ -125,13 +123,24 @@ pub(super) fn build(
     }
 }
 
+/// Whether a broker scheme means TLS (`mqtts`, `ssl`) or plain TCP (`mqtt`, `tcp`); `None`
+/// for any other scheme.
+pub(crate) fn scheme_is_tls(scheme: &str) -> Option<bool> {
+    match scheme {
+        "mqtt" | "tcp" => Some(false),
+        "mqtts" | "ssl" => Some(true),
+        _ => None,
+    }
+}
+
 /// rumqttc's in-flight window: room for the data window plus control messages.
 fn inflight(opts: &Options) -> u16 {
     u16::try_from(opts.window + 64).unwrap_or(u16::MAX)
 }
 
+/// The TLS transport, trusting `opts.tls_roots_pem` or else the system's roots.
 #[cfg(feature = "tls")]
-fn tls_transport(opts: &Options) -> Result<rumqttc::Transport, BuildError> {
+pub(crate) fn tls_transport(opts: &Options) -> Result<rumqttc::Transport, BuildError> {
     use std::sync::Arc;
 
     use rustls::pki_types::pem::PemObject;
@@ -168,7 +177,7 @@ fn tls_transport(opts: &Options) -> Result<rumqttc::Transport, BuildError> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn tls_transport(_: &Options) -> Result<rumqttc::Transport, BuildError> {
+pub(crate) fn tls_transport(_: &Options) -> Result<rumqttc::Transport, BuildError> {
     Err(BuildError::TlsDisabled)
 }
 

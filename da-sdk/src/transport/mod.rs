@@ -29,6 +29,7 @@ use iot_proto::DaId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use self::client::{scheme_is_tls, tls_transport};
 pub(crate) use self::events::{Input, NetEvent, Registration};
 pub(crate) use self::link::{Link, Out, Props, Tag};
 use self::poller::Polled;
