@@ -64,6 +64,31 @@ pub enum KeyCommand {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// Fetch a key as a client, over MQTT (the kcore `kmc`): the client's password is the
+    /// first line of stdin; the value goes to stdout as it is (a newline added on a terminal).
+    /// Retries what may pass later (no reply, `sealed`, `limited`, `replay`); on failure the
+    /// exit status is 1 and the error names the keymanager's code.
+    Get {
+        name: String,
+        /// The keymanager client to ask as.
+        #[arg(long)]
+        client: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// This machine's id (default: $IOTCTL_MACHINE_ID, else /etc/machine-id).
+        #[arg(long)]
+        machine_id: Option<String>,
+        /// The broker, `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (default: the running
+        /// controller's, else `broker.external`, else `broker.listen`).
+        #[arg(long)]
+        broker: Option<String>,
+        /// Attempts after the first.
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+        /// A CA certificate (PEM) to trust for `mqtts`, besides the system's.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+    },
     /// The audit trail, newest first: requests and admin actions (never values).
     Audit {
         /// How many records (1 to 10000).
@@ -121,6 +146,19 @@ fn path_of(prefix: &str, name: &str) -> String {
     format!("{prefix}/{}", iot_proto::url::percent_encode(name))
 }
 
+/// The broker of this configuration: the running controller's MQTT listener, else the
+/// external broker, else `broker.listen` (a wildcard address as loopback).
+fn default_broker(cfg: &Config) -> String {
+    if let Some(addr) = crate::runfile::read_state(cfg).and_then(|s| s.mqtt) {
+        return format!("mqtt://{addr}");
+    }
+    if !cfg.broker.external.is_empty() {
+        return cfg.broker.external.clone();
+    }
+    let listen = cfg.broker.embedded.listen.replace("0.0.0.0", "127.0.0.1");
+    format!("mqtt://{listen}")
+}
+
 /// `2026-12-03T15:40:05Z`.
 fn time_text(unix: f64) -> String {
     chrono::DateTime::from_timestamp(unix as i64, 0).map_or_else(
@@ -130,7 +168,7 @@ fn time_text(unix: f64) -> String {
 }
 
 pub async fn run(cfg: &Config, command: KeyCommand, login: Option<Login>) -> Result<ExitCode> {
-    let api = Api::new(cfg, login);
+    let api = Api::new(cfg, login.clone());
     match command {
         KeyCommand::Init { .. } => {
             let pw = password()?;
@@ -220,6 +258,36 @@ pub async fn run(cfg: &Config, command: KeyCommand, login: Option<Login>) -> Res
             }
         }
         KeyCommand::Client { command } => client(&api, command).await?,
+        KeyCommand::Get {
+            name,
+            client,
+            machine_id,
+            broker,
+            retries,
+            ca_file,
+            ..
+        } => {
+            let broker = broker.unwrap_or_else(|| default_broker(cfg));
+            let mut b = da_sdk::KeyClient::builder(broker, client, password()?).retries(retries);
+            if let Some(m) = machine_id {
+                b = b.machine_id(m);
+            }
+            if let Some(l) = &login {
+                b = b.credentials(l.user(), Zeroizing::new(l.password().to_owned()));
+            }
+            if let Some(f) = ca_file {
+                let pem =
+                    std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
+                b = b.tls_roots_pem(pem);
+            }
+            let value = b.build()?.get(&name).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&value)?;
+            if std::io::IsTerminal::is_terminal(&out) {
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
         KeyCommand::Audit {
             limit,
             client,

@@ -39,6 +39,7 @@ const NOT_RUNNING: u8 = 3;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An operator's credentials for the CSM's `/status` when authentication is on.
+#[derive(Clone)]
 pub struct Login {
     user: String,
     password: zeroize::Zeroizing<String>,

@@ -73,7 +73,19 @@ impl Peer {
     }
 }
 
-/// Refuses every caller that is not on this machine.
+/// Whether a `Host` header names an address (`127.0.0.1:7788`, `[::1]:7788`) or
+/// `localhost`, not a domain: a page that rebinds its domain to 127.0.0.1 still sends its
+/// domain.
+fn host_is_address(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(h, _)| h),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Refuses every caller that is not on this machine, and web pages on it: a browser sends
+/// `Origin` with a page's writes, and a rebound domain in `Host`.
 pub async fn require_local(req: Request, next: Next) -> Result<Response, CcmError> {
     let local = req
         .extensions()
@@ -82,6 +94,16 @@ pub async fn require_local(req: Request, next: Next) -> Result<Response, CcmErro
     if !local {
         return Err(CcmError::Forbidden(
             "the keymanager is administered from the controller's machine only".into(),
+        ));
+    }
+    let headers = req.headers();
+    let host_ok = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(host_is_address);
+    if headers.contains_key(axum::http::header::ORIGIN) || !host_ok {
+        return Err(CcmError::Forbidden(
+            "the keymanager is administered with `iotctl key`, not from a web page".into(),
         ));
     }
     Ok(next.run(req).await)
@@ -112,6 +134,7 @@ impl From<KeyError> for CcmError {
                 StoreError::Crypto(_) => CcmError::Internal(why),
             },
             KeyError::Storage(_) => CcmError::Unavailable(why),
+            KeyError::SealedMeanwhile => CcmError::Conflict(why),
         }
     }
 }
@@ -149,7 +172,7 @@ async fn unseal(
     JsonBody(b): JsonBody<Password>,
 ) -> Result<Json<Status>, CcmError> {
     let k = keys(&ccm)?;
-    k.unseal(b.password, &who(user)).await?;
+    k.unseal(nonempty(b.password)?, &who(user)).await?;
     Ok(Json(k.status()))
 }
 
@@ -174,7 +197,7 @@ async fn rotate(
     JsonBody(b): JsonBody<Rotate>,
 ) -> Result<Json<Status>, CcmError> {
     let k = keys(&ccm)?;
-    k.rotate(b.password, nonempty(b.new_password)?, &who(user))
+    k.rotate(nonempty(b.password)?, nonempty(b.new_password)?, &who(user))
         .await?;
     Ok(Json(k.status()))
 }
@@ -356,5 +379,27 @@ mod tests {
             local: None,
         };
         assert!(!unknown.is_local());
+    }
+
+    #[test]
+    fn only_addresses_pass_as_host() {
+        for ok in [
+            "127.0.0.1:7788",
+            "127.0.0.1",
+            "[::1]:7788",
+            "localhost:7788",
+            "192.0.2.2",
+        ] {
+            assert!(host_is_address(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7788",
+            "evil.example",
+            "127.0.0.1.nip.io:80",
+            "",
+            "[::1",
+        ] {
+            assert!(!host_is_address(bad), "{bad}");
+        }
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! Every key lives in a [`Zeroizing`] buffer. Pure functions, no I/O.
 
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::XChaCha20Poly1305;
 use iot_proto::km::{self, OpenError};
@@ -82,8 +82,11 @@ pub fn derive_kek(password: &[u8], salt: &[u8], p: KdfParams) -> Result<Key, Cry
     }
     let params = Params::new(p.m_kib, p.t, p.p, Some(32)).map_err(|_| CryptoError::Params)?;
     let mut out = Zeroizing::new([0u8; 32]);
+    // Our own working memory, wiped afterwards: the KEK follows from its last block, and the
+    // allocator would keep the freed megabytes as they are.
+    let mut memory = Zeroizing::new(vec![Block::default(); params.block_count()]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(password, salt, out.as_mut())
+        .hash_password_into_with_memory(password, salt, out.as_mut(), memory.as_mut_slice())
         .map_err(|_| CryptoError::Params)?;
     Ok(out)
 }

@@ -91,6 +91,8 @@ pub struct Guard {
     seen: HashMap<String, i64>,
     limiter: Limiter<String>,
     denials: VecDeque<Instant>,
+    /// Requests with an earlier `ts` are `replay` (the start of this process).
+    not_before: i64,
 }
 
 /// A secret used when the client is unknown, so the work done is the same.
@@ -106,7 +108,15 @@ impl Guard {
             seen: HashMap::new(),
             limiter: Limiter::new(limits.rate),
             denials: VecDeque::new(),
+            not_before: i64::MIN,
         }
+    }
+
+    /// Refuses requests made before `unix` as `replay`: what was accepted before it (in an
+    /// earlier process) is not remembered.
+    pub fn not_before(mut self, unix: i64) -> Guard {
+        self.not_before = unix;
+        self
     }
 
     /// Runs the checks after parsing. `client` is `None` when no such client is stored;
@@ -137,7 +147,9 @@ impl Guard {
             return Err(Code::Clock);
         }
         let pair = (name.to_owned(), req.key.clone());
-        if self.seen.contains_key(&req.nonce) || self.newest.get(&pair).is_some_and(|n| req.ts < *n)
+        if req.ts < self.not_before
+            || self.seen.contains_key(&req.nonce)
+            || self.newest.get(&pair).is_some_and(|n| req.ts < *n)
         {
             return Err(Code::Replay);
         }

@@ -157,3 +157,26 @@ fn panic_mode_after_n_denials_within_the_window() {
     });
     assert!((0..100).all(|_| !off.denied(t0)));
 }
+
+#[test]
+fn a_request_made_before_this_process_started_is_a_replay() {
+    let s = crypto::client_secret("pw", "backup", "mid");
+    let mut g = Guard::new(limits()).not_before(NOW);
+    let view = || {
+        Some(ClientView {
+            secret: &s,
+            may_read: true,
+        })
+    };
+    let t0 = Instant::now();
+    let before = request(&s, "db", NOW - 10, &nonce(1));
+    assert_eq!(
+        g.check("backup", &before, view(), false, NOW + 5, t0),
+        Err(Code::Replay)
+    );
+    let after = request(&s, "db", NOW, &nonce(2));
+    assert_eq!(
+        g.check("backup", &after, view(), false, NOW + 5, t0),
+        Ok(())
+    );
+}

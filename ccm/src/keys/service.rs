@@ -49,6 +49,8 @@ pub enum KeyError {
     Store(#[from] StoreError),
     #[error("storing the key store failed: {0}")]
     Storage(String),
+    #[error("the key store was sealed while the password was checked: unseal again")]
+    SealedMeanwhile,
 }
 
 /// The keymanager.
@@ -107,6 +109,7 @@ fn error_code(e: &KeyError) -> &'static str {
             StoreError::Crypto(_) => "crypto",
         },
         KeyError::Storage(_) => "storage",
+        KeyError::SealedMeanwhile => "sealed_meanwhile",
     }
 }
 
@@ -138,7 +141,9 @@ impl Keys {
         Ok(Arc::new(Keys {
             params,
             store: Mutex::new(KeyStore::loaded(stored)),
-            guard: Mutex::new(Guard::new(limits)),
+            // Requests made before this start are refused (`replay`): the replay memory of
+            // the process before is gone.
+            guard: Mutex::new(Guard::new(limits).not_before(unix_now() as i64)),
             writer: tokio::sync::Mutex::new(()),
             db,
             audit,
@@ -200,7 +205,7 @@ impl Keys {
     ) -> Result<(), KeyError> {
         let (backup, doc) = {
             let mut s = lock(&self.store);
-            let backup = s.stored().cloned();
+            let backup = s.clone();
             f(&mut s)?;
             let doc =
                 serde_json::to_string(&s.stored()).map_err(|e| KeyError::Storage(e.to_string()))?;
@@ -221,11 +226,20 @@ impl Keys {
 
     /// Creates the store with `password`; it is unsealed afterwards.
     pub async fn init(&self, password: Zeroizing<String>, who: &str) -> Result<(), KeyError> {
+        let _writer = self.writer.lock().await;
+        let result = self.init_locked(password).await;
+        let code = result.as_ref().err().map_or("ok", error_code);
+        self.audit(record("init", "", "", code, who)).await;
+        self.show_state();
+        if result.is_ok() {
+            tracing::info!("keymanager: key store created (unsealed)");
+        }
+        result
+    }
+
+    async fn init_locked(&self, password: Zeroizing<String>) -> Result<(), KeyError> {
         if lock(&self.store).stored().is_some() {
-            let e = KeyError::Store(StoreError::AlreadyInitialised);
-            self.audit(record("init", "", "", error_code(&e), who))
-                .await;
-            return Err(e);
+            return Err(StoreError::AlreadyInitialised.into());
         }
         let params = self.params;
         let fresh = tokio::task::spawn_blocking(move || {
@@ -233,10 +247,7 @@ impl Keys {
         })
         .await
         .map_err(|e| KeyError::Storage(e.to_string()))??;
-        self.change("init", ("", "", who), move |s| s.install(fresh))
-            .await?;
-        tracing::info!("keymanager: key store created (unsealed)");
-        Ok(())
+        self.change_locked(move |s| s.install(fresh)).await
     }
 
     /// Derives the KEK of `password` for the stored salt and parameters, off the async
@@ -252,8 +263,18 @@ impl Keys {
     /// Unseals with `password`; a wrong one is refused, counted and audited.
     pub async fn unseal(&self, password: Zeroizing<String>, who: &str) -> Result<(), KeyError> {
         let _writer = self.writer.lock().await;
+        let seals = lock(&self.store).seals();
         let result = match self.derive(password).await {
-            Ok(kek) => lock(&self.store).unseal_with(kek).map_err(KeyError::from),
+            // Sealed while the password was checked (by an operator or panic mode): that
+            // seal stands.
+            Ok(kek) => {
+                let mut store = lock(&self.store);
+                if store.seals() == seals {
+                    store.unseal_with(kek).map_err(KeyError::from)
+                } else {
+                    Err(KeyError::SealedMeanwhile)
+                }
+            }
             Err(e) => Err(e),
         };
         let code = result.as_ref().err().map_or("ok", error_code);
@@ -383,23 +404,31 @@ impl Keys {
         let Some(o) = outcome else {
             return;
         };
-        let from = msg
-            .from
-            .as_ref()
-            .map_or("(external)", |p| p.client_id.as_str());
-        self.metrics.request(o.result);
-        self.audit(record("request", client, &o.key, o.result, from))
-            .await;
         if o.panic {
+            // At once, before anything that can wait.
             lock(&self.store).seal();
             self.metrics.panicked();
+            self.show_state();
             tracing::error!(
                 keymanager.client = %Escaped(client),
                 "keymanager: panic mode: too many denied requests, the key store is sealed"
             );
-            self.audit(record("panic", client, &o.key, "sealed", from))
+        }
+        // Who sent it, as the broker knows it: the user (when authentication is on) and the
+        // MQTT client id.
+        let from = msg.from.as_ref().map_or_else(
+            || "(external)".to_owned(),
+            |p| match &p.username {
+                Some(u) => format!("{u}@{}", p.client_id),
+                None => p.client_id.clone(),
+            },
+        );
+        self.metrics.request(o.result);
+        self.audit(record("request", client, &o.key, o.result, &from))
+            .await;
+        if o.panic {
+            self.audit(record("panic", client, &o.key, "sealed", &from))
                 .await;
-            self.show_state();
         }
         if let Some(reply) = o.reply {
             let m = Message::new(km::res(client), reply.to_string(), QoS::AtLeastOnce, false);
@@ -445,14 +474,24 @@ async fn write_audit(
         // A batch that fails is written again record by record: one bad record loses itself
         // only.
         let failed = tokio::task::spawn_blocking(move || {
-            let mut db = lock(&d);
-            if db.append_km_audit(&batch).is_ok() {
+            if lock(&d).append_km_audit(&batch).is_ok() {
                 return 0;
             }
-            batch
-                .chunks(1)
-                .filter(|one| db.append_km_audit(one).is_err())
-                .count() as u64
+            // Record by record, the lock released in between; after a few failures in a
+            // row the database is down rather than a record bad: give the rest up.
+            let (mut failed, mut in_a_row) = (0u64, 0);
+            for (i, one) in batch.chunks(1).enumerate() {
+                if lock(&d).append_km_audit(one).is_ok() {
+                    in_a_row = 0;
+                    continue;
+                }
+                failed += 1;
+                in_a_row += 1;
+                if in_a_row == 3 {
+                    return failed + (batch.len() - i - 1) as u64;
+                }
+            }
+            failed
         })
         .await
         .unwrap_or(1);

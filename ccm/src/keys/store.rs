@@ -83,10 +83,13 @@ fn seal_record(kek: &Key, record: &str, plain: &[u8], now: f64) -> Result<Sealed
 }
 
 /// The store: what is stored, and the KEK while unsealed.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct KeyStore {
     stored: Option<Stored>,
     kek: Option<Key>,
+    /// How many times it was sealed: an unseal or a restore that began before a seal must
+    /// not undo it.
+    seals: u64,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -101,7 +104,16 @@ impl std::fmt::Debug for KeyStore {
 impl KeyStore {
     /// A store loaded from the database (sealed).
     pub fn loaded(stored: Option<Stored>) -> KeyStore {
-        KeyStore { stored, kek: None }
+        KeyStore {
+            stored,
+            kek: None,
+            seals: 0,
+        }
+    }
+
+    /// Changes with every seal.
+    pub fn seals(&self) -> u64 {
+        self.seals
     }
 
     pub fn stored(&self) -> Option<&Stored> {
@@ -135,6 +147,7 @@ impl KeyStore {
                 clients: BTreeMap::new(),
             }),
             kek: Some(kek),
+            seals: 0,
         })
     }
 
@@ -143,7 +156,9 @@ impl KeyStore {
         if self.stored.is_some() {
             return Err(StoreError::AlreadyInitialised);
         }
+        let seals = self.seals;
         *self = fresh;
+        self.seals = seals;
         Ok(())
     }
 
@@ -218,9 +233,16 @@ impl KeyStore {
         Ok(())
     }
 
-    /// Puts back what was stored before a change whose write failed.
-    pub fn restore(&mut self, stored: Option<Stored>) {
-        self.stored = stored;
+    /// Puts back the store as it was before a change whose write failed (`backup`, a clone
+    /// taken then), records and KEK together; sealed if it was sealed since.
+    pub fn restore(&mut self, backup: KeyStore) {
+        let sealed_since = self.seals != backup.seals;
+        let seals = self.seals;
+        *self = backup;
+        self.seals = seals;
+        if sealed_since {
+            self.kek = None;
+        }
     }
 
     /// The keys' names and when each last changed.
@@ -246,6 +268,7 @@ impl KeyStore {
     /// Wipes the KEK (zeroized as it drops).
     pub fn seal(&mut self) {
         self.kek = None;
+        self.seals += 1;
     }
 
     fn unsealed(&mut self) -> Result<(&Key, &mut Stored), StoreError> {
@@ -414,6 +437,31 @@ mod tests {
             again.client_secret("c").unwrap(),
             crypto::client_secret("p", "c", "m")
         );
+    }
+
+    #[test]
+    fn a_restore_puts_back_records_and_key_together_but_never_undoes_a_seal() {
+        let mut ks = KeyStore::default();
+        ks.init(b"old", KdfParams::default(), 1.0).unwrap();
+        ks.put("k", b"v", 1.0).unwrap();
+        let backup = ks.clone();
+        let (salt, params) = ks.kdf_input().unwrap();
+        let old = crypto::derive_kek(b"old", &salt, params).unwrap();
+        let salt2 = crypto::random::<16>().to_vec();
+        let new = crypto::derive_kek(b"new", &salt2, params).unwrap();
+        ks.rekey(&old, new, salt2, params, 2.0).unwrap();
+        // The write of the rotation failed: the old records with the old key.
+        ks.restore(backup.clone());
+        assert_eq!(ks.value("k").unwrap().as_slice(), b"v");
+        ks.put("k2", b"v2", 3.0).unwrap();
+        let mut reloaded = KeyStore::loaded(ks.stored().cloned());
+        reloaded.unseal(b"old").unwrap();
+        assert_eq!(reloaded.value("k2").unwrap().as_slice(), b"v2");
+        // Sealed while a change was being written: the restore keeps it sealed.
+        ks.seal();
+        ks.restore(backup);
+        assert!(ks.is_sealed());
+        assert_eq!(ks.value("k"), Err(StoreError::Sealed));
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!   read-only device API under its own name (`iottalk/api/req|res/<name>/device`); home
 //!   scenes (publish commands `iottalk/home/cmd/+`, never retained; read replies
 //!   `iottalk/home/res/#`, states `iottalk/home/state/#` and `iottalk/home/catalog`); the
-//!   keymanager (publish requests `iottalk/km/req/+`, never retained; read only its own
-//!   replies `iottalk/km/res/<name>`, the name being its keymanager client's);
+//!   keymanager as the client of its own name (publish `iottalk/km/req/<name>`, never
+//!   retained; read `iottalk/km/res/<name>`);
 //! - a DA (its id as username): its control channels (publish `<id>/ctrl/i`, read
 //!   `<id>/ctrl/o`), the data topics of its links (publish on IDF topics, read ODF topics;
 //!   [`DaGrants`], kept by the actor as CONNECT and DISCONNECT go out), and request/response
@@ -132,9 +132,10 @@ fn home_app_reads(filter: &str) -> bool {
     covers(&home::res("#"), filter) || covers(&home::state("#"), filter) || filter == home::CATALOG
 }
 
-/// Whether `topic` is a keymanager request an app may send (never retained).
-fn key_request(topic: &str, retain: bool) -> bool {
-    !retain && km::client_of_req(topic).is_some()
+/// Whether `topic` is a keymanager request app `name` may send: as the keymanager client of
+/// its own name (it reads no other client's replies), never retained.
+fn key_request(name: &str, topic: &str, retain: bool) -> bool {
+    !retain && km::client_of_req(topic) == Some(name)
 }
 
 /// Who a username is.
@@ -171,7 +172,7 @@ impl TopicAcl for ControllerAcl {
             Who::App(name) => {
                 rpc()
                     || home_command(topic, retain)
-                    || key_request(topic, retain)
+                    || key_request(&name, topic, retain)
                     || (!retain && topic == format!("iottalk/api/req/{name}/device"))
             }
             Who::Da(id) => {

@@ -83,7 +83,7 @@ pub fn export(
                     home::res("#"),
                     home::state("#"),
                     home::CATALOG,
-                    km::REQ_FILTER,
+                    km::req(name),
                     km::res(name),
                 );
             }
@@ -165,7 +165,7 @@ mod tests {
         );
         assert!(!a_part.contains("iottalk/home/"), "{a_part}");
         assert!(
-            text.contains("topic write iottalk/km/req/+\ntopic read iottalk/km/res/app1\n"),
+            text.contains("topic write iottalk/km/req/app1\ntopic read iottalk/km/res/app1\n"),
             "{text}"
         );
         assert!(!a_part.contains("iottalk/km/"), "{a_part}");

@@ -29,6 +29,20 @@ async fn sealed_at_start_and_after_seal_unsealed_only_by_the_password_and_nothin
     let c = CcmClient::of(&app);
     let status = api(&c, Method::GET, "/api/keys/status", None, 200).await;
     assert_eq!(status["initialised"], false, "{status}");
+    // Not from a web page: a cross-site request (Origin) or a rebound domain (Host).
+    for (header, value) in [
+        ("Origin", "http://evil.example"),
+        ("Host", "evil.example:80"),
+    ] {
+        let r = c
+            .http
+            .post(format!("{}/api/keys/seal", c.base))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{header}: {value}");
+    }
     let mut m = listener(&app, CLIENT, None).await;
     // Not initialised: sealed to a client.
     let r = request(CLIENT_PW, CLIENT, MID, "db", now());
@@ -165,6 +179,36 @@ async fn the_cli_rotates_the_password_and_shows_names_clients_and_the_audit_neve
     let clients = ok(&app.iotctl(&["key", "client", "list"], None).await);
     assert!(clients.contains("backup: db, other"), "{clients}");
 
+    // `iotctl key get`, the client side: the value as it is on stdout; a wrong password
+    // fails at once with the code; the machine id from the environment works too.
+    let get = ["key", "get", "db", "--client", CLIENT, "--password-stdin"];
+    let with_mid = [&get[..], &["--machine-id", MID]].concat();
+    assert_eq!(ok(&app.iotctl(&with_mid, Some(CLIENT_PW)).await), VALUE);
+    let started = std::time::Instant::now();
+    let wrong = app.iotctl(&with_mid, Some("not the password")).await;
+    assert!(!wrong.status.success());
+    let why = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        why.contains("(denied)") && !why.contains("not the password"),
+        "{why}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "denied is not retried"
+    );
+    let out = tokio::process::Command::new(iot_tests::iotctl_bin())
+        .arg("-c")
+        .arg(&app.config)
+        .args(get)
+        .env("IOTCTL_MACHINE_ID", format!("  {MID}\n"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = feed(out, CLIENT_PW).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), VALUE, "{out:?}");
+
     // The value kept its bytes (the newline ending stdin removed).
     let mut m = listener(&app, CLIENT, None).await;
     let r = request(CLIENT_PW, CLIENT, MID, "db", now());
@@ -209,7 +253,13 @@ async fn the_cli_rotates_the_password_and_shows_names_clients_and_the_audit_neve
     ok(&app.iotctl(&["key", "client", "rm", CLIENT], None).await);
 
     // The audit trail: requests with the MQTT client they came from, admin actions, the
-    // failed unseal; newest first; never a value.
+    // failed unseal; newest first; never a value. (Written in the background: read until the
+    // last action is there.)
+    let c = CcmClient::of(&app);
+    audit_until(&c, "", |rows| {
+        rows.first().is_some_and(|r| r["action"] == "client_rm")
+    })
+    .await;
     let out = ok(&app
         .iotctl(&["key", "audit", "--json", "--limit", "100"], None)
         .await);
@@ -252,6 +302,7 @@ async fn the_cli_rotates_the_password_and_shows_names_clients_and_the_audit_neve
     let of_client = ok(&app
         .iotctl(&["key", "audit", "--client", CLIENT], None)
         .await);
+    assert!(of_client.lines().count() >= 4, "{of_client}");
     assert!(
         of_client.lines().all(|l| l.contains("client=backup")),
         "{of_client}"
@@ -376,8 +427,10 @@ async fn on_postgresql_the_store_and_every_audit_record_are_kept() {
     let mut lm = listener(&app, &long, None).await;
     let r = request("pw", &long, MID, "db", now());
     assert_eq!(code(&ask(&mut lm, &long, &r).await), "denied");
-    let rows = api(&c, Method::GET, "/api/keys/audit?limit=50", None, 200).await;
-    let rows = rows.as_array().unwrap();
+    let rows = audit_until(&c, "?limit=50", |rows| {
+        rows.iter().any(|r| r["result"] == "denied")
+    })
+    .await;
     let has = |action: &str, result: &str| {
         rows.iter()
             .any(|r| r["action"] == action && r["result"] == result)
@@ -402,4 +455,44 @@ async fn on_postgresql_the_store_and_every_audit_record_are_kept() {
             &format!("DROP SCHEMA {schema} CASCADE"),
         ])
         .output();
+}
+
+/// The audit trail (`GET /api/keys/audit{query}`) once `done` says it is complete; records are
+/// written in the background.
+async fn audit_until(c: &CcmClient, query: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + iot_tests::WAIT;
+    loop {
+        let v = api(
+            c,
+            Method::GET,
+            &format!("/api/keys/audit{query}"),
+            None,
+            200,
+        )
+        .await;
+        let rows = v.as_array().unwrap().clone();
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit trail incomplete: {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes `line` to the child's stdin, then waits for it.
+async fn feed(mut child: tokio::process::Child, line: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    tokio::time::timeout(iot_tests::WAIT, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
 }
