@@ -81,6 +81,33 @@ impl KmRequest {
     }
 }
 
+fn lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Reads a request payload. `None`: not a JSON object, which gets no reply.
+/// `Some(Err(nonce))`: a JSON object with a missing or malformed field (`bad_request`),
+/// with its `nonce` to echo when it has a string of at most 64 characters there.
+pub fn parse_request(payload: &[u8]) -> Option<Result<KmRequest, Option<String>>> {
+    let v: serde_json::Value = match serde_json::from_slice(payload) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => return None,
+    };
+    let nonce = v
+        .get("nonce")
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| n.len() <= 64)
+        .map(str::to_owned);
+    let r: KmRequest = match serde_json::from_value(v) {
+        Ok(r) => r,
+        Err(_) => return Some(Err(nonce)),
+    };
+    if !valid_name(&r.key) || !lower_hex(&r.nonce, 32) || !lower_hex(&r.mac, 64) {
+        return Some(Err(nonce));
+    }
+    Some(Ok(r))
+}
+
 /// A reply: `ok` with `iv` and `value`, or an `error` code (`sealed`, `denied`, `clock`,
 /// `replay`, `limited` with `retry_after_ms`, `bad_request`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

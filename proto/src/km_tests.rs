@@ -75,3 +75,25 @@ fn a_reply_opens_only_for_its_client_key_and_nonce() {
         Err(OpenError::Malformed("iv"))
     );
 }
+
+proptest::proptest! {
+    /// Any payload: no panic; an accepted request encodes and parses back the same; an
+    /// echoed nonce is short.
+    #[test]
+    fn any_payload_parses_or_is_refused(data in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+                                        key in "[a-z.]{1,8}", ts in proptest::num::i64::ANY) {
+        match parse_request(&data) {
+            Some(Ok(r)) => {
+                let again = serde_json::to_vec(&r).unwrap();
+                proptest::prop_assert_eq!(parse_request(&again), Some(Ok(r)));
+            }
+            Some(Err(n)) => proptest::prop_assert!(n.is_none_or(|n| n.len() <= 64)),
+            None => {}
+        }
+        let s = client_secret("pw", "c", "m");
+        let r = KmRequest::new(&s, "c", &key, ts, [7; 16]);
+        let text = serde_json::to_vec(&r).unwrap();
+        proptest::prop_assert_eq!(parse_request(&text), Some(Ok(r.clone())));
+        proptest::prop_assert!(verify_mac(&s, "c", &key, ts, &r.nonce, &r.mac));
+    }
+}

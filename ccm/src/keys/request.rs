@@ -38,30 +38,7 @@ impl Code {
     }
 }
 
-fn lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Reads a request. `Err(Some(nonce))`: a JSON object with missing or malformed fields (the
-/// `bad_request` reply echoes its nonce when it has one); `Err(None)` with no nonce;
-/// non-JSON is `Err(None)` too and gets no reply (see [`parse_or_ignore`]).
-pub fn parse(payload: &[u8]) -> Result<KmRequest, Option<String>> {
-    let v: Value = serde_json::from_slice(payload).map_err(|_| None)?;
-    let nonce = v.get("nonce").and_then(Value::as_str).map(str::to_owned);
-    let r: KmRequest = serde_json::from_value(v).map_err(|_| nonce.clone())?;
-    if !super::valid_name(&r.key) || !lower_hex(&r.nonce, 32) || !lower_hex(&r.mac, 64) {
-        return Err(nonce);
-    }
-    Ok(r)
-}
-
-/// Whether a payload is a JSON object at all (anything else gets no reply).
-pub fn parse_or_ignore(payload: &[u8]) -> Option<Result<KmRequest, Option<String>>> {
-    match serde_json::from_slice::<Value>(payload) {
-        Ok(Value::Object(_)) => Some(parse(payload)),
-        _ => None,
-    }
-}
+pub use iot_proto::km::parse_request as parse_or_ignore;
 
 /// What the store knows of a client, lent for one check.
 #[derive(Debug)]

@@ -33,8 +33,8 @@ fn requests_parse_or_are_bad_requests() {
         nonce(1),
         "a".repeat(64)
     );
-    assert_eq!(parse(ok.as_bytes()).unwrap().ts, NOW);
     let bad = |body: &str| parse_or_ignore(body.as_bytes());
+    assert_eq!(bad(&ok).unwrap().unwrap().ts, NOW);
     assert_eq!(bad(r#"{"nonce":"n1"}"#), Some(Err(Some("n1".into()))));
     assert_eq!(
         bad(r#"{"key":"db","ts":"1","nonce":"x","mac":"y"}"#),
@@ -46,6 +46,12 @@ fn requests_parse_or_are_bad_requests() {
     assert!(bad(&slash).unwrap().is_err());
     assert_eq!(bad("not json"), None, "not a request: no reply");
     assert_eq!(bad("[1]"), None);
+    let long_nonce = format!(r#"{{"nonce":"{}"}}"#, "n".repeat(65));
+    assert_eq!(
+        bad(&long_nonce),
+        Some(Err(None)),
+        "a long nonce is not echoed"
+    );
     assert_eq!(
         failure(Some("n"), Code::Limited { retry_after_ms: 5 }),
         json!({"nonce": "n", "ok": false, "error": "limited", "retry_after_ms": 5})
