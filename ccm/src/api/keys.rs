@@ -85,13 +85,19 @@ fn host_is_address(host: &str) -> bool {
 }
 
 /// Refuses every caller that is not on this machine, and web pages on it: a browser sends
-/// `Origin` with a page's writes, and a rebound domain in `Host`.
-pub async fn require_local(req: Request, next: Next) -> Result<Response, CcmError> {
+/// `Origin` with a page's writes, and a rebound domain in `Host`. Refusals are counted
+/// (`iotctl_km_admin_refused_total`).
+pub async fn require_local(
+    State(ccm): State<Ccm>,
+    req: Request,
+    next: Next,
+) -> Result<Response, CcmError> {
     let local = req
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .is_some_and(|c| c.0.is_local());
     if !local {
+        ccm.key_metrics().admin_refused();
         return Err(CcmError::Forbidden(
             "the keymanager is administered from the controller's machine only".into(),
         ));
@@ -102,6 +108,7 @@ pub async fn require_local(req: Request, next: Next) -> Result<Response, CcmErro
         .and_then(|h| h.to_str().ok())
         .is_some_and(host_is_address);
     if headers.contains_key(axum::http::header::ORIGIN) || !host_ok {
+        ccm.key_metrics().admin_refused();
         return Err(CcmError::Forbidden(
             "the keymanager is administered with `iotctl key`, not from a web page".into(),
         ));

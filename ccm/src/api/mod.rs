@@ -111,7 +111,10 @@ pub fn router(ccm: Ccm) -> Router {
             ccm.clone(),
             session::require_admin,
         ))
-        .route_layer(middleware::from_fn(keys::require_local));
+        .route_layer(middleware::from_fn_with_state(
+            ccm.clone(),
+            keys::require_local,
+        ));
     let api = Router::new()
         .merge(session::routes())
         .route("/openapi.json", get(openapi::document))

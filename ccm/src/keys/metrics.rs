@@ -15,6 +15,8 @@ pub struct KeyMetrics {
     unseal_failures: AtomicU64,
     panics: AtomicU64,
     audit_failures: AtomicU64,
+    /// `/api/keys` calls refused for coming from another machine or a web page.
+    admin_refused: AtomicU64,
     sealed: AtomicBool,
     initialised: AtomicBool,
 }
@@ -35,6 +37,10 @@ impl KeyMetrics {
 
     pub fn panicked(&self) {
         self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn admin_refused(&self) {
+        self.admin_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn audit_failed(&self, n: u64) {
@@ -74,6 +80,9 @@ impl KeyMetrics {
              # HELP iotctl_km_audit_failures_total Audit records that could not be written.\n\
              # TYPE iotctl_km_audit_failures_total counter\n\
              iotctl_km_audit_failures_total {}\n\
+             # HELP iotctl_km_admin_refused_total Calls of /api/keys refused for coming from another machine or a web page.\n\
+             # TYPE iotctl_km_admin_refused_total counter\n\
+             iotctl_km_admin_refused_total {}\n\
              # HELP iotctl_km_initialised Whether the key store exists (1) or not (0).\n\
              # TYPE iotctl_km_initialised gauge\n\
              iotctl_km_initialised {}\n\
@@ -83,6 +92,7 @@ impl KeyMetrics {
             self.unseal_failures.load(Ordering::Relaxed),
             self.panics.load(Ordering::Relaxed),
             self.audit_failures.load(Ordering::Relaxed),
+            self.admin_refused.load(Ordering::Relaxed),
             gauge(&self.initialised),
             gauge(&self.sealed),
         );
