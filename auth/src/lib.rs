@@ -8,10 +8,12 @@
 //! - [`basic`]: HTTP Basic credentials.
 //! - [`operator`]: the admin check of operator HTTP endpoints, refusals counted.
 //! - [`refusals`]: [`Refusals`], counters by reason.
+//! - [`logz`]: the recent log lines operators read at `/logz`.
 //! - [`rate`]: `COUNT/PERIOD` rate limits and the token-bucket [`rate::Limiter`] every limit uses.
 
 pub mod basic;
 pub mod gate;
+pub mod logz;
 pub mod operator;
 pub mod password;
 pub mod rate;

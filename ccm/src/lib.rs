@@ -83,6 +83,8 @@ pub struct Wiring {
     pub home: home::HomeConfig,
     /// The keymanager's settings (`[keymanager]`).
     pub keys: keys::KeysConfig,
+    /// The recent log lines `GET /logz` shows.
+    pub logz: Arc<iot_auth::logz::LogRing>,
 }
 
 /// The shared handle.
@@ -109,6 +111,7 @@ struct Inner {
     home_metrics: home::metrics::HomeMetrics,
     keys: OnceLock<Arc<keys::service::Keys>>,
     key_metrics: Arc<keys::metrics::KeyMetrics>,
+    logz: OnceLock<Arc<iot_auth::logz::LogRing>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -164,6 +167,7 @@ impl Ccm {
                 home_metrics: Default::default(),
                 keys: OnceLock::new(),
                 key_metrics: Default::default(),
+                logz: OnceLock::new(),
             }),
         })
     }
@@ -204,6 +208,11 @@ impl Ccm {
 
     pub fn key_metrics(&self) -> &keys::metrics::KeyMetrics {
         &self.inner.key_metrics
+    }
+
+    /// The recent log lines, when started with them.
+    pub fn logz(&self) -> Option<&Arc<iot_auth::logz::LogRing>> {
+        self.inner.logz.get()
     }
 
     /// Changes whenever a change is stored.
@@ -317,6 +326,7 @@ pub async fn start(
         home::service::Home::new(wiring.home, ccm.clone(), drivers).map_err(CcmError::Invalid)?,
     );
     let _ = ccm.inner.home.set(handler.clone());
+    let _ = ccm.inner.logz.set(wiring.logz.clone());
     let km = keys::service::Keys::start(
         &wiring.keys,
         ccm.inner.db.clone(),

@@ -23,6 +23,9 @@ pub enum CsmError {
     NoEndpoint,
     #[error("no figure named `{0}`; GET /varz lists them")]
     NoFigure(String),
+    /// A query string the endpoint cannot use; the text says what it takes.
+    #[error("{0}")]
+    BadQuery(String),
     #[error("id not found")]
     NotFound,
     #[error("revision out-of-date or unknown")]
@@ -52,9 +55,11 @@ pub enum CsmError {
 impl CsmError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Body(_) | Self::Id(_) | Self::BodyUnreadable(_) | Self::StaleRev => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::Body(_)
+            | Self::Id(_)
+            | Self::BodyUnreadable(_)
+            | Self::StaleRev
+            | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::NotFound | Self::NoEndpoint | Self::NoFigure(_) => StatusCode::NOT_FOUND,
             Self::NoFreeName(_) | Self::Online => StatusCode::CONFLICT,
             Self::NoCredentials | Self::BadCredentials => StatusCode::UNAUTHORIZED,

@@ -1,5 +1,5 @@
 //! The HTTP registration API (spec section 1): `PUT`, `GET`, `DELETE /{id}`, plus `/status`,
-//! `/metrics`, `/varz` and `/healthz` for operators. Handlers parse input into wire types, ask
+//! `/metrics`, `/varz`, `/logz` and `/healthz` for operators. Handlers parse input into wire types, ask
 //! the actor, and map every failure to a JSON error body; no client mistake produces a 500.
 //!
 //! Who may do what (docs/security.md): registration is open to anyone (the IoTtalk SDKs cannot
@@ -37,6 +37,7 @@ pub fn router(handle: CsmHandle, prefix: &str) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/varz", get(varz))
+        .route("/logz", get(logz))
         .route("/{id}", get(get_da).put(put_da).delete(delete_da))
         .fallback(not_found)
         // Bodies are limited by `read_body`, which answers 413 in a way clients can read.
@@ -236,6 +237,22 @@ async fn metrics(State(h): State<CsmHandle>, headers: HeaderMap) -> Result<Respo
 #[derive(Debug, serde::Deserialize)]
 struct VarzQuery {
     name: Option<String>,
+}
+
+/// The recent log lines, newest first (`?format=text|json|html&level=warn&limit=N`).
+async fn logz(
+    State(h): State<CsmHandle>,
+    headers: HeaderMap,
+    q: axum::extract::Query<iot_auth::logz::LogzQuery>,
+) -> Result<Response, ApiError> {
+    require_admin(&h, &headers).await?;
+    let (content_type, body) = q.answer(&h.logz).map_err(CsmError::BadQuery)?;
+    let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    for (k, v) in iot_auth::logz::HEADERS {
+        res.headers_mut()
+            .insert(k, axum::http::HeaderValue::from_static(v));
+    }
+    Ok(res)
 }
 
 /// `name: value` lines; `?name=X` for one value.

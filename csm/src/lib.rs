@@ -43,6 +43,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iot_auth::logz::LogRing;
 use iot_auth::{Refusals, Users};
 use iot_broker::BrokerHandle;
 use iot_migrations::Db;
@@ -151,6 +152,8 @@ pub struct CsmHandle {
     pub refusals: Refusals,
     /// The registration rate limit, unless `csm.registration_rate` is "".
     pub limiter: Option<Arc<rate::Limiter>>,
+    /// The recent log lines (`/logz`).
+    pub logz: Arc<LogRing>,
 }
 
 impl CsmHandle {
@@ -247,6 +250,8 @@ pub struct Wiring {
     pub grants: acl::DaGrants,
     /// Serve HTTPS with this configuration instead of HTTP (`csm.tls`).
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The recent log lines `GET /logz` shows.
+    pub logz: Arc<LogRing>,
     /// The largest payload the broker carries (`broker.max_payload_bytes`): longer device-API
     /// replies go out in pages, and any other reply that would not fit becomes an error reply
     /// that says so.
@@ -274,6 +279,7 @@ pub async fn start(
         grants,
         tls,
         max_reply_bytes,
+        logz,
     } = wiring;
     let limiter = match cfg.registration_rate.trim() {
         "" => None,
@@ -347,6 +353,7 @@ pub async fn start(
         users,
         refusals,
         limiter,
+        logz,
     };
     let actor = actor::Actor {
         state,

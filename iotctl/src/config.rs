@@ -130,12 +130,15 @@ impl Default for DatabaseConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub level: String,
+    /// Lines kept for `/logz` (0: none).
+    pub logz_lines: usize,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
+            logz_lines: 200,
         }
     }
 }
@@ -220,6 +223,9 @@ impl Config {
         }
         self.home.check().map_err(|e| anyhow!(e))?;
         self.keymanager.check().map_err(|e| anyhow!(e))?;
+        if self.log.logz_lines > iot_auth::logz::MAX_LINES {
+            bail!("`log.logz_lines` is at most {}", iot_auth::logz::MAX_LINES);
+        }
         self.validate_tls()?;
         if self.auth.enabled && !self.csm.da_credentials {
             bail!("`auth.enabled` needs `csm.da_credentials = true`: DAs authenticate with the credentials of their registration reply");

@@ -27,9 +27,11 @@ mod user_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use iot_auth::logz::{LogRing, LogzLayer};
 
 use crate::config::{Config, DEFAULT_CONFIG};
 
@@ -154,7 +156,9 @@ pub enum Component {
     Ccm,
 }
 
-fn init_tracing(cfg: &Config, debug: bool) {
+/// Logs to stderr and keeps the last `log.logz_lines` lines for `/logz` (the ring returned).
+fn init_tracing(cfg: &Config, debug: bool) -> Arc<LogRing> {
+    use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let mut level = if debug {
@@ -167,11 +171,13 @@ fn init_tracing(cfg: &Config, debug: bool) {
         level.push_str(",rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn,rmqtt_shared_subscription=warn,ntex=warn,ntex_mqtt=warn,ntex_io=warn,rumqttc=warn");
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .finish()
+    let ring = LogRing::new(cfg.log.logz_lines);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(LogzLayer(ring.clone()))
         .try_init();
+    ring
 }
 
 fn main() -> ExitCode {
@@ -200,7 +206,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = Config::load(cli.config.as_deref())?;
-    init_tracing(&cfg, cli.debug);
+    let logz = init_tracing(&cfg, cli.debug);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -208,13 +214,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         match cli.command {
             Command::Genconf { .. } | Command::Gencert { .. } => Ok(ExitCode::SUCCESS),
             Command::Initdb => run::initdb(&cfg).await.map(|()| ExitCode::SUCCESS),
-            Command::Start { component } => {
-                run::start(cfg, component).await.map(|()| ExitCode::SUCCESS)
-            }
+            Command::Start { component } => run::start(cfg, component, logz)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Stop => service::stop(&cfg).await,
             Command::Restart { component } => {
                 service::stop(&cfg).await?;
-                run::start(cfg, component).await.map(|()| ExitCode::SUCCESS)
+                run::start(cfg, component, logz)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
             }
             Command::Status { json, user } => {
                 let login = service::Login::from_env(user)?;

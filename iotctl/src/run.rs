@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use iot_auth::logz::LogRing;
 use iot_auth::{Gate, Refusals, Users};
 use iot_broker::{
     Authenticator, BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl, Security,
@@ -39,7 +40,7 @@ pub async fn initdb(cfg: &Config) -> Result<()> {
 }
 
 /// Runs the chosen components until SIGINT/SIGTERM.
-pub async fn start(cfg: Config, component: Component) -> Result<()> {
+pub async fn start(cfg: Config, component: Component, logz: Arc<LogRing>) -> Result<()> {
     crate::exposure::check(&cfg, component)?;
     if cfg.auth.enabled && component != Component::All {
         bail!("`auth.enabled` needs `iotctl start all`: the broker checks the DA credentials the CSM issues, in one process");
@@ -48,7 +49,7 @@ pub async fn start(cfg: Config, component: Component) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     runfile::write_pid(&cfg)?;
-    let result = serve(&cfg, component).await;
+    let result = serve(&cfg, component, logz).await;
     runfile::remove(&cfg);
     result
 }
@@ -69,7 +70,7 @@ struct BrokerSide {
     embedded: bool,
 }
 
-async fn serve(cfg: &Config, component: Component) -> Result<()> {
+async fn serve(cfg: &Config, component: Component, logz: Arc<LogRing>) -> Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let mut running = Running {
@@ -128,11 +129,17 @@ async fn serve(cfg: &Config, component: Component) -> Result<()> {
             users: users.clone(),
             refusals: refusals.clone(),
             grants,
+            logz: logz.clone(),
         };
         start_csm(cfg, &broker, access, &shutdown, &mut running).await?;
     }
     if runs_ccm {
-        start_ccm(cfg, &broker, users, refusals, &shutdown, &mut running).await?;
+        let access = CcmAccess {
+            users,
+            refusals,
+            logz,
+        };
+        start_ccm(cfg, &broker, access, &shutdown, &mut running).await?;
     }
 
     let state = &running.state;
@@ -247,6 +254,15 @@ struct Access {
     refusals: Refusals,
     /// The DAs' data-topic grants the topic ACL reads, kept by the CSM.
     grants: DaGrants,
+    /// The recent log lines (`/logz`).
+    logz: Arc<LogRing>,
+}
+
+/// What the CCM shares with the rest of the process.
+struct CcmAccess {
+    users: Option<Users>,
+    refusals: Refusals,
+    logz: Arc<LogRing>,
 }
 
 /// The CSM: its HTTP listener, database and routing, on `broker`; fills the DA credentials
@@ -286,6 +302,7 @@ async fn start_csm(
         users: access.users,
         refusals: access.refusals,
         grants: access.grants,
+        logz: access.logz,
         tls: crate::tls::https(cfg)?,
         // Also the external connection's packet limit (`start_broker`): with an external
         // broker, set `broker.max_payload_bytes` to that broker's limit.
@@ -304,8 +321,7 @@ async fn start_csm(
 async fn start_ccm(
     cfg: &Config,
     broker: &BrokerSide,
-    users: Option<Users>,
-    refusals: Refusals,
+    access: CcmAccess,
     shutdown: &CancellationToken,
     running: &mut Running,
 ) -> Result<()> {
@@ -324,8 +340,9 @@ async fn start_ccm(
         listener,
         broker: broker.handle.clone(),
         db,
-        users,
-        refusals,
+        users: access.users,
+        refusals: access.refusals,
+        logz: access.logz,
         home: cfg.home.clone(),
         keys: cfg.keymanager.clone(),
     };

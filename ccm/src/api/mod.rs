@@ -123,6 +123,7 @@ pub fn router(ccm: Ccm) -> Router {
         .fallback(|| async { CcmError::not_found("no such API endpoint") });
     let metrics = Router::new()
         .route("/metrics", get(home::metrics))
+        .route("/logz", get(logz))
         .route_layer(middleware::from_fn_with_state(
             ccm.clone(),
             session::require_admin,
@@ -165,6 +166,23 @@ async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Respon
         ))
         .into_response(),
     }
+}
+
+/// `GET /logz`: the recent log lines, newest first (`?format=text|json|html&level=warn&limit=N`).
+async fn logz(
+    axum::extract::State(ccm): axum::extract::State<Ccm>,
+    q: axum::extract::Query<iot_auth::logz::LogzQuery>,
+) -> Result<Response, CcmError> {
+    let ring = ccm
+        .logz()
+        .ok_or_else(|| CcmError::Unavailable("no log lines are kept here".into()))?;
+    let (content_type, body) = q.answer(ring).map_err(CcmError::Invalid)?;
+    let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    for (k, v) in iot_auth::logz::HEADERS {
+        res.headers_mut()
+            .insert(k, axum::http::HeaderValue::from_static(v));
+    }
+    Ok(res)
 }
 
 /// Serves until `shutdown`.
