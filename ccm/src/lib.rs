@@ -330,14 +330,17 @@ pub async fn start(
     let km = keys::service::Keys::start(
         &wiring.keys,
         ccm.inner.db.clone(),
-        wiring.broker.clone(),
         ccm.inner.key_metrics.clone(),
         shutdown.clone(),
     )
     .await
     .map_err(CcmError::Invalid)?;
     let _ = ccm.inner.keys.set(km.clone());
-    let key_requests = tokio::spawn(keys::service::serve(km, shutdown.clone()));
+    let key_requests = tokio::spawn(keys::service::serve(
+        km,
+        wiring.broker.clone(),
+        shutdown.clone(),
+    ));
     let homes = tokio::spawn(home::service::serve(
         handler,
         wiring.broker.clone(),

@@ -63,7 +63,6 @@ pub struct Keys {
     db: Arc<Mutex<Db>>,
     audit: mpsc::Sender<KmAuditRow>,
     metrics: Arc<KeyMetrics>,
-    broker: BrokerHandle,
 }
 
 fn unix_now() -> f64 {
@@ -118,7 +117,6 @@ impl Keys {
     pub async fn start(
         cfg: &KeysConfig,
         db: Arc<Mutex<Db>>,
-        broker: BrokerHandle,
         metrics: Arc<KeyMetrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Keys>, String> {
@@ -148,7 +146,6 @@ impl Keys {
             db,
             audit,
             metrics,
-            broker,
         }))
     }
 
@@ -380,9 +377,9 @@ impl Keys {
             .map_err(|e| e.to_string())
     }
 
-    /// One message on a request topic: the checks, the reply, the audit record; panic mode
-    /// seals the store.
-    pub async fn handle(&self, msg: &Message) {
+    /// One message on a request topic: the checks, the reply (published on `broker`), the
+    /// audit record; panic mode seals the store.
+    pub async fn handle(&self, msg: &Message, broker: &BrokerHandle) {
         let Some(client) = km::client_of_req(&msg.topic) else {
             return;
         };
@@ -432,7 +429,7 @@ impl Keys {
         }
         if let Some(reply) = o.reply {
             let m = Message::new(km::res(client), reply.to_string(), QoS::AtLeastOnce, false);
-            if let Err(e) = self.broker.publish(m).await {
+            if let Err(e) = broker.publish(m).await {
                 tracing::warn!(error = %e, "keymanager: cannot publish a reply");
             }
         }
@@ -502,9 +499,9 @@ async fn write_audit(
     }
 }
 
-/// Answers key requests until `shutdown`.
-pub async fn serve(keys: Arc<Keys>, shutdown: CancellationToken) {
-    let mut sub = match keys.broker.subscribe(km::REQ_FILTER, 1024).await {
+/// Answers key requests on `broker` until `shutdown`.
+pub async fn serve(keys: Arc<Keys>, broker: BrokerHandle, shutdown: CancellationToken) {
+    let mut sub = match broker.subscribe(km::REQ_FILTER, 1024).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "keymanager: cannot subscribe to requests");
@@ -515,7 +512,7 @@ pub async fn serve(keys: Arc<Keys>, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => break,
             msg = sub.recv() => match msg {
-                Some(m) => keys.handle(&m).await,
+                Some(m) => keys.handle(&m, &broker).await,
                 None => break,
             },
         }
@@ -523,30 +520,5 @@ pub async fn serve(keys: Arc<Keys>, shutdown: CancellationToken) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn audit_records_fit_their_columns() {
-        let long = "é".repeat(300);
-        let r = record(
-            "request",
-            &long,
-            &long,
-            "already_init",
-            &format!("\n{long}"),
-        );
-        assert_eq!(r.client.chars().count(), 64);
-        assert_eq!(r.key_name.chars().count(), 64);
-        assert_eq!(r.mqtt_client.chars().count(), 128);
-        assert!(r.mqtt_client.starts_with("\\n"), "{}", r.mqtt_client);
-        for e in [
-            StoreError::NotInitialised,
-            StoreError::AlreadyInitialised,
-            StoreError::WrongPassword,
-            StoreError::Name("x".into()),
-        ] {
-            assert!(error_code(&KeyError::Store(e)).len() <= 16);
-        }
-    }
-}
+#[path = "service_tests.rs"]
+mod tests;
