@@ -7,7 +7,8 @@
 //! - [`topics`]: every MQTT topic the protocol uses, built and parsed in one place.
 //! - [`wire`]: JSON bodies of the HTTP registration API, the MQTT control channel, and the
 //!   graph and device APIs (typed requests and replies).
-//! - [`rpc`]: JSON bodies of request/response between DAs and apps over MQTT.
+//! - [`rpc`]: JSON bodies of request/response between DAs and apps over MQTT; [`rpc_stream`]:
+//!   streamed replies (numbered items, acknowledgements, the window, reordering).
 //! - [`qos`]: the one MQTT quality-of-service type of the workspace.
 //! - [`url`]: broker urls (`mqtt://host:port`), parsed in one place.
 //! - [`log`]: [`log::Escaped`], client-supplied text made safe for log lines.
@@ -21,6 +22,7 @@ pub mod km;
 pub mod log;
 pub mod qos;
 pub mod rpc;
+pub mod rpc_stream;
 pub mod topics;
 pub mod url;
 pub mod wire;
