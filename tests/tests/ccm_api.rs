@@ -614,3 +614,45 @@ async fn what_the_api_fuzzer_found_stays_fixed() {
         assert_eq!(status[map]["propertyNames"]["type"], "string", "{status}");
     }
 }
+
+/// With authentication off, a page of another site open in a browser on this machine cannot
+/// use the API: not by a cross-site request (`Origin`), not by rebinding its domain to
+/// 127.0.0.1 (`Host`); the GUI's own requests (same origin) and scripts (no `Origin`) can.
+#[tokio::test]
+async fn with_auth_off_another_sites_page_is_refused() {
+    let app = App::spawn().await;
+    let url = format!("{}/api/projects", app.ccm);
+    let own_origin = app.ccm.trim_end_matches('/').to_owned();
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut r = app
+            .http
+            .post(&url)
+            .json(&json!({"name": format!("p-{}", new_id())}));
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r
+    };
+    for headers in [
+        vec![("Origin", "http://evil.example".to_owned())],
+        vec![("Origin", "null".to_owned())],
+        vec![("Host", "evil.example:80".to_owned())],
+    ] {
+        let r = post(headers.clone()).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{headers:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden", "{body}");
+    }
+    let r = post(vec![("Origin", own_origin)]).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = post(vec![]).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let logz = app
+        .http
+        .get(format!("{}/logz", app.ccm))
+        .header("Host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logz.status().as_u16(), 403);
+}

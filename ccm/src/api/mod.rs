@@ -6,13 +6,15 @@
 //! Files: [`session`] (logins and the admin check), [`library`] (features, models,
 //! functions), [`projects`] (projects and everything in them, export/import), [`live`]
 //! (devices and the event streams), [`home`] (home scenes and `/metrics`), [`keys`] (the
-//! keymanager's admin channel, local only), [`openapi`].
+//! keymanager's admin channel, local only), [`origin`] (no other site's page with
+//! authentication off), [`openapi`].
 
 pub mod home;
 pub mod keys;
 pub mod library;
 pub mod live;
 pub mod openapi;
+pub mod origin;
 pub mod projects;
 pub mod session;
 
@@ -136,6 +138,10 @@ pub fn router(ccm: Ccm) -> Router {
             get(|| asset(axum::extract::Path("index.html".to_owned()))),
         )
         .route("/{*path}", get(asset))
+        .layer(middleware::from_fn_with_state(
+            ccm.clone(),
+            origin::same_site_only,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(ccm)
 }
