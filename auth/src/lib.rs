@@ -9,6 +9,7 @@
 //! - [`operator`]: the admin check of operator HTTP endpoints, refusals counted.
 //! - [`refusals`]: [`Refusals`], counters by reason.
 //! - [`logz`]: the recent log lines operators read at `/logz`.
+//! - [`same_site`]: requests from another site's web page (refused with authentication off).
 //! - [`rate`]: `COUNT/PERIOD` rate limits and the token-bucket [`rate::Limiter`] every limit uses.
 
 pub mod basic;
@@ -18,6 +19,7 @@ pub mod operator;
 pub mod password;
 pub mod rate;
 pub mod refusals;
+pub mod same_site;
 pub mod users;
 
 pub use gate::Gate;

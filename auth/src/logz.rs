@@ -20,6 +20,8 @@ use tracing_subscriber::Layer;
 pub const MAX_LINE_BYTES: usize = 4096;
 /// The most lines `log.logz_lines` may ask for.
 pub const MAX_LINES: usize = 100_000;
+/// Lines in one answer when the query names no `limit`, and the most it may name.
+pub const MAX_ANSWER_LINES: usize = 1000;
 
 /// One log event.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -56,7 +58,8 @@ pub fn parse_level(s: &str) -> Option<Level> {
 #[derive(Debug)]
 pub struct LogRing {
     capacity: usize,
-    lines: Mutex<VecDeque<LogLine>>,
+    /// Shared lines: an answer clones pointers under the lock, not text.
+    lines: Mutex<VecDeque<Arc<LogLine>>>,
 }
 
 impl LogRing {
@@ -77,11 +80,16 @@ impl LogRing {
         if lines.len() == self.capacity {
             lines.pop_front();
         }
-        lines.push_back(line);
+        lines.push_back(Arc::new(line));
+    }
+
+    /// Whether it keeps any line (`log.logz_lines` > 0).
+    pub fn keeps_lines(&self) -> bool {
+        self.capacity > 0
     }
 
     /// Newest first, at least as severe as `min` (all when `None`), at most `limit`.
-    pub fn newest(&self, min: Option<Level>, limit: usize) -> Vec<LogLine> {
+    pub fn newest(&self, min: Option<Level>, limit: usize) -> Vec<Arc<LogLine>> {
         let floor = min.as_ref().map_or(0, severity);
         self.lines
             .lock()
@@ -99,27 +107,67 @@ impl LogRing {
 #[derive(Debug, Clone)]
 pub struct LogzLayer(pub Arc<LogRing>);
 
-/// Collects an event's message and fields.
+/// Collects an event's message and fields, [`MAX_LINE_BYTES`] of them in all (names
+/// included); what does not fit is cut, marked with `…`.
 #[derive(Default)]
 struct Fields {
     message: String,
     fields: Vec<(String, String)>,
     bytes: usize,
+    cut: bool,
+}
+
+/// Writes at most `room` bytes (whole characters), then refuses: formatting a huge value
+/// stops there instead of building it whole.
+struct Bounded {
+    text: String,
+    room: usize,
+    full: bool,
+}
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if s.len() <= self.room {
+            self.text.push_str(s);
+            self.room -= s.len();
+            return Ok(());
+        }
+        let mut end = self.room;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.text.push_str(&s[..end]);
+        self.room = 0;
+        self.full = true;
+        Err(std::fmt::Error)
+    }
 }
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if self.bytes > MAX_LINE_BYTES {
+        let name = field.name();
+        let is_message = name == "message";
+        let used = self.bytes + if is_message { 0 } else { name.len() + 2 };
+        if self.cut || used >= MAX_LINE_BYTES {
+            self.cut = true;
             return;
         }
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
-        let text = cut(text, MAX_LINE_BYTES);
-        self.bytes += text.len();
-        if field.name() == "message" {
+        let mut w = Bounded {
+            text: String::new(),
+            room: MAX_LINE_BYTES - used,
+            full: false,
+        };
+        let _ = write!(w, "{value:?}");
+        let mut text = w.text;
+        if w.full {
+            text.push('…');
+            self.cut = true;
+        }
+        self.bytes = used + text.len();
+        if is_message {
             self.message = text;
         } else {
-            self.fields.push((field.name().to_owned(), text));
+            self.fields.push((name.to_owned(), text));
         }
     }
 
@@ -128,23 +176,16 @@ impl Visit for Fields {
     }
 }
 
-/// `s` cut to at most `max` bytes at a character boundary, with `…` when cut.
-fn cut(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
-    s
-}
-
 impl<S: Subscriber> Layer<S> for LogzLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if !self.0.keeps_lines() {
+            return;
+        }
         let mut f = Fields::default();
         event.record(&mut f);
+        if f.cut {
+            f.fields.push(("…".into(), "cut".into()));
+        }
         let meta = event.metadata();
         self.0.push(LogLine {
             time: SystemTime::now()
@@ -227,7 +268,7 @@ pub fn html_escape(s: &str) -> String {
 }
 
 /// The body of a `/logz` answer for `lines` (newest first).
-pub fn render(lines: &[LogLine], format: Format) -> String {
+pub fn render(lines: &[Arc<LogLine>], format: Format) -> String {
     match format {
         Format::Text => lines.iter().map(|l| line_text(l) + "\n").collect(),
         Format::Json => {
@@ -261,7 +302,7 @@ pub fn render(lines: &[LogLine], format: Format) -> String {
 }
 
 /// The query of `GET /logz`: `format` (`text`, `json`, `html`), `level` (that and more
-/// severe), `limit` (the newest N).
+/// severe), `limit` (the newest N, at most [`MAX_ANSWER_LINES`], which is also the default).
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct LogzQuery {
     pub format: Option<String>,
@@ -288,7 +329,11 @@ impl LogzQuery {
                 Some(parse_level(l).ok_or("`level` is one of error, warn, info, debug, trace")?)
             }
         };
-        let lines = ring.newest(level, self.limit.unwrap_or(usize::MAX));
+        let limit = self.limit.unwrap_or(MAX_ANSWER_LINES);
+        if !(1..=MAX_ANSWER_LINES).contains(&limit) {
+            return Err(format!("`limit` is 1 to {MAX_ANSWER_LINES}"));
+        }
+        let lines = ring.newest(level, limit);
         Ok((format.content_type(), render(&lines, format)))
     }
 }

@@ -27,13 +27,13 @@ fn the_ring_keeps_the_last_lines_newest_first_and_filters_by_level() {
     let all: Vec<String> = ring
         .newest(None, 10)
         .into_iter()
-        .map(|l| l.message)
+        .map(|l| l.message.clone())
         .collect();
     assert_eq!(all, ["m3", "m2", "m1"]);
     let warn: Vec<String> = ring
         .newest(parse_level("warn"), 10)
         .into_iter()
-        .map(|l| l.message)
+        .map(|l| l.message.clone())
         .collect();
     assert_eq!(warn, ["m3", "m1"]);
     assert_eq!(ring.newest(None, 1).len(), 1);
@@ -69,8 +69,62 @@ fn events_reach_the_ring_with_their_fields_and_long_ones_are_cut() {
 }
 
 #[test]
+fn a_line_holds_at_most_its_bytes_whatever_its_fields_and_characters() {
+    let ring = LogRing::new(10);
+    let subscriber = tracing_subscriber::registry().with(LogzLayer(ring.clone()));
+    let wide = "é".repeat(3000); // 6000 bytes, two to a character
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(a = %"x".repeat(4096), b = %wide, c = 1, "m");
+        tracing::info!(w = %wide, "é");
+    });
+    let lines = ring.newest(None, 10);
+    for l in &lines {
+        let bytes: usize = l.message.len()
+            + l.fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>();
+        assert!(bytes <= MAX_LINE_BYTES + 16, "{bytes}");
+    }
+    let first = &lines[1];
+    assert!(
+        first.fields.iter().any(|(k, _)| k == "…"),
+        "{:?}",
+        first.fields
+    );
+    assert!(
+        first.fields.iter().all(|(k, _)| k != "c"),
+        "dropped after the cut"
+    );
+    assert!(lines[0].fields[0].1.ends_with('…'));
+}
+
+#[test]
+fn the_answer_is_bounded_and_none_is_kept_at_zero() {
+    let ring = LogRing::new(5000);
+    for i in 0..3000 {
+        ring.push(line(Level::INFO, &format!("m{i}")));
+    }
+    let q = |limit: Option<usize>| LogzQuery {
+        limit,
+        ..LogzQuery::default()
+    };
+    let (_, body) = q(None).answer(&ring).unwrap();
+    assert_eq!(body.lines().count(), MAX_ANSWER_LINES);
+    assert!(q(Some(0)).answer(&ring).is_err());
+    assert!(q(Some(MAX_ANSWER_LINES + 1)).answer(&ring).is_err());
+    let off = LogRing::new(0);
+    let subscriber = tracing_subscriber::registry().with(LogzLayer(off.clone()));
+    tracing::subscriber::with_default(subscriber, || tracing::error!("x"));
+    assert!(off.newest(None, 10).is_empty());
+}
+
+#[test]
 fn text_json_and_escaped_html() {
-    let lines = vec![line(Level::WARN, "<script>alert('x')</script> & more")];
+    let lines = vec![Arc::new(line(
+        Level::WARN,
+        "<script>alert('x')</script> & more",
+    ))];
     let text = render(&lines, Format::Text);
     assert_eq!(
         text,

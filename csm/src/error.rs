@@ -48,6 +48,8 @@ pub enum CsmError {
     BadCredentials,
     #[error("this needs an admin user")]
     NotAdmin,
+    #[error("with authentication off, operator endpoints answer only requests for an address (http://127.0.0.1:PORT), not a domain name, and not from another site's page")]
+    OtherSite,
     #[error("too many registrations from this address: retry in {0} s")]
     RateLimited(u64),
 }
@@ -63,7 +65,7 @@ impl CsmError {
             Self::NotFound | Self::NoEndpoint | Self::NoFigure(_) => StatusCode::NOT_FOUND,
             Self::NoFreeName(_) | Self::Online => StatusCode::CONFLICT,
             Self::NoCredentials | Self::BadCredentials => StatusCode::UNAUTHORIZED,
-            Self::NotAdmin => StatusCode::FORBIDDEN,
+            Self::NotAdmin | Self::OtherSite => StatusCode::FORBIDDEN,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ShuttingDown | Self::Store(_) | Self::WriterStopped => {

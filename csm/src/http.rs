@@ -113,8 +113,15 @@ async fn user_role(h: &CsmHandle, headers: &HeaderMap) -> Result<Role, CsmError>
         .map_err(denied)
 }
 
-/// Passes when authentication is off or the request carries an admin's credentials.
+/// Passes when the request carries an admin's credentials, or authentication is off and it
+/// does not come from another site's web page ([`iot_auth::same_site`]).
 async fn require_admin(h: &CsmHandle, headers: &HeaderMap) -> Result<(), CsmError> {
+    if h.users.is_none() {
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        if iot_auth::same_site::from_other_site(text(header::HOST), text(header::ORIGIN)) {
+            return Err(CsmError::OtherSite);
+        }
+    }
     operator::admin(Ok(user_role(h, headers).await?), &h.refusals).map_err(denied)
 }
 
@@ -243,9 +250,14 @@ struct VarzQuery {
 async fn logz(
     State(h): State<CsmHandle>,
     headers: HeaderMap,
-    q: axum::extract::Query<iot_auth::logz::LogzQuery>,
+    q: Result<
+        axum::extract::Query<iot_auth::logz::LogzQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Response, ApiError> {
+    // Credentials first: an anonymous caller learns nothing, not even what the query takes.
     require_admin(&h, &headers).await?;
+    let q = q.map_err(|e| CsmError::BadQuery(e.body_text()))?;
     let (content_type, body) = q.answer(&h.logz).map_err(CsmError::BadQuery)?;
     let mut res = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     for (k, v) in iot_auth::logz::HEADERS {

@@ -67,12 +67,21 @@ async fn logz_shows_the_line_just_logged_newest_first_and_escapes_html() {
         .unwrap_or_else(|| panic!("{json}"));
     assert_eq!(reg["message"], "registered");
     assert!(reg["fields"]["da.name"].as_str().unwrap().contains(SCRIPT));
-    let (status, _, _) = get(&app, format!("{}/logz?format=json&level=error", app.csm)).await;
+    let (status, errors, _) = get(&app, format!("{}/logz?format=json&level=error", app.csm)).await;
     assert_eq!(status, 200);
+    let errors: Vec<Value> = serde_json::from_str(&errors).unwrap();
+    assert!(errors.iter().all(|l| l["level"] == "ERROR"), "{errors:?}");
+    assert!(errors.len() < lines.len());
     let (status, few, _) = get(&app, format!("{}/logz?limit=3", app.ccm)).await;
     assert_eq!(status, 200, "{few}");
     assert_eq!(few.lines().count(), 3, "{few}");
-    for bad in ["format=xml", "level=loud", "limit=-1"] {
+    for bad in [
+        "format=xml",
+        "level=loud",
+        "limit=-1",
+        "limit=0",
+        "limit=1001",
+    ] {
         let (status, why, _) = get(&app, format!("{}/logz?{bad}", app.csm)).await;
         assert_eq!(status, 400, "{bad}: {why}");
         let (status, why, _) = get(&app, format!("{}/logz?{bad}", app.ccm)).await;
@@ -87,12 +96,74 @@ async fn with_authentication_only_admins_read_logz() {
         ..AppOptions::default()
     })
     .await;
+    let out = app
+        .iotctl(
+            &["user", "add", "viewer", "--role", "app", "--password-stdin"],
+            Some("viewer-pw-1"),
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for base in [&app.csm, &app.ccm] {
-        let anonymous = app.http.get(format!("{base}/logz")).send().await.unwrap();
-        assert_eq!(anonymous.status().as_u16(), 401, "{base}");
+        let anonymous = app
+            .http
+            .get(format!("{base}/logz?limit=x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            anonymous.status().as_u16(),
+            401,
+            "{base}: credentials come first"
+        );
+        // An app user is not an admin (users are reloaded every few seconds).
+        let deadline = std::time::Instant::now() + iot_tests::WAIT;
+        loop {
+            let r = app
+                .http
+                .get(format!("{base}/logz"))
+                .basic_auth("viewer", Some("viewer-pw-1"))
+                .send()
+                .await
+                .unwrap();
+            if r.status().as_u16() == 403 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{base}: {}",
+                r.status()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         let (status, text, _) = get(&app, format!("{base}/logz")).await;
         assert_eq!(status, 200, "{base}: {text}");
         assert!(!text.is_empty());
-        assert!(!text.contains(iot_tests::ADMIN_PASSWORD), "{text}");
+    }
+}
+
+/// With authentication off, a page of another site (or a rebound domain) cannot read the
+/// CSM's operator endpoints either.
+#[tokio::test]
+async fn with_auth_off_another_sites_page_cannot_read_the_operator_endpoints() {
+    let app = App::spawn().await;
+    for path in ["/logz", "/metrics", "/status", "/varz"] {
+        let url = format!("{}{path}", app.csm);
+        let rebound = app.http.get(&url).header("Host", "evil.example:9992");
+        assert_eq!(
+            rebound.send().await.unwrap().status().as_u16(),
+            403,
+            "{path}"
+        );
+        let cross = app.http.get(&url).header("Origin", "http://evil.example");
+        assert_eq!(cross.send().await.unwrap().status().as_u16(), 403, "{path}");
+        assert_eq!(
+            app.http.get(&url).send().await.unwrap().status().as_u16(),
+            200,
+            "{path}"
+        );
     }
 }

@@ -95,7 +95,7 @@ pub async fn require_local(
     let host_ok = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .is_some_and(super::origin::host_is_address);
+        .is_some_and(iot_auth::same_site::host_is_address);
     if headers.contains_key(axum::http::header::ORIGIN) || !host_ok {
         ccm.key_metrics().admin_refused();
         return Err(CcmError::Forbidden(

@@ -177,8 +177,12 @@ async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Respon
 /// `GET /logz`: the recent log lines, newest first (`?format=text|json|html&level=warn&limit=N`).
 async fn logz(
     axum::extract::State(ccm): axum::extract::State<Ccm>,
-    q: axum::extract::Query<iot_auth::logz::LogzQuery>,
+    q: Result<
+        axum::extract::Query<iot_auth::logz::LogzQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Response, CcmError> {
+    let q = q.map_err(|e| CcmError::invalid(e.body_text()))?;
     let ring = ccm
         .logz()
         .ok_or_else(|| CcmError::Unavailable("no log lines are kept here".into()))?;

@@ -43,6 +43,7 @@ async fn sealed_at_start_and_after_seal_unsealed_only_by_the_password_and_nothin
             .unwrap();
         assert_eq!(r.status().as_u16(), 403, "{header}: {value}");
     }
+    assert_eq!(ccm_metric(&c, "iotctl_km_admin_refused_total").await, 2.0);
     let mut m = listener(&app, CLIENT, None).await;
     // Not initialised: sealed to a client.
     let r = request(CLIENT_PW, CLIENT, MID, "db", now());
