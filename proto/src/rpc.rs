@@ -125,6 +125,21 @@ pub enum RpcOutcome {
     Error { code: RpcErrorCode, reason: String },
 }
 
+/// The `code` (unknown ones as [`RpcErrorCode::Other`]) and `reason` of an error body.
+pub(crate) fn error_fields(obj: &Map<String, Value>) -> (RpcErrorCode, String) {
+    let code = obj
+        .get("code")
+        .cloned()
+        .and_then(|c| serde_json::from_value(c).ok())
+        .unwrap_or(RpcErrorCode::Other);
+    let reason = obj
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("no reason given")
+        .to_owned();
+    (code, reason)
+}
+
 /// One reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RpcReply {
@@ -170,18 +185,10 @@ impl RpcReply {
         };
         let outcome = match obj.get("state").and_then(Value::as_str) {
             Some("ok") => RpcOutcome::Ok(obj.remove("result").unwrap_or(Value::Null)),
-            Some("error") => RpcOutcome::Error {
-                code: obj
-                    .get("code")
-                    .cloned()
-                    .and_then(|c| serde_json::from_value(c).ok())
-                    .unwrap_or(RpcErrorCode::Other),
-                reason: obj
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no reason given")
-                    .to_owned(),
-            },
+            Some("error") => {
+                let (code, reason) = error_fields(&obj);
+                RpcOutcome::Error { code, reason }
+            }
             Some(other) => {
                 return Err(WireError::Invalid {
                     field: "state",

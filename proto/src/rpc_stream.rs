@@ -132,20 +132,15 @@ impl StreamMsg {
         }
         match obj.get("state").and_then(Value::as_str) {
             Some("end") => Ok(Some(Self::End { id, seq })),
-            Some("error") => Ok(Some(Self::Failed {
-                id,
-                seq,
-                code: obj
-                    .get("code")
-                    .cloned()
-                    .and_then(|c| serde_json::from_value(c).ok())
-                    .unwrap_or(RpcErrorCode::Other),
-                reason: obj
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no reason given")
-                    .to_owned(),
-            })),
+            Some("error") => {
+                let (code, reason) = crate::rpc::error_fields(&obj);
+                Ok(Some(Self::Failed {
+                    id,
+                    seq,
+                    code,
+                    reason,
+                }))
+            }
             _ => Err(WireError::Invalid {
                 field: "state",
                 why: "a stream message has `item`, or `state` end or error".into(),

@@ -399,6 +399,31 @@ impl App {
             .unwrap_or_else(|| panic!("no `{sample}` in /metrics:\n{text}"))
     }
 
+    /// Adds a controller user (`iotctl user add NAME --role ROLE --password-stdin`) and
+    /// waits until the running controller knows it (it reloads its users every few seconds):
+    /// until the broker accepts its CONNECT.
+    pub async fn add_user(&self, name: &str, role: &str, password: &str) {
+        let out = self
+            .iotctl(
+                &["user", "add", name, "--role", role, "--password-stdin"],
+                Some(password),
+            )
+            .await;
+        assert!(
+            out.status.success(),
+            "iotctl user add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while connack_code(&self.mqtt, name, password).await != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "user {name} never accepted"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs `iotctl -c <this config> ARGS` with `stdin` written to its standard input.
     pub async fn iotctl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         iotctl_cli(&self.config, args, stdin).await

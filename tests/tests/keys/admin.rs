@@ -338,33 +338,14 @@ async fn with_authentication_only_admins_administer_and_only_the_named_user_read
     assert_eq!(ccm_metric(&c, "iotctl_km_admin_refused_total").await, 1.0);
     provision(&c).await;
     for (user, pw) in [(CLIENT, "backup-broker-pw"), ("snoop", "snoop-broker-pw")] {
-        let out = app
-            .iotctl(
-                &["user", "add", user, "--role", "app", "--password-stdin"],
-                Some(pw),
-            )
-            .await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        app.add_user(user, "app", pw).await;
     }
     // An app user may not administer.
     let app_user = CcmClient {
         basic: Some((CLIENT.into(), "backup-broker-pw".into())),
         ..CcmClient::of(&app)
     };
-    // (The controller reloads its users every few seconds.)
-    let deadline = std::time::Instant::now() + iot_tests::WAIT;
-    loop {
-        let (s, v) = app_user.call(Method::GET, "/api/keys/secrets", None).await;
-        if s == 403 {
-            break;
-        }
-        assert!(s == 401 && std::time::Instant::now() < deadline, "{s} {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    api(&app_user, Method::GET, "/api/keys/secrets", None, 403).await;
 
     // The broker user named like the client reads its replies; another app user may not.
     let mut snoop = Mqtt::connect_as(&app.mqtt, None, Some(("snoop", "snoop-broker-pw"))).await;
