@@ -65,12 +65,6 @@ pub struct Keys {
     metrics: Arc<KeyMetrics>,
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -85,7 +79,7 @@ fn clip(s: &str, n: usize) -> String {
 fn record(action: &str, client: &str, key: &str, result: &str, from: &str) -> KmAuditRow {
     KmAuditRow {
         id: uuid::Uuid::new_v4().simple().to_string(),
-        time: unix_now(),
+        time: crate::now(),
         action: clip(action, 16),
         client: clip(client, 64),
         key_name: clip(key, 64),
@@ -141,7 +135,7 @@ impl Keys {
             store: Mutex::new(KeyStore::loaded(stored)),
             // Requests made before this start are refused (`replay`): the replay memory of
             // the process before is gone.
-            guard: Mutex::new(Guard::new(limits).not_before(unix_now() as i64)),
+            guard: Mutex::new(Guard::new(limits).not_before(crate::now() as i64)),
             writer: tokio::sync::Mutex::new(()),
             db,
             audit,
@@ -210,7 +204,7 @@ impl Keys {
         };
         let db = self.db.clone();
         let written =
-            tokio::task::spawn_blocking(move || lock(&db).write_km_store(&doc, unix_now())).await;
+            tokio::task::spawn_blocking(move || lock(&db).write_km_store(&doc, crate::now())).await;
         let failed = match written {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e.to_string(),
@@ -240,7 +234,7 @@ impl Keys {
         }
         let params = self.params;
         let fresh = tokio::task::spawn_blocking(move || {
-            KeyStore::fresh(password.as_bytes(), params, unix_now())
+            KeyStore::fresh(password.as_bytes(), params, crate::now())
         })
         .await
         .map_err(|e| KeyError::Storage(e.to_string()))??;
@@ -327,7 +321,7 @@ impl Keys {
                 .await
                 .map_err(|e| KeyError::Storage(e.to_string()))?
                 .map_err(|e| KeyError::Store(e.into()))?;
-        self.change_locked(move |s| s.rekey(&old, new, salt, params, unix_now()))
+        self.change_locked(move |s| s.rekey(&old, new, salt, params, crate::now()))
             .await
     }
 
@@ -337,8 +331,10 @@ impl Keys {
         value: Zeroizing<Vec<u8>>,
         who: &str,
     ) -> Result<(), KeyError> {
-        self.change("put", ("", name, who), |s| s.put(name, &value, unix_now()))
-            .await
+        self.change("put", ("", name, who), |s| {
+            s.put(name, &value, crate::now())
+        })
+        .await
     }
 
     pub async fn remove(&self, name: &str, who: &str) -> Result<(), KeyError> {
@@ -354,7 +350,7 @@ impl Keys {
         who: &str,
     ) -> Result<(), KeyError> {
         self.change("client_add", (name, "", who), |s| {
-            s.add_client(name, machine_id, keys, &password, unix_now())
+            s.add_client(name, machine_id, keys, &password, crate::now())
         })
         .await
     }
