@@ -31,6 +31,7 @@ use crate::error::{DecodeError, Error};
 use crate::keys::{KeyClientBuilder, KeyError};
 use crate::odf::OdfStream;
 use crate::status::Status;
+use crate::streams::{CallStream, StreamOptions};
 
 fn runtime() -> Result<Arc<Runtime>, String> {
     tokio::runtime::Builder::new_multi_thread()
@@ -186,6 +187,65 @@ impl Da {
             .block_on(self.inner.call_within(target, method, args, timeout))
     }
 
+    /// Serves `method` as a stream from a blocking iterator, pulled on one of the runtime's
+    /// blocking threads one item at a time as the caller's window allows (see
+    /// [`crate::Da::serve_stream`]). A cancelled call stops pulling.
+    pub fn serve_stream<A, T, E, F, I>(&self, method: &str, producer: F) -> Result<(), Error>
+    where
+        A: DeserializeOwned + Send + 'static,
+        T: Serialize + Send + 'static,
+        E: Display + Send + 'static,
+        F: Fn(A) -> I + Send + Sync + 'static,
+        I: IntoIterator<Item = Result<T, E>> + 'static,
+        I::IntoIter: Send + 'static,
+    {
+        let producer = Arc::new(producer);
+        self.rt
+            .block_on(self.inner.serve_stream(method, move |a: A| {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let p = producer.clone();
+                let span = tracing::Span::current();
+                tokio::task::spawn_blocking(move || {
+                    span.in_scope(|| {
+                        for item in p(a) {
+                            // The reader went away: stop pulling.
+                            if tx.blocking_send(item.map_err(|e| e.to_string())).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                });
+                tokio_stream_from(rx)
+            }))
+    }
+
+    /// See [`crate::Da::call_stream`]; the items as a blocking iterator.
+    pub fn call_stream<A: Serialize, T: DeserializeOwned>(
+        &self,
+        target: &str,
+        method: &str,
+        args: A,
+    ) -> Result<StreamIter<T>, Error> {
+        self.call_stream_with(target, method, args, StreamOptions::default())
+    }
+
+    /// See [`crate::Da::call_stream_with`].
+    pub fn call_stream_with<A: Serialize, T: DeserializeOwned>(
+        &self,
+        target: &str,
+        method: &str,
+        args: A,
+        options: StreamOptions,
+    ) -> Result<StreamIter<T>, Error> {
+        let stream = self
+            .rt
+            .block_on(self.inner.call_stream_with(target, method, args, options))?;
+        Ok(StreamIter {
+            rt: self.rt.clone(),
+            stream,
+        })
+    }
+
     /// See [`crate::Da::home_run`].
     pub fn home_run(&self, target: &str, cmd: &str) -> Result<HomeResult, Error> {
         self.rt.block_on(self.inner.home_run(target, cmd))
@@ -210,6 +270,29 @@ impl Da {
     /// See [`crate::Da::shutdown`].
     pub fn shutdown(&self) -> Result<(), Error> {
         self.rt.block_on(self.inner.shutdown())
+    }
+}
+
+/// A receiver as a stream (what `tokio-stream`'s wrapper does, without the crate).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// The items of a streamed call for blocking code (see [`CallStream`]); dropping it cancels
+/// the call.
+#[derive(Debug)]
+pub struct StreamIter<T> {
+    rt: Arc<Runtime>,
+    stream: CallStream<T>,
+}
+
+impl<T: DeserializeOwned> Iterator for StreamIter<T> {
+    type Item = Result<T, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rt.block_on(futures::StreamExt::next(&mut self.stream))
     }
 }
 

@@ -229,7 +229,12 @@ impl Da {
         }
     }
 
-    async fn ask<T>(
+    /// The options the DA was built with.
+    pub(crate) fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    pub(crate) async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, Error>>) -> Cmd,
     ) -> Result<T, Error> {
@@ -313,7 +318,7 @@ impl Da {
     {
         iot_proto::topics::check_level(method).map_err(|e| Error::InvalidName(e.to_string()))?;
         let method = method.to_owned();
-        let handler = rpc::handler(handler);
+        let handler = rpc::Served::Once(rpc::handler(handler));
         self.ask(|reply| Cmd::Serve {
             method,
             handler,

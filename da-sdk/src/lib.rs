@@ -5,6 +5,7 @@
 //! - [`config`]: [`DaBuilder`] and its settings (outbox, retry, QoS, MQTT version).
 //! - [`da`]: [`Da`], the handle of a running DA: push, ODF streams, serve/call, home scenes
 //!   ([`Da::home_run`], results as [`HomeResult`]), deregister.
+//! - [`streams`]: streamed replies, [`Da::serve_stream`] and [`Da::call_stream`] ([`CallStream`]).
 //! - [`odf`]: [`OdfStream`] and how ODF data decodes into the caller's type.
 //! - [`status`]: [`Status`], a snapshot published after every change.
 //! - [`device`], [`manager`], [`gateway`]: devices behind a gateway, their store, and
@@ -13,7 +14,7 @@
 //! - [`blocking`]: the same API for programs without an async runtime.
 //! - [`error`]: [`Error`] and [`DecodeError`].
 //! - Internal: `core` (the DA's task, owner of its state; its handlers by concern in
-//!   `core::{connection, delivery, control, requests, home}`), `transport` (the MQTT connection
+//!   `core::{connection, delivery, control, requests, streams, home}`), `transport` (the MQTT connection
 //!   supervisor; `transport::{client, link, poller, events}` build a connection, send on
 //!   it, read it, and report to `core`), `features` (signal handling), `outbox`, `rpc`,
 //!   `http` (the registration API client), `backoff`, `sqlite`.
@@ -31,6 +32,7 @@ pub mod keys;
 pub mod manager;
 pub mod odf;
 pub mod status;
+pub mod streams;
 
 mod backoff;
 mod core;
@@ -58,6 +60,7 @@ pub use manager::{
 };
 pub use odf::OdfStream;
 pub use status::{ConnState, Protocol, Status};
+pub use streams::{CallStream, StreamOptions};
 /// The wiped-on-drop buffer of passwords and key values ([`KeyClient`]).
 pub use zeroize::Zeroizing;
 
@@ -75,6 +78,8 @@ mod send_check {
         is_send(&da.call::<_, i64>("t", "m", ()));
         is_send(&da.serve("m", |x: i64| async move { Ok::<_, String>(x) }));
         is_send(&da.home_run("t", "on"));
+        is_send(&da.call_stream::<_, i64>("t", "m", ()));
+        is_send(&da.serve_stream("m", |n: i64| futures::stream::iter([Ok::<_, String>(n)])));
         is_send(&da.deregister());
         is_send(&da.wait_for(|_| true));
     }

@@ -32,6 +32,25 @@ pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, Failur
 /// A method's handler, taking the request's `args`.
 pub(crate) type Handler = Arc<dyn Fn(Value) -> HandlerFuture + Send + Sync>;
 
+/// What a method is served with: a handler answering once, or a stream of items
+/// ([`crate::streams`]).
+#[derive(Clone)]
+pub(crate) enum Served {
+    Once(Handler),
+    Stream(crate::streams::StreamHandler),
+}
+
+/// Decodes a request's `args` into the handler's type, or says why they do not fit.
+pub(crate) fn decode_args<A: DeserializeOwned>(args: Value) -> Result<A, Failure> {
+    serde_json::from_value(args).map_err(|e| Failure {
+        code: RpcErrorCode::BadRequest,
+        reason: format!(
+            "the arguments do not fit `{}`: {e}",
+            std::any::type_name::<A>()
+        ),
+    })
+}
+
 /// Wraps a typed handler: decodes `args` into `A` (a `bad_request` reply when they do not
 /// fit), runs it, and encodes its `R` (or its error's text as a `handler` error).
 pub(crate) fn handler<A, R, E, F, Fut>(f: F) -> Handler
@@ -46,13 +65,7 @@ where
     Arc::new(move |args: Value| {
         let f = f.clone();
         Box::pin(async move {
-            let a: A = serde_json::from_value(args).map_err(|e| Failure {
-                code: RpcErrorCode::BadRequest,
-                reason: format!(
-                    "the arguments do not fit `{}`: {e}",
-                    std::any::type_name::<A>()
-                ),
-            })?;
+            let a: A = decode_args(args)?;
             let r = f(a).await.map_err(|e| Failure {
                 code: RpcErrorCode::Handler,
                 reason: e.to_string(),

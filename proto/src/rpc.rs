@@ -32,6 +32,9 @@ pub struct RpcRequest {
     /// How long the caller waits, in milliseconds from when it sent the request. A server may
     /// skip or cut short work that cannot finish in time.
     pub deadline_ms: Option<u64>,
+    /// A streamed call ([`crate::rpc_stream`]): the window the caller asked for (`"stream":
+    /// true` or `{"window": N}`); `None` for a call answered once.
+    pub stream: Option<u32>,
 }
 
 impl RpcRequest {
@@ -47,6 +50,9 @@ impl RpcRequest {
         }
         if let Some(d) = self.deadline_ms {
             m.insert("deadline_ms".into(), Value::from(d));
+        }
+        if let Some(w) = self.stream {
+            m.insert("stream".into(), serde_json::json!({ "window": w }));
         }
         Value::Object(m)
     }
@@ -75,6 +81,7 @@ impl RpcRequest {
                 why: "must be a non-negative integer".into(),
             })?),
         };
+        let stream = crate::rpc_stream::requested_window(&obj).transpose()?;
         let args = obj.remove("args").unwrap_or(Value::Null);
         Ok(Self {
             id,
@@ -82,6 +89,7 @@ impl RpcRequest {
             args,
             reply_to,
             deadline_ms,
+            stream,
         })
     }
 }
@@ -214,8 +222,10 @@ mod tests {
             args: json!({"level": 3}),
             reply_to: Some("iottalk/rpc/app/res/n".into()),
             deadline_ms: Some(5000),
+            stream: Some(4),
         };
         let body = r.to_json().to_string();
+        assert!(body.contains(r#""stream":{"window":4}"#), "{body}");
         assert_eq!(RpcRequest::from_json(body.as_bytes()).unwrap(), r);
         let minimal = RpcRequest::from_json(br#"{"method":"ping","future":1}"#).unwrap();
         assert_eq!(minimal.args, Value::Null);

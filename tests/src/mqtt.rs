@@ -220,6 +220,11 @@ impl Mqtt {
         }
     }
 
+    /// The next message if one arrives within `d` (`None` also when the connection closed).
+    pub async fn recv_within(&mut self, d: Duration) -> Option<Received> {
+        tokio::time::timeout(d, self.rx.recv()).await.ok().flatten()
+    }
+
     /// Everything received from now until the connection closes (e.g. the controller stops),
     /// at most [`WAIT`]: what reached this client before a restart, read after it.
     pub async fn until_closed(&mut self) -> Vec<Received> {

@@ -10,6 +10,7 @@
 //! - `delivery`: handing queued requests and outbox entries to the connection, in order;
 //! - `control`: signals from the server, our own uplink, ODF data to its consumers;
 //! - `requests`: request/response, as the server (`serve`) and as the client (`call`);
+//! - `streams`: streamed replies, served and called;
 //! - `home`: home scene commands (`home_run`) and their results.
 //!
 //! Not here: the MQTT connection itself (`transport`), what a signal does to the features
@@ -23,6 +24,7 @@ mod control;
 mod delivery;
 mod home;
 mod requests;
+mod streams;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,8 +43,9 @@ use crate::config::{Options, SignalHook};
 use crate::error::Error;
 use crate::features::Features;
 use crate::outbox::Outbox;
-use crate::rpc::{Done, Handler};
+use crate::rpc::{Done, Handler, Served};
 use crate::status::{ConnState, Status};
+use crate::streams::Opened;
 use crate::transport::{Input, Link, Out, Registration, Tag};
 
 /// How often pending calls are swept and stop deadlines checked.
@@ -61,7 +64,7 @@ pub(crate) enum Cmd {
     },
     Serve {
         method: String,
-        handler: Handler,
+        handler: Served,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Call {
@@ -70,6 +73,14 @@ pub(crate) enum Cmd {
         args: Value,
         timeout: Duration,
         reply: oneshot::Sender<Result<Value, Error>>,
+    },
+    CallStream {
+        target: String,
+        method: String,
+        args: Value,
+        window: u32,
+        gap: Duration,
+        reply: oneshot::Sender<Result<Opened, Error>>,
     },
     /// Runs a home target; the result is sent back on a reply topic of this DA's own.
     Home {
@@ -163,6 +174,7 @@ pub(crate) struct Core {
     rpc_rx: mpsc::Receiver<Done>,
     calls: HashMap<String, PendingCall>,
     next_call: u64,
+    streams: streams::Streams,
     home: Home,
     /// Callers of `serve` waiting for the broker to acknowledge a subscription.
     sub_waiters: HashMap<u64, Vec<oneshot::Sender<Result<(), Error>>>>,
@@ -231,6 +243,7 @@ impl Core {
             rpc_rx,
             calls: HashMap::new(),
             next_call: 1,
+            streams: streams::Streams::new(),
             home: Home {
                 filter: iot_proto::home::owned_res_filter(&me),
                 used: false,
@@ -263,6 +276,8 @@ impl Core {
                 biased;
                 Some(input) = net.recv() => self.on_input(input).await,
                 Some(done) = self.rpc_rx.recv() => self.on_done(done),
+                Some(p) = self.streams.out_rx.recv() => self.on_produced(p),
+                Some(note) = self.streams.notes_rx.recv() => self.on_stream_note(note),
                 cmd = cmds.recv(), if self.stopping.is_none() => match cmd {
                     Some(c) => self.on_cmd(c).await,
                     // Every handle was dropped: stop (without deregistering).
@@ -359,6 +374,14 @@ impl Core {
                 timeout,
                 reply,
             } => self.call(target, method, args, timeout, reply),
+            Cmd::CallStream {
+                target,
+                method,
+                args,
+                window,
+                gap,
+                reply,
+            } => self.call_stream(target, method, args, window, gap, reply),
             Cmd::Home {
                 target,
                 cmd,
@@ -391,6 +414,7 @@ impl Core {
     fn on_tick(&mut self) {
         // Calls whose caller gave up (deadline or cancellation) are forgotten.
         self.calls.retain(|_, c| !c.reply.is_closed());
+        self.streams.sweep();
         self.home.calls.retain(|_, c| !c.reply.is_closed());
         if self
             .stopping

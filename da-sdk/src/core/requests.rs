@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iot_proto::rpc::{RpcErrorCode, RpcOutcome, RpcReply, RpcRequest};
+use iot_proto::rpc_stream::{StreamControl, StreamMsg};
 use iot_proto::{topics, QoS};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 use super::{loose_str, Core, PendingCall};
 use crate::error::Error;
 use crate::features::valid_topic;
-use crate::rpc::{self, Done, Handler, ReplyTo};
+use crate::rpc::{self, Done, ReplyTo, Served};
 use crate::transport::{Out, Props, Tag};
 
 impl Core {
@@ -24,11 +25,20 @@ impl Core {
     pub(super) fn serve(
         &mut self,
         method: String,
-        handler: Handler,
+        handler: Served,
         reply: oneshot::Sender<Result<(), Error>>,
     ) {
-        let first = self.handlers.is_empty();
-        self.handlers.insert(method, handler);
+        let first = self.handlers.is_empty() && self.streams.handlers.is_empty();
+        match handler {
+            Served::Once(h) => {
+                self.streams.handlers.remove(&method);
+                self.handlers.insert(method, h);
+            }
+            Served::Stream(h) => {
+                self.handlers.remove(&method);
+                self.streams.handlers.insert(method, h);
+            }
+        }
         // Answer once requests can reach the handler: when the broker has
         // acknowledged the subscription to our request topic (or at once when it is
         // in place, or when we are offline: it is made on connecting).
@@ -53,6 +63,15 @@ impl Core {
     }
 
     pub(super) fn on_request(&mut self, payload: &[u8], props: Option<Props>) {
+        // A caller's word about a stream we serve comes on the same topic.
+        match StreamControl::parse(payload) {
+            Some(Ok(ctl)) => return self.on_stream_control(ctl),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "ignored a malformed stream control message");
+                return;
+            }
+            None => {}
+        }
         let parsed = RpcRequest::from_json(payload);
         let (v5_topic, v5_id) = match props {
             Some(p) => (p.response_topic, p.correlation),
@@ -89,9 +108,16 @@ impl Core {
                 return;
             }
         };
-        let Some(handler) = self.handlers.get(&req.method).cloned() else {
+        let streamed = self.streams.handlers.get(&req.method).cloned();
+        let handler = self.handlers.get(&req.method).cloned();
+        if streamed.is_none() && handler.is_none() {
             if let Some(r) = reply_to {
-                let mut known: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+                let mut known: Vec<&str> = self
+                    .handlers
+                    .keys()
+                    .chain(self.streams.handlers.keys())
+                    .map(String::as_str)
+                    .collect();
                 known.sort_unstable();
                 self.on_done(Done {
                     reply_to: r,
@@ -106,7 +132,7 @@ impl Core {
                 });
             }
             return;
-        };
+        }
         let Ok(permit) = self.handler_slots.clone().try_acquire_owned() else {
             if let Some(r) = reply_to {
                 self.on_done(Done {
@@ -119,6 +145,12 @@ impl Core {
                         ),
                     ),
                 });
+            }
+            return;
+        };
+        let Some(handler) = handler else {
+            if let (Some(h), Some(r)) = (streamed, reply_to) {
+                self.start_stream(req, h, r, permit);
             }
             return;
         };
@@ -158,6 +190,23 @@ impl Core {
     }
 
     pub(super) fn on_reply(&mut self, payload: &[u8], props: Option<Props>) {
+        let correlation = props
+            .and_then(|p| p.correlation)
+            .map(|c| String::from_utf8_lossy(&c).into_owned());
+        match StreamMsg::from_json(payload) {
+            Ok(Some(m)) => {
+                let id = correlation.unwrap_or_else(|| m.id().to_owned());
+                if !self.on_stream_msg(&id, m) {
+                    tracing::debug!(id, "a stream message for no call of ours");
+                }
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "ignored a malformed stream message");
+                return;
+            }
+        }
         let reply = match RpcReply::from_json(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -165,12 +214,11 @@ impl Core {
                 return;
             }
         };
-        let id = props
-            .and_then(|p| p.correlation)
-            .map(|c| String::from_utf8_lossy(&c).into_owned())
-            .unwrap_or(reply.id);
+        let id = correlation.unwrap_or_else(|| reply.id.clone());
         let Some(call) = self.calls.remove(&id) else {
-            tracing::debug!(id, "a reply for no pending call (late, or not ours)");
+            if !self.on_stream_reply(&id, reply) {
+                tracing::debug!(id, "a reply for no pending call (late, or not ours)");
+            }
             return;
         };
         let result = match reply.outcome {
@@ -210,6 +258,7 @@ impl Core {
             args,
             reply_to: Some(self.reply_topic.clone()),
             deadline_ms: Some(deadline_ms),
+            stream: None,
         }
         .to_json();
         self.enqueue(Out::Publish {

@@ -97,8 +97,9 @@ proptest! {
     fn requests_round_trip(
         id in prop::option::of(any::<String>()), method in any::<String>(), args in arb_json_exact(),
         reply_to in prop::option::of(any::<String>()), deadline_ms in prop::option::of(any::<u64>()),
+        stream in prop::option::of(1..=crate::rpc_stream::MAX_WINDOW),
     ) {
-        let r = RpcRequest { id, method, args, reply_to, deadline_ms };
+        let r = RpcRequest { id, method, args, reply_to, deadline_ms, stream };
         prop_assert_eq!(RpcRequest::from_json(r.to_json().to_string().as_bytes()), Ok(r));
     }
 

@@ -1,0 +1,321 @@
+//! Streamed replies in the DA's task (`Core`): as the server, a stream request starts its
+//! producer (`crate::streams::spawn`), the caller's acknowledgements and cancellation on our
+//! request topic reach it, and its messages are published to the caller; as the caller, a
+//! streamed call is published, the server's numbered messages put back in order and handed
+//! to the reader's [`crate::CallStream`], whose acknowledgements and cancellation are
+//! published to the server. Not here: the producer's task and the reader's stream
+//! (`crate::streams`), the wire format (`iot_proto::rpc_stream`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use iot_proto::rpc::{RpcErrorCode, RpcOutcome, RpcReply, RpcRequest};
+use iot_proto::rpc_stream::{Reorder, StreamControl, StreamMsg};
+use iot_proto::{topics, QoS};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::Core;
+use crate::error::Error;
+use crate::rpc::{Done, ReplyTo, DEFAULT_HANDLER_DEADLINE};
+use crate::streams::{self, Job, Note, Opened, Piece, Produced, Serving, StreamHandler};
+use crate::transport::{Out, Props, Tag};
+
+/// The streams of a DA, served and called.
+pub(super) struct Streams {
+    pub handlers: HashMap<String, StreamHandler>,
+    /// Served streams running, by request id.
+    serving: HashMap<String, Serving>,
+    /// Streamed calls being read, by request id.
+    calls: HashMap<String, Caller>,
+    out_tx: mpsc::Sender<Produced>,
+    pub out_rx: mpsc::Receiver<Produced>,
+    notes_tx: mpsc::UnboundedSender<Note>,
+    pub notes_rx: mpsc::UnboundedReceiver<Note>,
+}
+
+impl Streams {
+    pub fn new() -> Streams {
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+        Streams {
+            handlers: HashMap::new(),
+            serving: HashMap::new(),
+            calls: HashMap::new(),
+            out_tx,
+            out_rx,
+            notes_tx,
+            notes_rx,
+        }
+    }
+
+    /// Forgets calls whose reader went away without a word (it always says so on drop).
+    pub fn sweep(&mut self) {
+        self.calls.retain(|_, c| !c.tx.is_closed());
+    }
+}
+
+/// A streamed call of ours.
+struct Caller {
+    target: String,
+    method: String,
+    /// The target's request topic, where acknowledgements go.
+    req_topic: String,
+    reorder: Reorder<StreamMsg>,
+    tx: mpsc::Sender<Piece>,
+}
+
+impl Core {
+    /// A request for a streamed method: its producer starts, or the caller hears why not.
+    pub(super) fn start_stream(
+        &mut self,
+        req: RpcRequest,
+        handler: StreamHandler,
+        reply_to: ReplyTo,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let refuse = |reason: String| RpcOutcome::Error {
+            code: RpcErrorCode::BadRequest,
+            reason,
+        };
+        let why = match req.stream {
+            None => Some(format!(
+                "`{}` streams its reply: call it as a stream (`\"stream\": true`)",
+                req.method
+            )),
+            Some(_) if reply_to.id.is_empty() => Some("a streamed call needs an `id`".into()),
+            Some(_) if self.streams.serving.contains_key(&reply_to.id) => Some(format!(
+                "a stream with id `{}` is already running",
+                reply_to.id
+            )),
+            Some(_) => None,
+        };
+        if let Some(reason) = why {
+            self.on_done(Done {
+                reply_to,
+                outcome: refuse(reason),
+            });
+            return;
+        }
+        let gap = req
+            .deadline_ms
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_HANDLER_DEADLINE)
+            .min(DEFAULT_HANDLER_DEADLINE);
+        let id = reply_to.id.clone();
+        let serving = streams::spawn(Job {
+            handler,
+            args: req.args,
+            window: req.stream.unwrap_or(1),
+            gap,
+            reply_to,
+            permit,
+            out: self.streams.out_tx.clone(),
+        });
+        self.streams.serving.insert(id, serving);
+    }
+
+    /// An acknowledgement or a cancellation from a caller of one of our streams.
+    pub(super) fn on_stream_control(&mut self, ctl: StreamControl) {
+        match ctl {
+            StreamControl::Ack { id, seq } => {
+                if let Some(s) = self.streams.serving.get(&id) {
+                    s.acked.send_if_modified(|n| {
+                        let changed = seq + 1 > *n;
+                        *n = (*n).max(seq + 1);
+                        changed
+                    });
+                }
+            }
+            StreamControl::Cancel { id } => {
+                if let Some(s) = self.streams.serving.remove(&id) {
+                    tracing::debug!(id, "a streamed call was cancelled by its caller");
+                    s.cancel.cancel();
+                }
+            }
+        }
+    }
+
+    /// Publishes a message of one of our streams to its caller.
+    pub(super) fn on_produced(&mut self, p: Produced) {
+        if !matches!(p.msg, StreamMsg::Item { .. }) {
+            self.streams.serving.remove(p.msg.id());
+        }
+        self.enqueue(Out::Publish {
+            topic: p.reply_to.topic,
+            payload: Bytes::from(p.msg.to_json().to_string()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            tag: Tag::Other,
+            props: p.reply_to.correlation.map(|c| Props {
+                correlation: Some(c),
+                ..Props::default()
+            }),
+            expires: None,
+        });
+    }
+
+    /// Starts a streamed call: the request goes out, the reader gets its channel.
+    pub(super) fn call_stream(
+        &mut self,
+        target: String,
+        method: String,
+        args: Value,
+        window: u32,
+        gap: Duration,
+        reply: oneshot::Sender<Result<Opened, Error>>,
+    ) {
+        let req_topic = match topics::rpc_req(&target) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(Error::InvalidName(e.to_string())));
+                return;
+            }
+        };
+        let id = format!("{}-{}", self.nonce, self.next_call);
+        self.next_call += 1;
+        let body = RpcRequest {
+            id: Some(id.clone()),
+            method: method.clone(),
+            args,
+            reply_to: Some(self.reply_topic.clone()),
+            deadline_ms: Some(u64::try_from(gap.as_millis()).unwrap_or(u64::MAX)),
+            stream: Some(window),
+        }
+        .to_json();
+        self.enqueue(Out::Publish {
+            topic: req_topic.clone(),
+            payload: Bytes::from(body.to_string()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            tag: Tag::Call,
+            props: Some(Props {
+                response_topic: Some(self.reply_topic.clone()),
+                correlation: Some(Bytes::from(id.clone())),
+                expiry_secs: Some(
+                    u32::try_from(gap.as_secs().saturating_add(1)).unwrap_or(u32::MAX),
+                ),
+            }),
+            expires: Instant::now().checked_add(gap),
+        });
+        // Room for a full window and the last message: a server keeping to the window never
+        // finds it full.
+        let (tx, rx) = mpsc::channel(window as usize + 2);
+        self.streams.calls.insert(
+            id.clone(),
+            Caller {
+                target,
+                method,
+                req_topic,
+                reorder: Reorder::new(window),
+                tx,
+            },
+        );
+        let _ = reply.send(Ok(Opened {
+            id,
+            rx,
+            notes: self.streams.notes_tx.clone(),
+        }));
+    }
+
+    /// A message of a stream we called; `false` when no call of ours has this id.
+    pub(super) fn on_stream_msg(&mut self, id: &str, msg: StreamMsg) -> bool {
+        let Some(call) = self.streams.calls.get_mut(id) else {
+            return false;
+        };
+        let seq = msg.seq();
+        if let Err(e) = call.reorder.push(seq, msg) {
+            let why = format!("the server broke the stream's flow control: {e}");
+            return self.end_call(id, Some(why));
+        }
+        while let Some(m) = call.reorder.pop() {
+            let piece = match m {
+                StreamMsg::Item { item, .. } => Piece::Item(item),
+                StreamMsg::End { .. } => Piece::End,
+                StreamMsg::Failed { code, reason, .. } => Piece::Fail(Error::Remote {
+                    target: call.target.clone(),
+                    method: call.method.clone(),
+                    code,
+                    reason,
+                }),
+            };
+            let last = !matches!(piece, Piece::Item(_));
+            // Full only when the server sent past the window; closed when the reader left.
+            if call.tx.try_send(piece).is_err() || last {
+                let why = (!last).then(|| "the server sent past the window".to_owned());
+                return self.end_call(id, why.filter(|_| !call_closed(&self.streams, id)));
+            }
+        }
+        true
+    }
+
+    /// A plain reply to a streamed call (the method is not streamed, or the server refused
+    /// the call): an error ends the stream with it, a result is its one item.
+    pub(super) fn on_stream_reply(&mut self, id: &str, reply: RpcReply) -> bool {
+        let Some(call) = self.streams.calls.remove(id) else {
+            return false;
+        };
+        match reply.outcome {
+            RpcOutcome::Ok(v) => {
+                let _ = call.tx.try_send(Piece::Item(v));
+                let _ = call.tx.try_send(Piece::End);
+            }
+            RpcOutcome::Error { code, reason } => {
+                let _ = call.tx.try_send(Piece::Fail(Error::Remote {
+                    target: call.target,
+                    method: call.method,
+                    code,
+                    reason,
+                }));
+            }
+        }
+        true
+    }
+
+    /// Something the reader of one of our streamed calls did.
+    pub(super) fn on_stream_note(&mut self, note: Note) {
+        let (id, ctl) = match note {
+            Note::Ack { id, seq } => (id.clone(), StreamControl::Ack { id, seq }),
+            Note::Cancel { id } => (id.clone(), StreamControl::Cancel { id }),
+        };
+        let cancel = matches!(ctl, StreamControl::Cancel { .. });
+        let Some(call) = self.streams.calls.get(&id) else {
+            return;
+        };
+        let topic = call.req_topic.clone();
+        if cancel {
+            self.streams.calls.remove(&id);
+        }
+        self.publish_json(topic, &ctl.to_json(), QoS::AtLeastOnce, false, Tag::Other);
+    }
+
+    /// Ends a call of ours: with an error for its reader (and a cancellation for the server)
+    /// when `why` says what went wrong, else quietly. Returns `true` (the message was ours).
+    fn end_call(&mut self, id: &str, why: Option<String>) -> bool {
+        let Some(call) = self.streams.calls.remove(id) else {
+            return true;
+        };
+        if let Some(reason) = why {
+            tracing::warn!(id, target = call.target, reason, "a streamed call failed");
+            let _ = call.tx.try_send(Piece::Fail(Error::Protocol {
+                url: call.req_topic.clone(),
+                why: reason,
+            }));
+            let ctl = StreamControl::Cancel { id: id.to_owned() };
+            self.publish_json(
+                call.req_topic,
+                &ctl.to_json(),
+                QoS::AtLeastOnce,
+                false,
+                Tag::Other,
+            );
+        }
+        true
+    }
+}
+
+fn call_closed(streams: &Streams, id: &str) -> bool {
+    streams.calls.get(id).is_none_or(|c| c.tx.is_closed())
+}
