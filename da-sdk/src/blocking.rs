@@ -17,6 +17,7 @@
 //! ```
 
 use std::fmt::Display;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::config::DaBuilder;
 use crate::error::{DecodeError, Error};
+use crate::files::{FileOptions, ServeFiles};
 use crate::keys::{KeyClientBuilder, KeyError};
 use crate::odf::OdfStream;
 use crate::status::Status;
@@ -188,8 +190,9 @@ impl Da {
     }
 
     /// Serves `method` as a stream from a blocking iterator, pulled on one of the runtime's
-    /// blocking threads one item at a time as the caller's window allows (see
-    /// [`crate::Da::serve_stream`]). A cancelled call stops pulling.
+    /// blocking threads as the caller's window allows (at most two items ahead of it; see
+    /// [`crate::Da::serve_stream`]). A cancelled call stops pulling once the iterator's
+    /// `next` returns; a panic in it ends the stream with a `handler` error.
     pub fn serve_stream<A, T, E, F, I>(&self, method: &str, producer: F) -> Result<(), Error>
     where
         A: DeserializeOwned + Send + 'static,
@@ -206,14 +209,19 @@ impl Da {
                 let p = producer.clone();
                 let span = tracing::Span::current();
                 tokio::task::spawn_blocking(move || {
-                    span.in_scope(|| {
-                        for item in p(a) {
-                            // The reader went away: stop pulling.
-                            if tx.blocking_send(item.map_err(|e| e.to_string())).is_err() {
-                                break;
+                    let pull = std::panic::AssertUnwindSafe(|| {
+                        span.in_scope(|| {
+                            for item in p(a) {
+                                // The reader went away: stop pulling.
+                                if tx.blocking_send(item.map_err(|e| e.to_string())).is_err() {
+                                    return;
+                                }
                             }
-                        }
-                    })
+                        })
+                    });
+                    if std::panic::catch_unwind(pull).is_err() {
+                        let _ = tx.blocking_send(Err("the producer panicked".to_owned()));
+                    }
                 });
                 tokio_stream_from(rx)
             }))
@@ -244,6 +252,43 @@ impl Da {
             rt: self.rt.clone(),
             stream,
         })
+    }
+
+    /// See [`crate::Da::serve_files_with`].
+    pub fn serve_files_with(
+        &self,
+        dir: impl AsRef<Path>,
+        options: ServeFiles,
+    ) -> Result<(), Error> {
+        self.rt.block_on(self.inner.serve_files_with(dir, options))
+    }
+
+    /// See [`crate::Da::send_file_with`].
+    pub fn send_file_with(
+        &self,
+        target: &str,
+        local: impl AsRef<Path>,
+        remote_name: &str,
+        options: FileOptions,
+    ) -> Result<u64, Error> {
+        self.rt.block_on(
+            self.inner
+                .send_file_with(target, local, remote_name, options),
+        )
+    }
+
+    /// See [`crate::Da::fetch_file_with`].
+    pub fn fetch_file_with(
+        &self,
+        target: &str,
+        remote_name: &str,
+        local: impl AsRef<Path>,
+        options: FileOptions,
+    ) -> Result<u64, Error> {
+        self.rt.block_on(
+            self.inner
+                .fetch_file_with(target, remote_name, local, options),
+        )
     }
 
     /// See [`crate::Da::home_run`].

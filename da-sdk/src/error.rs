@@ -83,6 +83,10 @@ pub enum Error {
     /// The device manager already has a device with this id.
     #[error("device {0} already exists")]
     DeviceExists(iot_proto::DaId),
+    /// A file transfer ([`crate::Da::send_file`], [`crate::Da::fetch_file`]) failed on this
+    /// side: a local file, the SHA-256 check, or resumptions used up.
+    #[error("file transfer of `{name}`: {reason}")]
+    Transfer { name: String, reason: String },
     /// The DA has been stopped (deregistered, shut down, or every handle dropped).
     #[error("the DA is stopped")]
     Closed,

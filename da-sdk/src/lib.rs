@@ -6,6 +6,7 @@
 //! - [`da`]: [`Da`], the handle of a running DA: push, ODF streams, serve/call, home scenes
 //!   ([`Da::home_run`], results as [`HomeResult`]), deregister.
 //! - [`streams`]: streamed replies, [`Da::serve_stream`] and [`Da::call_stream`] ([`CallStream`]).
+//! - [`files`]: file transfer, [`Da::serve_files`], [`Da::send_file`], [`Da::fetch_file`].
 //! - [`odf`]: [`OdfStream`] and how ODF data decodes into the caller's type.
 //! - [`status`]: [`Status`], a snapshot published after every change.
 //! - [`device`], [`manager`], [`gateway`]: devices behind a gateway, their store, and
@@ -27,6 +28,7 @@ pub mod config;
 pub mod da;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod gateway;
 pub mod keys;
 pub mod manager;
@@ -49,6 +51,7 @@ pub use config::{DaBuilder, MqttVersion, OutboxConfig, Retry, SignalInfo, Units,
 pub use da::{Da, HOME_REPLY_MARGIN, MAX_PAYLOAD_BYTES};
 pub use device::{Device, Tags};
 pub use error::{DecodeError, Error};
+pub use files::{FileOptions, Progress, ServeFiles};
 pub use gateway::{Gateway, Reconciled};
 pub use iot_proto::home::HomeResult;
 pub use iot_proto::rpc::RpcErrorCode;

@@ -82,6 +82,13 @@ pub(crate) struct Serving {
     pub cancel: CancellationToken,
 }
 
+impl Drop for Serving {
+    /// Forgotten (cancelled, or the DA stopped): the producer stops.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// One served stream to run.
 pub(crate) struct Job {
     pub handler: StreamHandler,
@@ -142,6 +149,13 @@ async fn produce(job: Job, mut acked: watch::Receiver<u64>, cancel: Cancellation
     let ms = |d: Duration| d.as_millis();
     let last = loop {
         let n = *acked.borrow_and_update();
+        if n > win.next() {
+            break failed(
+                win.next(),
+                RpcErrorCode::BadRequest,
+                format!("acknowledged {n} items, {} were sent", win.next()),
+            );
+        }
         if n > 0 {
             win.ack(n - 1);
         }
@@ -194,8 +208,9 @@ async fn produce(job: Job, mut acked: watch::Receiver<u64>, cancel: Cancellation
             }
         }
     };
-    // The producer is dropped before the last message goes out: it stops at once.
-    drop(items);
+    // The producer is dropped before the last message goes out: it stops at once. A panic
+    // in its drop must not lose that message.
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(items)));
     send(last).await;
 }
 
@@ -229,7 +244,9 @@ pub struct StreamOptions {
     /// Items the server may send ahead of what the reader took (1 to 1024; default 16).
     pub window: u32,
     /// Longest wait for each item while the reader waits (default: the builder's
-    /// `call_timeout`); also the server's deadline for producing each item.
+    /// `call_timeout`); also sent as the request's `deadline_ms`, the server's deadline for
+    /// producing each item (at most 60 s). Halfway through, the reader repeats its last
+    /// acknowledgement, in case one was lost with a connection.
     pub gap: Option<Duration>,
 }
 
@@ -258,8 +275,9 @@ pub struct CallStream<T> {
     taken: u64,
     acked: u64,
     gap: Duration,
-    /// Armed while the reader waits with nothing buffered.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Armed while the reader waits with nothing buffered; `true` once half the gap passed
+    /// (and the last acknowledgement was repeated).
+    timer: Option<(Pin<Box<Sleep>>, bool)>,
     done: bool,
     _item: PhantomData<fn() -> T>,
 }
@@ -322,11 +340,27 @@ impl<T: DeserializeOwned> Stream for CallStream<T> {
             }
             Poll::Pending => {
                 let gap = this.gap;
-                let timer = this
+                let half = gap / 2;
+                let (timer, halfway) = this
                     .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                    .get_or_insert_with(|| (Box::pin(tokio::time::sleep(half)), false));
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
+                }
+                if !*halfway {
+                    *halfway = true;
+                    if this.taken > 0 {
+                        let _ = this.notes.send(Note::Ack {
+                            id: this.id.clone(),
+                            seq: this.taken - 1,
+                        });
+                    }
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + (gap - half));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
                 }
                 let _ = this.notes.send(Note::Cancel {
                     id: this.id.clone(),
@@ -353,13 +387,12 @@ impl<T> Drop for CallStream<T> {
 }
 
 fn decode<T: DeserializeOwned>(target: &str, method: &str, v: Value) -> Result<T, Error> {
-    let bytes = serde_json::to_vec(&v).unwrap_or_default();
-    serde_json::from_value(v).map_err(|e| {
+    T::deserialize(&v).map_err(|e| {
         Error::Decode(DecodeError {
             what: format!("an item of `{method}` from `{target}`"),
             expected: std::any::type_name::<T>(),
             reason: e.to_string(),
-            payload: crate::error::brief(&bytes),
+            payload: crate::error::brief(v.to_string().as_bytes()),
         })
     })
 }
@@ -369,8 +402,10 @@ impl Da {
     /// the caller one by one ([`Da::call_stream`], or any MQTT client speaking the format in
     /// `docs/sdk.md`), at most the caller's window ahead of what it has read. `args` decode
     /// into `A` (else a `bad_request` error); an `Err` item, a panic, or no item within the
-    /// request's deadline ends the stream with an error for the caller; a cancelled call
-    /// drops the producer. A plain call of the method (not a stream) gets `bad_request`.
+    /// request's deadline (`deadline_ms`, at most and by default 60 s) ends the stream with an
+    /// error for the caller, as does a caller silent for 60 s with the window full; a
+    /// cancelled call drops the producer. A plain call of the method (not a stream) gets
+    /// `bad_request`; a repeated stream request (same id) while its stream runs is ignored.
     pub async fn serve_stream<A, T, E, F, S>(&self, method: &str, producer: F) -> Result<(), Error>
     where
         A: DeserializeOwned + Send + 'static,

@@ -246,11 +246,18 @@ async fn a_stalled_producer_times_the_reader_out_and_is_stopped() {
         .await
         .unwrap();
     assert_eq!(items.next().await.unwrap().unwrap(), 1);
+    // Both sides wait 300 ms: the reader's own timeout, or the server's deadline error,
+    // whichever comes first.
     match items.next().await {
         Some(Err(Error::Timeout { timeout_ms, .. })) => assert_eq!(timeout_ms, 300),
+        Some(Err(Error::Remote { code, reason, .. })) => {
+            assert_eq!(code, RpcErrorCode::Deadline);
+            assert!(reason.contains("within 300 ms"), "{reason}");
+        }
         other => panic!("expected a timeout, got {other:?}"),
     }
-    // The server's own deadline for the item (the same 300 ms) stops the producer too.
+    assert!(items.next().await.is_none());
+    // The server's own deadline for the item stops the producer either way.
     within_a_second(&stopped, "the stalled producer was not dropped").await;
     server.deregister().await.unwrap();
     caller.deregister().await.unwrap();
@@ -366,6 +373,24 @@ async fn the_blocking_api_serves_an_iterator_and_reads_a_stream() {
             endless.next().unwrap().unwrap();
         }
         drop(endless);
+        // Files too.
+        let (dir, mine) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        server
+            .serve_files_with(dir.path(), da_sdk::ServeFiles::default())
+            .unwrap();
+        std::fs::write(mine.path().join("a"), b"blocking bytes").unwrap();
+        let opts = da_sdk::FileOptions::default;
+        let n = caller
+            .send_file_with(&target, mine.path().join("a"), "b", opts())
+            .unwrap();
+        assert_eq!(n, 14);
+        caller
+            .fetch_file_with(&target, "b", mine.path().join("c"), opts())
+            .unwrap();
+        assert_eq!(
+            std::fs::read(mine.path().join("c")).unwrap(),
+            b"blocking bytes"
+        );
         server.deregister().unwrap();
         caller.deregister().unwrap();
     });
@@ -375,4 +400,110 @@ async fn the_blocking_api_serves_an_iterator_and_reads_a_stream() {
     // 500 + 1,001 + what the endless one made ahead of its reader (window 16, one buffered).
     let pulled = seen.load(Ordering::SeqCst);
     assert!(pulled <= 1_501 + 3 + 16 + 2, "pulled {pulled}");
+}
+
+#[tokio::test]
+async fn dropping_a_fast_stream_mid_window_still_stops_its_producer() {
+    let app = App::spawn().await;
+    let server = builder(&app).connect().await.unwrap();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let flag = stopped.clone();
+    // Items as fast as the window allows: some are on their way when the reader drops.
+    server
+        .serve_stream("fast", move |_: Value| {
+            let guard = Dropped(flag.clone());
+            stream::iter(0u64..).map(move |i| {
+                let _ = &guard;
+                Ok::<_, String>(i)
+            })
+        })
+        .await
+        .unwrap();
+    let caller = builder(&app).connect().await.unwrap();
+    let target = server.id().to_string();
+    let mut items = caller
+        .call_stream::<_, u64>(&target, "fast", ())
+        .await
+        .unwrap();
+    for i in 0..9 {
+        assert_eq!(items.next().await.unwrap().unwrap(), i);
+    }
+    drop(items);
+    within_a_second(&stopped, "the producer still runs a second after the drop").await;
+    server.deregister().await.unwrap();
+    caller.deregister().await.unwrap();
+}
+
+#[tokio::test]
+async fn repeated_requests_and_forged_acks_from_a_plain_client() {
+    let app = App::spawn().await;
+    let server = counter(&app, Arc::default()).await;
+    let mut m = app.mqtt(None).await;
+    let res = "iottalk/rpc/tester/res/r1";
+    m.subscribe(res, QoS::AtLeastOnce).await;
+    let req = format!("iottalk/rpc/{}/req", server.id());
+    let ask = json!({"id": "r1", "method": "count", "args": 100, "reply_to": res, "stream": {"window": 2}});
+    // The same request twice (as QoS 1 may deliver it): one stream, no error.
+    m.publish_json(&req, &ask, false).await;
+    m.publish_json(&req, &ask, false).await;
+    let mut got = Vec::new();
+    while let Some(r) = m.recv_within(Duration::from_millis(500)).await {
+        got.push(r.json());
+    }
+    assert_eq!(
+        got,
+        vec![
+            json!({"id": "r1", "seq": 0, "item": 0}),
+            json!({"id": "r1", "seq": 1, "item": 1})
+        ]
+    );
+    // An acknowledgement of items never sent (the largest number there is) ends the stream
+    // with a clear error, and the DA goes on serving.
+    m.publish_json(&req, &json!({"id": "r1", "ack": u64::MAX}), false)
+        .await;
+    let r = m.recv_until("the error", |_| true).await.json();
+    assert_eq!(r["state"], "error", "{r}");
+    assert_eq!(r["code"], "bad_request", "{r}");
+    let caller = builder(&app).connect().await.unwrap();
+    let n: Vec<u64> = caller
+        .call_stream::<_, u64>(&server.id().to_string(), "count", 3)
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert_eq!(n, [0, 1, 2]);
+    server.deregister().await.unwrap();
+    caller.deregister().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_of_streams_only_serves_again_after_a_controller_restart() {
+    let mut app = App::start(AppOptions {
+        csm_listen: Some(free_addr()),
+        mqtt_listen: Some(free_addr()),
+        ..Default::default()
+    })
+    .await;
+    let server = counter(&app, Arc::default()).await;
+    let caller = builder(&app).connect().await.unwrap();
+    let target = server.id().to_string();
+    let count = async |caller: &Da| -> Vec<u64> {
+        caller
+            .call_stream::<_, u64>(&target, "count", 3)
+            .await
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+            .await
+    };
+    assert_eq!(count(&caller).await, [0, 1, 2]);
+    app.stop().await;
+    let _app = app.restart().await;
+    for da in [&server, &caller] {
+        wait(da, "online again", |s| s.is_online() && s.sessions == 2).await;
+    }
+    assert_eq!(count(&caller).await, [0, 1, 2]);
+    server.deregister().await.unwrap();
+    caller.deregister().await.unwrap();
 }

@@ -277,7 +277,7 @@ fn host_port(addr: &str) -> Result<(String, u16)> {
 }
 
 /// Resolves the controller from the overrides, the running controller and the configuration.
-fn resolve(cfg: &Config, args: &TargetArgs) -> Result<Target> {
+pub(crate) fn resolve(cfg: &Config, args: &TargetArgs) -> Result<Target> {
     let state = running_state(cfg);
     let hint = "start it (`iotctl -c CONFIG start`) with this configuration, or pass --csm URL and --mqtt HOST:PORT";
     let csm = match (&args.csm, state.as_ref().and_then(|s| s.csm.clone())) {

@@ -13,6 +13,7 @@ mod acl_cmd;
 mod bench_cmd;
 mod ccm_api;
 mod config;
+mod da_cmd;
 mod exposure;
 mod gencert;
 mod home_cmd;
@@ -128,6 +129,12 @@ enum Command {
         #[arg(long, env = "IOTCTL_USER", global = true)]
         user: Option<String>,
     },
+    /// The operator's DA: call a method of a DA or app (streamed items printed as they
+    /// arrive), send or fetch a file (docs/sdk.md).
+    Da {
+        #[command(subcommand)]
+        command: da_cmd::DaCommand,
+    },
     /// Manage controller users (admin and app roles; see docs/security.md).
     User {
         #[command(subcommand)]
@@ -242,6 +249,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 key_cmd::run(&cfg, command, login).await
             }
             Command::Acl { command } => acl_cmd::run(&cfg, command).await,
+            Command::Da { command } => da_cmd::run(&cfg, command).await,
             Command::Shell => shell::run(&cfg).await.map(|()| ExitCode::SUCCESS),
             Command::Bench { command } => bench_cmd::run(&cfg, command).await,
         }

@@ -93,7 +93,7 @@ impl Core {
             (self.ctrl_i.clone(), QoS::AtLeastOnce),
             (self.reply_topic.clone(), QoS::AtLeastOnce),
         ];
-        if !self.handlers.is_empty() {
+        if !self.handlers.is_empty() || self.serves_streams() {
             filters.push((self.serve_topic.clone(), QoS::AtLeastOnce));
         }
         if let Some(f) = self.home_filter() {

@@ -414,7 +414,7 @@ impl Core {
     fn on_tick(&mut self) {
         // Calls whose caller gave up (deadline or cancellation) are forgotten.
         self.calls.retain(|_, c| !c.reply.is_closed());
-        self.streams.sweep();
+        self.sweep_streams();
         self.home.calls.retain(|_, c| !c.reply.is_closed());
         if self
             .stopping
@@ -427,6 +427,7 @@ impl Core {
     }
 
     fn begin_stop(&mut self, reply: Option<oneshot::Sender<Rev>>) {
+        self.cancel_streams();
         let replies = reply.into_iter().collect();
         self.stopping = Some(Stopping {
             replies,

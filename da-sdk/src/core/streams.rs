@@ -50,12 +50,10 @@ impl Streams {
             notes_rx,
         }
     }
-
-    /// Forgets calls whose reader went away without a word (it always says so on drop).
-    pub fn sweep(&mut self) {
-        self.calls.retain(|_, c| !c.tx.is_closed());
-    }
 }
+
+/// How long a stream's acknowledgement or cancellation waits for a connection.
+const CONTROL_KEPT: Duration = Duration::from_secs(60);
 
 /// A streamed call of ours.
 struct Caller {
@@ -65,9 +63,36 @@ struct Caller {
     req_topic: String,
     reorder: Reorder<StreamMsg>,
     tx: mpsc::Sender<Piece>,
+    /// A stream message arrived: a plain reply now is a repeat of a refusal, not ours.
+    started: bool,
 }
 
 impl Core {
+    pub(super) fn serves_streams(&self) -> bool {
+        !self.streams.handlers.is_empty()
+    }
+
+    /// Cancels calls whose reader went away, as its drop would have.
+    pub(super) fn sweep_streams(&mut self) {
+        let gone: Vec<String> = (self.streams.calls.iter())
+            .filter(|(_, c)| c.tx.is_closed())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.end_call(&id, None);
+        }
+    }
+
+    /// On stopping: our streamed calls are cancelled, our served streams end with the DA
+    /// (dropping their `Serving` cancels them).
+    pub(super) fn cancel_streams(&mut self) {
+        let ids: Vec<String> = self.streams.calls.keys().cloned().collect();
+        for id in ids {
+            self.end_call(&id, None);
+        }
+        self.streams.serving.clear();
+    }
+
     /// A request for a streamed method: its producer starts, or the caller hears why not.
     pub(super) fn start_stream(
         &mut self,
@@ -80,16 +105,17 @@ impl Core {
             code: RpcErrorCode::BadRequest,
             reason,
         };
+        // A repeat (QoS 1 may deliver twice) of a request whose stream runs: it has its answer.
+        if req.stream.is_some() && self.streams.serving.contains_key(&reply_to.id) {
+            tracing::debug!(id = reply_to.id, "ignored a repeated stream request");
+            return;
+        }
         let why = match req.stream {
             None => Some(format!(
                 "`{}` streams its reply: call it as a stream (`\"stream\": true`)",
                 req.method
             )),
             Some(_) if reply_to.id.is_empty() => Some("a streamed call needs an `id`".into()),
-            Some(_) if self.streams.serving.contains_key(&reply_to.id) => Some(format!(
-                "a stream with id `{}` is already running",
-                reply_to.id
-            )),
             Some(_) => None,
         };
         if let Some(reason) = why {
@@ -122,9 +148,11 @@ impl Core {
         match ctl {
             StreamControl::Ack { id, seq } => {
                 if let Some(s) = self.streams.serving.get(&id) {
+                    // Any number may come from outside; the producer refuses one it did not send.
+                    let count = seq.saturating_add(1);
                     s.acked.send_if_modified(|n| {
-                        let changed = seq + 1 > *n;
-                        *n = (*n).max(seq + 1);
+                        let changed = count > *n;
+                        *n = (*n).max(count);
                         changed
                     });
                 }
@@ -200,9 +228,9 @@ impl Core {
             }),
             expires: Instant::now().checked_add(gap),
         });
-        // Room for a full window and the last message: a server keeping to the window never
-        // finds it full.
-        let (tx, rx) = mpsc::channel(window as usize + 2);
+        // Room for a full window, the last message and an error of ours: a server keeping to
+        // the window never finds it full.
+        let (tx, rx) = mpsc::channel(window as usize + 3);
         self.streams.calls.insert(
             id.clone(),
             Caller {
@@ -211,6 +239,7 @@ impl Core {
                 req_topic,
                 reorder: Reorder::new(window),
                 tx,
+                started: false,
             },
         );
         let _ = reply.send(Ok(Opened {
@@ -225,6 +254,7 @@ impl Core {
         let Some(call) = self.streams.calls.get_mut(id) else {
             return false;
         };
+        call.started = true;
         let seq = msg.seq();
         if let Err(e) = call.reorder.push(seq, msg) {
             let why = format!("the server broke the stream's flow control: {e}");
@@ -242,10 +272,18 @@ impl Core {
                 }),
             };
             let last = !matches!(piece, Piece::Item(_));
-            // Full only when the server sent past the window; closed when the reader left.
-            if call.tx.try_send(piece).is_err() || last {
-                let why = (!last).then(|| "the server sent past the window".to_owned());
-                return self.end_call(id, why.filter(|_| !call_closed(&self.streams, id)));
+            match call.tx.try_send(piece) {
+                Ok(()) if last => {
+                    self.streams.calls.remove(id);
+                    return true;
+                }
+                Ok(()) => {}
+                // The reader left (its cancellation may still be on its way): say it for it.
+                Err(mpsc::error::TrySendError::Closed(_)) => return self.end_call(id, None),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let why = "the server sent past the window".to_owned();
+                    return self.end_call(id, Some(why));
+                }
             }
         }
         true
@@ -254,6 +292,9 @@ impl Core {
     /// A plain reply to a streamed call (the method is not streamed, or the server refused
     /// the call): an error ends the stream with it, a result is its one item.
     pub(super) fn on_stream_reply(&mut self, id: &str, reply: RpcReply) -> bool {
+        if self.streams.calls.get(id).is_none_or(|c| c.started) {
+            return self.streams.calls.contains_key(id);
+        }
         let Some(call) = self.streams.calls.remove(id) else {
             return false;
         };
@@ -284,15 +325,30 @@ impl Core {
         let Some(call) = self.streams.calls.get(&id) else {
             return;
         };
-        let topic = call.req_topic.clone();
         if cancel {
-            self.streams.calls.remove(&id);
+            self.end_call(&id, None);
+        } else {
+            let topic = call.req_topic.clone();
+            self.publish_control(topic, &ctl);
         }
-        self.publish_json(topic, &ctl.to_json(), QoS::AtLeastOnce, false, Tag::Other);
     }
 
-    /// Ends a call of ours: with an error for its reader (and a cancellation for the server)
-    /// when `why` says what went wrong, else quietly. Returns `true` (the message was ours).
+    /// An acknowledgement or cancellation for a server: kept across a reconnect (a lost
+    /// acknowledgement would stall the stream), for a while.
+    fn publish_control(&mut self, topic: String, ctl: &StreamControl) {
+        self.enqueue(Out::Publish {
+            topic,
+            payload: Bytes::from(ctl.to_json().to_string()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            tag: Tag::Call,
+            props: None,
+            expires: Instant::now().checked_add(CONTROL_KEPT),
+        });
+    }
+
+    /// Ends a call of ours before its end: the server is told to stop; the reader gets an
+    /// error when `why` says what went wrong. Returns `true` (the message was ours).
     fn end_call(&mut self, id: &str, why: Option<String>) -> bool {
         let Some(call) = self.streams.calls.remove(id) else {
             return true;
@@ -303,19 +359,9 @@ impl Core {
                 url: call.req_topic.clone(),
                 why: reason,
             }));
-            let ctl = StreamControl::Cancel { id: id.to_owned() };
-            self.publish_json(
-                call.req_topic,
-                &ctl.to_json(),
-                QoS::AtLeastOnce,
-                false,
-                Tag::Other,
-            );
         }
+        let ctl = StreamControl::Cancel { id: id.to_owned() };
+        self.publish_control(call.req_topic, &ctl);
         true
     }
-}
-
-fn call_closed(streams: &Streams, id: &str) -> bool {
-    streams.calls.get(id).is_none_or(|c| c.tx.is_closed())
 }
