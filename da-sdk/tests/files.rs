@@ -447,6 +447,8 @@ async fn iotctl_da_calls_streams_and_copies_files() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "{\"a\":[1,\"x\"]}\n");
+    // The operator's DA coming and going is not printed.
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
     let o = app.iotctl(&["da", "call", &id, "count", "3"], None).await;
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n1\n2\n");

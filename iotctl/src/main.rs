@@ -164,7 +164,7 @@ pub enum Component {
 }
 
 /// Logs to stderr and keeps the last `log.logz_lines` lines for `/logz` (the ring returned).
-fn init_tracing(cfg: &Config, debug: bool) -> Arc<LogRing> {
+fn init_tracing(cfg: &Config, debug: bool, quiet_sdk: bool) -> Arc<LogRing> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
@@ -176,6 +176,10 @@ fn init_tracing(cfg: &Config, debug: bool) -> Arc<LogRing> {
     // rmqtt and ntex log a lot at info; keep them quiet unless asked for by name.
     if !level.contains("rmqtt") {
         level.push_str(",rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn,rmqtt_shared_subscription=warn,ntex=warn,ntex_mqtt=warn,ntex_io=warn,rumqttc=warn");
+    }
+    // `iotctl da`: the operator's DA registering and leaving is not news on the terminal.
+    if quiet_sdk && !debug && !level.contains("da_sdk") {
+        level.push_str(",da_sdk=warn");
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ring = LogRing::new(cfg.log.logz_lines);
@@ -213,7 +217,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = Config::load(cli.config.as_deref())?;
-    let logz = init_tracing(&cfg, cli.debug);
+    let logz = init_tracing(&cfg, cli.debug, matches!(cli.command, Command::Da { .. }));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
