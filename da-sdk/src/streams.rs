@@ -118,7 +118,14 @@ async fn produce(job: Job, mut acked: watch::Receiver<u64>, cancel: Cancellation
             msg,
         };
         let out = job.out.clone();
-        async move { out.send(p).await.is_ok() }
+        let cancel = cancel.clone();
+        // Waits while the DA's connection is behind; a cancellation ends the wait.
+        async move {
+            tokio::select! {
+                r = out.send(p) => r.is_ok(),
+                () = cancel.cancelled() => false,
+            }
+        }
     };
     let failed = |seq, code, reason| StreamMsg::Failed {
         id: id.clone(),

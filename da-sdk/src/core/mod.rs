@@ -48,6 +48,9 @@ use crate::status::{ConnState, Status};
 use crate::streams::Opened;
 use crate::transport::{Input, Link, Out, Registration, Tag};
 
+/// Messages in `outq` beyond which no more stream items are taken from their producers.
+const STREAM_OUTQ: usize = 32;
+
 /// How often pending calls are swept and stop deadlines checked.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -276,7 +279,11 @@ impl Core {
                 biased;
                 Some(input) = net.recv() => self.on_input(input).await,
                 Some(done) = self.rpc_rx.recv() => self.on_done(done),
-                Some(p) = self.streams.out_rx.recv() => self.on_produced(p),
+                // Served streams wait while the connection is behind: their producers block
+                // on a full channel instead of growing `outq`.
+                Some(p) = self.streams.out_rx.recv(), if self.outq.len() < STREAM_OUTQ => {
+                    self.on_produced(p)
+                }
                 Some(note) = self.streams.notes_rx.recv() => self.on_stream_note(note),
                 cmd = cmds.recv(), if self.stopping.is_none() => match cmd {
                     Some(c) => self.on_cmd(c).await,

@@ -17,15 +17,16 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::server::sha256_of;
 use super::{
-    check_name, partial_path, BeginArgs, CommitArgs, FileOptions, ReadArgs, WriteArgs, BEGIN,
-    COMMIT, MAX_CHUNK_BYTES, READ, WRITE,
+    check_name, fresh_tag, partial_path, BeginArgs, CommitArgs, FileOptions, ReadArgs, WriteArgs,
+    BEGIN, COMMIT, MAX_CHUNK_BYTES, READ, WRITE,
 };
 use crate::da::Da;
 use crate::error::Error;
 use crate::streams::StreamOptions;
 
-/// The longest a commit may take: the server reads the whole file to check its digest.
-const COMMIT_WAIT: Duration = Duration::from_secs(120);
+/// The longest a commit may take (the server reads the whole file to check its digest): the
+/// server's own limit for a request.
+const COMMIT_WAIT: Duration = Duration::from_secs(60);
 
 /// Errors after which a transfer resumes: nothing came in time, or the server was busy.
 fn resumable(e: &Error) -> bool {
@@ -98,9 +99,21 @@ pub(super) async fn send(
         sha256: digest,
     };
     let wait = gap(da, opts).max(COMMIT_WAIT);
-    da.call_within::<_, Value>(target, COMMIT, args, wait)
-        .await?;
-    Ok(size)
+    // A commit whose reply was lost succeeds again when repeated.
+    loop {
+        match da
+            .call_within::<_, Value>(target, COMMIT, &args, wait)
+            .await
+        {
+            Ok(_) => return Ok(size),
+            Err(e) if matches!(e, Error::Timeout { .. }) && failures < opts.retries => {
+                failures += 1;
+                tracing::info!(name, error = %e, failures, "file commit repeated");
+                pause(failures).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn gap(da: &Da, opts: &FileOptions) -> Duration {
@@ -174,10 +187,15 @@ pub(super) async fn fetch(
     opts: &FileOptions,
 ) -> Result<u64, Error> {
     check_name(name).map_err(Error::InvalidName)?;
-    let partial = partial_path(local);
+    let partial = partial_path(local, &fresh_tag());
+    // A new file of our own, never one found in place (`create_new` follows no link).
+    let created = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .await;
     let mut out = Fetched {
-        file: tokio::fs::File::create(&partial)
-            .await
+        file: created
             .map_err(|e| transfer(name, format!("cannot write `{}`: {e}", partial.display())))?,
         hasher: Sha256::new(),
         written: 0,

@@ -37,8 +37,9 @@ pub(crate) const COMMIT: &str = "files.commit";
 pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
 /// The largest chunk (its base64 in a reply stays well under the broker's 1 MiB).
 pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
-/// The longest remote file name, in bytes.
-pub const MAX_NAME_BYTES: usize = 255;
+/// The longest remote file name, in bytes (a file system's 255, less room for the
+/// temporary name `.<name>.<8 hex>.part`).
+pub const MAX_NAME_BYTES: usize = 240;
 
 /// How far a transfer got, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,13 +125,13 @@ impl Default for ServeFiles {
 }
 
 /// Checks a remote file name: a plain name inside the served directory. Refused: empty,
-/// over 255 bytes, `/`, `\`, NUL or other control characters, and a leading `.` (which
+/// over 240 bytes, `/`, `\`, NUL or other control characters, and a leading `.` (which
 /// also refuses `.`, `..` and the transfers' temporary names).
 pub fn check_name(name: &str) -> Result<(), String> {
     let why = if name.is_empty() {
         "is empty"
     } else if name.len() > MAX_NAME_BYTES {
-        "is over 255 bytes"
+        "is over 240 bytes"
     } else if name.starts_with('.') {
         "starts with `.`"
     } else if name.contains(['/', '\\']) {
@@ -143,13 +144,19 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Err(format!("file name `{}` {why}", name.escape_debug()))
 }
 
-/// Where a file named `name` (checked) is written before it is complete, beside `path`.
-fn partial_path(path: &Path) -> PathBuf {
+/// Where the file `path` is written before it is complete: `.<name>.<tag>.part` beside it;
+/// the tag tells transfers of one name apart.
+fn partial_path(path: &Path, tag: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.part"))
+    path.with_file_name(format!(".{name}.{tag}.part"))
+}
+
+/// A fresh tag for [`partial_path`].
+fn fresh_tag() -> String {
+    format!("{:08x}", rand::random::<u32>())
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -196,7 +203,7 @@ impl Da {
 
     /// Serves the files of `dir`: callers read and write plain file names inside it, never
     /// elsewhere (no `..`, no absolute path, no symbolic link leading out, names of at most
-    /// 255 bytes; see [`check_name`]); files larger than `max_file_bytes` are refused.
+    /// 240 bytes; see [`check_name`]); files larger than `max_file_bytes` are refused.
     pub async fn serve_files_with(
         &self,
         dir: impl AsRef<Path>,
@@ -265,7 +272,7 @@ mod tests {
 
     #[test]
     fn names_stay_inside_the_directory() {
-        for ok in ["a.txt", "report 2026.csv", "ü", &"x".repeat(255)] {
+        for ok in ["a.txt", "report 2026.csv", "ü", &"x".repeat(240)] {
             assert_eq!(check_name(ok), Ok(()), "{ok}");
         }
         for bad in [
@@ -280,14 +287,14 @@ mod tests {
             ".x.part",
             "a\0b",
             "a\nb",
-            &"x".repeat(256),
-            &"é".repeat(128),
+            &"x".repeat(241),
+            &"é".repeat(121),
         ] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(
-            partial_path(Path::new("/d/a.bin")),
-            PathBuf::from("/d/.a.bin.part")
+            partial_path(Path::new("/d/a.bin"), "0a1b2c3d"),
+            PathBuf::from("/d/.a.bin.0a1b2c3d.part")
         );
     }
 }

@@ -17,14 +17,17 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{
-    check_name, partial_path, BeginArgs, CommitArgs, ReadArgs, ServeFiles, WriteArgs, BEGIN,
-    COMMIT, MAX_CHUNK_BYTES, READ, WRITE,
+    check_name, fresh_tag, partial_path, BeginArgs, CommitArgs, ReadArgs, ServeFiles, WriteArgs,
+    BEGIN, COMMIT, MAX_CHUNK_BYTES, READ, WRITE,
 };
 use crate::da::Da;
 use crate::error::Error;
 
 /// How long an upload may sit without a chunk before a new one may drop it.
 const UPLOAD_IDLE: Duration = Duration::from_secs(600);
+
+/// Chunks an upload may hold past a gap (a window's worth), and commits remembered.
+const MAX_AHEAD: usize = 1024;
 
 /// One upload in progress.
 struct Upload {
@@ -35,12 +38,16 @@ struct Upload {
     /// Ranges written past a gap (start to end).
     ahead: BTreeMap<u64, u64>,
     touched: Instant,
+    /// Writes under way: a commit waits for none.
+    writers: usize,
 }
 
 struct Server {
     root: PathBuf,
     options: ServeFiles,
     uploads: Mutex<HashMap<String, Upload>>,
+    /// Recent commits (name: size and digest), so that a repeated commit succeeds.
+    committed: Mutex<HashMap<String, (u64, String)>>,
 }
 
 pub(super) async fn serve(da: &Da, dir: &Path, options: ServeFiles) -> Result<(), Error> {
@@ -59,6 +66,7 @@ pub(super) async fn serve(da: &Da, dir: &Path, options: ServeFiles) -> Result<()
         root,
         options,
         uploads: Mutex::new(HashMap::new()),
+        committed: Mutex::new(HashMap::new()),
     });
     let s = srv.clone();
     da.serve_stream(READ, move |a: ReadArgs| read(s.clone(), a))
@@ -88,7 +96,9 @@ enum Reading {
     Start(Arc<Server>, ReadArgs),
     Data {
         file: tokio::fs::File,
-        hasher: Sha256,
+        /// The digest so far, when reading from the start; else the digest of the whole file,
+        /// computed beside the reading.
+        digest: Digesting,
         pos: u64,
         size: u64,
         chunk: usize,
@@ -101,11 +111,11 @@ fn read(srv: Arc<Server>, a: ReadArgs) -> impl Stream<Item = Result<Value, Strin
     stream::unfold(Reading::Start(srv, a), |state| async move {
         match state {
             Reading::Start(srv, a) => Some(match srv.open(&a).await {
-                Ok((file, hasher, size)) => (
+                Ok((file, digest, size)) => (
                     Ok(json!({ "size": size })),
                     Reading::Data {
                         file,
-                        hasher,
+                        digest,
                         pos: a.offset,
                         size,
                         chunk: a.chunk_bytes.clamp(1, MAX_CHUNK_BYTES),
@@ -115,25 +125,35 @@ fn read(srv: Arc<Server>, a: ReadArgs) -> impl Stream<Item = Result<Value, Strin
             }),
             Reading::Data {
                 mut file,
-                mut hasher,
+                mut digest,
                 pos,
                 size,
                 chunk,
             } => {
                 if pos >= size {
-                    let digest = hex::encode(hasher.finalize());
-                    return Some((Ok(json!({ "sha256": digest })), Reading::Done));
+                    let item = match digest {
+                        Digesting::Inline(h) => Ok(hex::encode(h.finalize())),
+                        Digesting::Beside(job) => match job.await {
+                            Ok(Ok(d)) => Ok(d),
+                            Ok(Err(e)) => Err(format!("cannot read the file: {e}")),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    };
+                    let item = item.map(|d| json!({ "sha256": d }));
+                    return Some((item, Reading::Done));
                 }
                 let n = usize::try_from(size - pos).map_or(chunk, |left| left.min(chunk));
                 let mut buf = vec![0; n];
                 if let Err(e) = file.read_exact(&mut buf).await {
                     return Some((Err(format!("cannot read the file: {e}")), Reading::Done));
                 }
-                hasher.update(&buf);
+                if let Digesting::Inline(h) = &mut digest {
+                    h.update(&buf);
+                }
                 let item = json!({ "offset": pos, "data": B64.encode(&buf) });
                 let next = Reading::Data {
                     file,
-                    hasher,
+                    digest,
                     pos: pos + n as u64,
                     size,
                     chunk,
@@ -149,6 +169,10 @@ impl Server {
     fn uploads(&self) -> MutexGuard<'_, HashMap<String, Upload>> {
         // A panic elsewhere while holding the lock leaves consistent maps: go on with them.
         self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn committed(&self) -> MutexGuard<'_, HashMap<String, (u64, String)>> {
+        self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The path of an existing regular file named `name`, inside the served directory.
@@ -169,8 +193,8 @@ impl Server {
         Ok(path)
     }
 
-    /// Opens a file to read from `a.offset`, with the SHA-256 of what comes before it.
-    async fn open(&self, a: &ReadArgs) -> Result<(tokio::fs::File, Sha256, u64), String> {
+    /// Opens a file to read from `a.offset`, with how its digest is made.
+    async fn open(&self, a: &ReadArgs) -> Result<(tokio::fs::File, Digesting, u64), String> {
         let path = self.existing(&a.name).await?;
         let mut file = tokio::fs::File::open(&path)
             .await
@@ -187,21 +211,19 @@ impl Server {
                 a.offset, a.name
             ));
         }
-        let mut hasher = Sha256::new();
-        let mut left = a.offset;
-        let mut buf = vec![0; MAX_CHUNK_BYTES];
-        while left > 0 {
-            let n = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
-            file.read_exact(&mut buf[..n])
-                .await
-                .map_err(|e| format!("cannot read `{}`: {e}", a.name))?;
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
+        // Resumed: the chunks go out at once, the whole file is hashed beside them (the part
+        // before the offset could take longer than the caller waits for an item).
+        let digest = if a.offset == 0 {
+            Digesting::Inline(Sha256::new())
+        } else {
+            Digesting::Beside(tokio::task::spawn_blocking(move || {
+                sha256_of_first(&path, size)
+            }))
+        };
         file.seek(std::io::SeekFrom::Start(a.offset))
             .await
             .map_err(|e| format!("cannot read `{}`: {e}", a.name))?;
-        Ok((file, hasher, size))
+        Ok((file, digest, size))
     }
 
     fn within_limit(&self, name: &str, size: u64) -> Result<(), String> {
@@ -218,11 +240,11 @@ impl Server {
     async fn begin(&self, a: BeginArgs) -> Result<Value, String> {
         check_name(&a.name)?;
         self.within_limit(&a.name, a.size)?;
-        let stale: Vec<PathBuf> = {
+        let (partial, stale) = {
             let mut ups = self.uploads();
             let mut stale = Vec::new();
             ups.retain(|_, u| {
-                let keep = u.touched.elapsed() < UPLOAD_IDLE;
+                let keep = u.touched.elapsed() < UPLOAD_IDLE || u.writers > 0;
                 if !keep {
                     stale.push(u.partial.clone());
                 }
@@ -238,45 +260,48 @@ impl Server {
                     ups.len()
                 ));
             }
-            stale
+            // Reserved now (the limit holds against begins running meanwhile); a file of its
+            // own, so that nothing another upload of the name does can touch it.
+            let partial = partial_path(&self.root.join(&a.name), &fresh_tag());
+            let replaced = ups.insert(
+                a.name.clone(),
+                Upload {
+                    size: a.size,
+                    partial: partial.clone(),
+                    confirmed: 0,
+                    ahead: BTreeMap::new(),
+                    touched: Instant::now(),
+                    writers: 0,
+                },
+            );
+            stale.extend(replaced.map(|u| u.partial));
+            (partial, stale)
         };
         for p in stale {
             let _ = tokio::fs::remove_file(p).await;
         }
-        let partial = partial_path(&self.root.join(&a.name));
-        match tokio::fs::remove_file(&partial).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot start `{}`: {e}", a.name)),
-        }
         // A new file, never one found in place (`create_new` follows no symbolic link).
-        tokio::fs::OpenOptions::new()
+        let created = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&partial)
-            .await
-            .map_err(|e| format!("cannot start `{}`: {e}", a.name))?;
-        self.uploads().insert(
-            a.name,
-            Upload {
-                size: a.size,
-                partial,
-                confirmed: 0,
-                ahead: BTreeMap::new(),
-                touched: Instant::now(),
-            },
-        );
+            .await;
+        if let Err(e) = created {
+            self.uploads().remove(&a.name);
+            return Err(format!("cannot start `{}`: {e}", a.name));
+        }
         Ok(json!({ "offset": 0 }))
     }
 
     /// `files.write`: one chunk at its offset; answers the bytes confirmed from the start.
     async fn write(&self, a: WriteArgs) -> Result<Value, String> {
+        // Base64 of a chunk is 4/3 of it.
+        if a.data.is_empty() || a.data.len() > MAX_CHUNK_BYTES / 3 * 4 + 4 {
+            return Err(format!("a chunk is 1 to {MAX_CHUNK_BYTES} bytes"));
+        }
         let data = B64
             .decode(a.data.as_bytes())
             .map_err(|e| format!("`data` is not base64: {e}"))?;
-        if data.len() > MAX_CHUNK_BYTES {
-            return Err(format!("a chunk is at most {MAX_CHUNK_BYTES} bytes"));
-        }
         let end = a.offset.saturating_add(data.len() as u64);
         let partial = {
             let mut ups = self.uploads();
@@ -287,22 +312,35 @@ impl Server {
                     a.offset, u.size
                 ));
             }
+            if a.offset > u.confirmed && u.ahead.len() >= MAX_AHEAD {
+                return Err(format!(
+                    "more than {MAX_AHEAD} chunks arrived past a gap at byte {}",
+                    u.confirmed
+                ));
+            }
             u.touched = Instant::now();
+            u.writers += 1;
             u.partial.clone()
         };
         let offset = a.offset;
-        tokio::task::spawn_blocking(move || {
+        let path = partial.clone();
+        let written = tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             std::fs::OpenOptions::new()
                 .write(true)
-                .open(&partial)?
+                .open(&path)?
                 .write_all_at(&data, offset)
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot write `{}`: {e}", a.name))?;
+        .await;
         let mut ups = self.uploads();
-        let u = ups.get_mut(&a.name).ok_or_else(|| no_upload(&a.name))?;
+        // The upload may have been begun again meanwhile (another file): not this one then.
+        let u = (ups.get_mut(&a.name))
+            .filter(|u| u.partial == partial)
+            .ok_or_else(|| format!("the upload of `{}` was begun again", a.name))?;
+        u.writers = u.writers.saturating_sub(1);
+        written
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot write `{}`: {e}", a.name))?;
         if a.offset <= u.confirmed {
             u.confirmed = u.confirmed.max(end);
         } else {
@@ -319,36 +357,63 @@ impl Server {
         Ok(json!({ "confirmed": u.confirmed }))
     }
 
-    /// `files.commit`: checks the digest of the whole upload and renames it into place.
+    /// `files.commit`: checks the digest of the whole upload and renames it into place. A
+    /// repeat of a commit that succeeded (its reply lost) succeeds again.
     async fn commit(&self, a: CommitArgs) -> Result<Value, String> {
-        let partial = {
-            let ups = self.uploads();
-            let u = ups.get(&a.name).ok_or_else(|| no_upload(&a.name))?;
+        let upload = {
+            let mut ups = self.uploads();
+            let Some(u) = ups.get(&a.name) else {
+                let done = self.committed().get(&a.name).cloned();
+                return match done {
+                    Some((size, digest))
+                        if size == a.size && digest.eq_ignore_ascii_case(&a.sha256) =>
+                    {
+                        Ok(json!({ "size": a.size }))
+                    }
+                    _ => Err(no_upload(&a.name)),
+                };
+            };
             if u.size != a.size || u.confirmed != u.size {
                 return Err(format!(
                     "`{}`: {} of {} bytes arrived",
                     a.name, u.confirmed, u.size
                 ));
             }
-            u.partial.clone()
+            if u.writers > 0 {
+                return Err(format!("`{}`: writes are in progress", a.name));
+            }
+            // Out of the map: no write or begin reaches this file from now on.
+            ups.remove(&a.name).ok_or_else(|| no_upload(&a.name))?
         };
-        let path = partial.clone();
-        let digest = tokio::task::spawn_blocking(move || sha256_of(&path))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot read `{}`: {e}", a.name))?;
-        self.uploads().remove(&a.name);
-        if !digest.eq_ignore_ascii_case(&a.sha256) {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(format!(
-                "SHA-256 mismatch for `{}`: received {digest}, sent {}; the partial file was deleted",
-                a.name, a.sha256
-            ));
-        }
+        let path = upload.partial.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            let d = sha256_of(&path)?;
+            std::fs::File::open(&path)?.sync_all()?;
+            Ok::<_, std::io::Error>(d)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot read `{}`: {e}", a.name));
+        let digest = match digest {
+            Ok(d) if d.eq_ignore_ascii_case(&a.sha256) => d,
+            other => {
+                let _ = tokio::fs::remove_file(&upload.partial).await;
+                let got = other?;
+                return Err(format!(
+                    "SHA-256 mismatch for `{}`: received {got}, sent {}; the partial file was deleted",
+                    a.name, a.sha256
+                ));
+            }
+        };
         let fin = self.root.join(&a.name);
-        tokio::fs::rename(&partial, &fin)
+        tokio::fs::rename(&upload.partial, &fin)
             .await
             .map_err(|e| format!("cannot put `{}` in place: {e}", a.name))?;
+        let mut done = self.committed();
+        if done.len() >= MAX_AHEAD {
+            done.clear();
+        }
+        done.insert(a.name, (a.size, digest));
         Ok(json!({ "size": a.size }))
     }
 }
@@ -357,9 +422,20 @@ fn no_upload(name: &str) -> String {
     format!("no upload of `{name}` in progress: call files.begin first")
 }
 
+/// How a read makes the file's digest.
+enum Digesting {
+    Inline(Sha256),
+    Beside(tokio::task::JoinHandle<std::io::Result<String>>),
+}
+
 /// The SHA-256 of a file, read in chunks (lower-case hex).
 pub(super) fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    sha256_of_first(path, u64::MAX)
+}
+
+/// The SHA-256 of the first `len` bytes of a file (all of it if shorter).
+fn sha256_of_first(path: &Path, len: u64) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?.take(len);
     let mut hasher = Sha256::new();
     let mut buf = vec![0; MAX_CHUNK_BYTES];
     loop {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -193,4 +194,29 @@ impl Example {
             .unwrap();
         assert!(status.success(), "the example failed: {status}");
     }
+}
+
+/// A file of `len` pseudo-random bytes (not compressible, not repeating in chunk-sized runs).
+pub fn random_file(dir: &Path, name: &str, len: usize) -> PathBuf {
+    let path = dir.join(name);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ len as u64;
+    let mut left = len;
+    while left > 0 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        let n = left.min(8);
+        f.write_all(&b[..n]).unwrap();
+        left -= n;
+    }
+    f.flush().unwrap();
+    path
+}
+
+pub fn same_file(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(x.len(), y.len(), "{} and {}", a.display(), b.display());
+    assert!(x == y, "{} and {} differ", a.display(), b.display());
 }
