@@ -1,6 +1,6 @@
 //! The copying side of file transfer: [`crate::Da::send_file`] (begin, chunks with at most a
 //! window of them unconfirmed, commit with the file's SHA-256) and [`crate::Da::fetch_file`]
-//! (a streamed read into `.<file>.part`, digest checked, renamed). Both resume from the last
+//! (a streamed read into `.<file>.<tag>.part`, digest checked, renamed). Both resume from the last
 //! confirmed byte after a timeout, up to `retries` times.
 
 use std::path::Path;

@@ -111,7 +111,7 @@ pub struct ServeFiles {
     /// The largest file sent or received (default 1 GiB).
     pub max_file_bytes: u64,
     /// Uploads begun and not committed at a time (default 16); an upload idle for 10 minutes
-    /// is dropped with its partial file.
+    /// is dropped with its partial file when another one begins.
     pub max_uploads: usize,
 }
 
@@ -252,7 +252,7 @@ impl Da {
     }
 
     /// Copies `remote_name` from the directory `target` serves to `local`: written to
-    /// `.<file>.part` beside it, resumed from what arrived after a timeout, renamed to
+    /// `.<file>.<tag>.part` beside it, resumed from what arrived after a timeout, renamed to
     /// `local` once the SHA-256 of the whole file matches the server's (on a mismatch the
     /// partial file is deleted and the call fails with [`Error::Transfer`]). Returns the size.
     pub async fn fetch_file_with(

@@ -1,6 +1,6 @@
 //! The serving side of file transfer ([`crate::Da::serve_files`]): the four methods, each
 //! checking the name it is given against the served directory. Reads stream the file from
-//! disk; uploads are written at their offsets into `.<name>.part`, which is hashed and
+//! disk; uploads are written at their offsets into `.<name>.<tag>.part`, which is hashed and
 //! renamed into place on commit.
 
 use std::collections::{BTreeMap, HashMap};
