@@ -464,6 +464,10 @@ async fn repeated_requests_and_forged_acks_from_a_plain_client() {
     let r = m.recv_until("the error", |_| true).await.json();
     assert_eq!(r["state"], "error", "{r}");
     assert_eq!(r["code"], "bad_request", "{r}");
+    // A late repeat of the request, after its stream ended, does not run it again.
+    m.publish_json(&req, &ask, false).await;
+    let late = m.recv_within(Duration::from_millis(500)).await;
+    assert!(late.is_none(), "the stream ran again: {late:?}");
     let caller = builder(&app).connect().await.unwrap();
     let n: Vec<u64> = caller
         .call_stream::<_, u64>(&server.id().to_string(), "count", 3)

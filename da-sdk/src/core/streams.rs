@@ -28,6 +28,9 @@ pub(super) struct Streams {
     pub handlers: HashMap<String, StreamHandler>,
     /// Served streams running, by request id.
     serving: HashMap<String, Serving>,
+    /// Served streams that ended lately, by request id: a late repeat of their request
+    /// (QoS 1) does not run them again.
+    ended: HashMap<String, Instant>,
     /// Streamed calls being read, by request id.
     calls: HashMap<String, Caller>,
     out_tx: mpsc::Sender<Produced>,
@@ -43,6 +46,7 @@ impl Streams {
         Streams {
             handlers: HashMap::new(),
             serving: HashMap::new(),
+            ended: HashMap::new(),
             calls: HashMap::new(),
             out_tx,
             out_rx,
@@ -54,6 +58,24 @@ impl Streams {
 
 /// How long a stream's acknowledgement or cancellation waits for a connection.
 const CONTROL_KEPT: Duration = Duration::from_secs(60);
+
+/// How long an ended stream's id is remembered, and how many at most.
+const ENDED_KEPT: Duration = Duration::from_secs(60);
+const MAX_ENDED: usize = 4096;
+
+impl Streams {
+    /// Remembers that the stream `id` ended.
+    fn ended(&mut self, id: &str) {
+        if self.ended.len() >= MAX_ENDED {
+            let now = Instant::now();
+            self.ended
+                .retain(|_, t| now.duration_since(*t) < ENDED_KEPT);
+        }
+        if self.ended.len() < MAX_ENDED {
+            self.ended.insert(id.to_owned(), Instant::now());
+        }
+    }
+}
 
 /// A streamed call of ours.
 struct Caller {
@@ -72,8 +94,11 @@ impl Core {
         !self.streams.handlers.is_empty()
     }
 
-    /// Cancels calls whose reader went away, as its drop would have.
+    /// Cancels calls whose reader went away, as its drop would have; forgets streams that
+    /// ended long enough ago.
     pub(super) fn sweep_streams(&mut self) {
+        let now = Instant::now();
+        (self.streams.ended).retain(|_, t| now.duration_since(*t) < ENDED_KEPT);
         let gone: Vec<String> = (self.streams.calls.iter())
             .filter(|(_, c)| c.tx.is_closed())
             .map(|(id, _)| id.clone())
@@ -105,8 +130,12 @@ impl Core {
             code: RpcErrorCode::BadRequest,
             reason,
         };
-        // A repeat (QoS 1 may deliver twice) of a request whose stream runs: it has its answer.
-        if req.stream.is_some() && self.streams.serving.contains_key(&reply_to.id) {
+        // A repeat (QoS 1 may deliver twice) of a request whose stream runs or just ended: it
+        // has its answer.
+        let id = &reply_to.id;
+        if req.stream.is_some()
+            && (self.streams.serving.contains_key(id) || self.streams.ended.contains_key(id))
+        {
             tracing::debug!(id = reply_to.id, "ignored a repeated stream request");
             return;
         }
@@ -161,6 +190,7 @@ impl Core {
                 if let Some(s) = self.streams.serving.remove(&id) {
                     tracing::debug!(id, "a streamed call was cancelled by its caller");
                     s.cancel.cancel();
+                    self.streams.ended(&id);
                 }
             }
         }
@@ -170,6 +200,7 @@ impl Core {
     pub(super) fn on_produced(&mut self, p: Produced) {
         if !matches!(p.msg, StreamMsg::Item { .. }) {
             self.streams.serving.remove(p.msg.id());
+            self.streams.ended(p.msg.id());
         }
         self.enqueue(Out::Publish {
             topic: p.reply_to.topic,
