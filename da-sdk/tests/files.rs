@@ -93,16 +93,6 @@ async fn files_go_both_ways_checked_with_progress_and_nothing_half_written_left(
     client.deregister().await.unwrap();
 }
 
-/// A controller with fixed ports, so that a restarted one is where DAs were told it is.
-async fn fixed_app() -> App {
-    App::start(AppOptions {
-        csm_listen: Some(free_addr()),
-        mqtt_listen: Some(free_addr()),
-        ..Default::default()
-    })
-    .await
-}
-
 /// Runs `transfer` and restarts the controller (its embedded broker) once a quarter of the
 /// file is confirmed; returns the controller and the progress seen after the restart.
 async fn across_a_restart<F, Fut>(app: App, transfer: F) -> (App, Vec<Progress>)

@@ -327,16 +327,6 @@ async fn sdk_and_iottalk_py_share_the_data_plane() {
     app.wait_status("both gone", |s| s["registered"] == 0).await;
 }
 
-/// A controller with fixed ports, so that a restarted one is where DAs were told it is.
-async fn fixed_app() -> App {
-    App::start(AppOptions {
-        csm_listen: Some(free_addr()),
-        mqtt_listen: Some(free_addr()),
-        ..Default::default()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn broker_cut_pushes_made_meanwhile_are_delivered_once_in_order() {
     let mut app = fixed_app().await;

@@ -483,12 +483,7 @@ async fn repeated_requests_and_forged_acks_from_a_plain_client() {
 
 #[tokio::test]
 async fn a_server_of_streams_only_serves_again_after_a_controller_restart() {
-    let mut app = App::start(AppOptions {
-        csm_listen: Some(free_addr()),
-        mqtt_listen: Some(free_addr()),
-        ..Default::default()
-    })
-    .await;
+    let mut app = fixed_app().await;
     let server = counter(&app, Arc::default()).await;
     let caller = builder(&app).connect().await.unwrap();
     let target = server.id().to_string();

@@ -175,13 +175,18 @@ impl Core {
             outcome: done.outcome,
         }
         .to_json();
+        self.send_reply(done.reply_to, &body);
+    }
+
+    /// Publishes a reply (or a stream message) where a request asked for it.
+    pub(super) fn send_reply(&mut self, to: ReplyTo, body: &Value) {
         self.enqueue(Out::Publish {
-            topic: done.reply_to.topic,
+            topic: to.topic,
             payload: Bytes::from(body.to_string()),
             qos: QoS::AtLeastOnce,
             retain: false,
             tag: Tag::Other,
-            props: done.reply_to.correlation.map(|c| Props {
+            props: to.correlation.map(|c| Props {
                 correlation: Some(c),
                 ..Props::default()
             }),
@@ -249,16 +254,36 @@ impl Core {
                 return;
             }
         };
+        let id = self.send_request(topic, method.clone(), args, timeout, None);
+        self.calls.insert(
+            id,
+            PendingCall {
+                target,
+                method,
+                reply,
+            },
+        );
+    }
+
+    /// Publishes a request to `topic` with a fresh id, returned: kept across reconnects until
+    /// `timeout`, which is also its `deadline_ms` (a streamed call's deadline per item).
+    pub(super) fn send_request(
+        &mut self,
+        topic: String,
+        method: String,
+        args: Value,
+        timeout: Duration,
+        stream: Option<u32>,
+    ) -> String {
         let id = format!("{}-{}", self.nonce, self.next_call);
         self.next_call += 1;
-        let deadline_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let body = RpcRequest {
             id: Some(id.clone()),
-            method: method.clone(),
+            method,
             args,
             reply_to: Some(self.reply_topic.clone()),
-            deadline_ms: Some(deadline_ms),
-            stream: None,
+            deadline_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            stream,
         }
         .to_json();
         self.enqueue(Out::Publish {
@@ -277,13 +302,6 @@ impl Core {
             // A deadline past what the clock can hold (`Duration::MAX`) never expires.
             expires: Instant::now().checked_add(timeout),
         });
-        self.calls.insert(
-            id,
-            PendingCall {
-                target,
-                method,
-                reply,
-            },
-        );
+        id
     }
 }

@@ -21,7 +21,7 @@ use super::Core;
 use crate::error::Error;
 use crate::rpc::{Done, ReplyTo, DEFAULT_HANDLER_DEADLINE};
 use crate::streams::{self, Job, Note, Opened, Piece, Produced, Serving, StreamHandler};
-use crate::transport::{Out, Props, Tag};
+use crate::transport::{Out, Tag};
 
 /// The streams of a DA, served and called.
 pub(super) struct Streams {
@@ -202,18 +202,8 @@ impl Core {
             self.streams.serving.remove(p.msg.id());
             self.streams.ended(p.msg.id());
         }
-        self.enqueue(Out::Publish {
-            topic: p.reply_to.topic,
-            payload: Bytes::from(p.msg.to_json().to_string()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            tag: Tag::Other,
-            props: p.reply_to.correlation.map(|c| Props {
-                correlation: Some(c),
-                ..Props::default()
-            }),
-            expires: None,
-        });
+        let body = p.msg.to_json();
+        self.send_reply(p.reply_to, &body);
     }
 
     /// Starts a streamed call: the request goes out, the reader gets its channel.
@@ -233,32 +223,7 @@ impl Core {
                 return;
             }
         };
-        let id = format!("{}-{}", self.nonce, self.next_call);
-        self.next_call += 1;
-        let body = RpcRequest {
-            id: Some(id.clone()),
-            method: method.clone(),
-            args,
-            reply_to: Some(self.reply_topic.clone()),
-            deadline_ms: Some(u64::try_from(gap.as_millis()).unwrap_or(u64::MAX)),
-            stream: Some(window),
-        }
-        .to_json();
-        self.enqueue(Out::Publish {
-            topic: req_topic.clone(),
-            payload: Bytes::from(body.to_string()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            tag: Tag::Call,
-            props: Some(Props {
-                response_topic: Some(self.reply_topic.clone()),
-                correlation: Some(Bytes::from(id.clone())),
-                expiry_secs: Some(
-                    u32::try_from(gap.as_secs().saturating_add(1)).unwrap_or(u32::MAX),
-                ),
-            }),
-            expires: Instant::now().checked_add(gap),
-        });
+        let id = self.send_request(req_topic.clone(), method.clone(), args, gap, Some(window));
         // Room for a full window, the last message and an error of ours: a server keeping to
         // the window never finds it full.
         let (tx, rx) = mpsc::channel(window as usize + 3);

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use da_sdk::{Da, DaBuilder, DaId, Status};
-use iot_tests::{new_id, App, Mqtt, Received, WAIT};
+use iot_tests::{free_addr, new_id, App, AppOptions, Mqtt, Received, WAIT};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -219,4 +219,14 @@ pub fn same_file(a: &Path, b: &Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert_eq!(x.len(), y.len(), "{} and {}", a.display(), b.display());
     assert!(x == y, "{} and {} differ", a.display(), b.display());
+}
+
+/// A controller with fixed ports, so that a restarted one is where DAs were told it is.
+pub async fn fixed_app() -> App {
+    App::start(AppOptions {
+        csm_listen: Some(free_addr()),
+        mqtt_listen: Some(free_addr()),
+        ..Default::default()
+    })
+    .await
 }
