@@ -16,6 +16,7 @@ mod acl_hooks;
 pub mod config;
 mod hooks;
 mod limits;
+mod takeover;
 mod tls;
 
 pub use config::EmbeddedConfig;
@@ -193,6 +194,7 @@ impl EmbeddedBroker {
         let will_check = acl.clone().map(|acl| (acl, acl_denied.clone()));
         hooks::register_hooks(&scx, &local, &dropped, auth, will_check).await;
         limits::register(&scx, checked.max_topic_levels, cfg.max_payload_bytes).await;
+        takeover::register(&scx).await;
         if let Some(acl) = acl {
             acl_hooks::register(&scx, acl, acl_denied.clone()).await;
         }

@@ -1,0 +1,73 @@
+//! A CONNECT with a clean start takes over a live session of its client id before rmqtt's
+//! own handshake does (a `ClientConnect` hook, which rmqtt awaits before that).
+//!
+//! Why: rmqtt 0.24 takes a session over by sending the old connection's task a `Kick` and
+//! waiting for its answer. When the old client has just closed its socket, that task may be
+//! in its teardown already (`SessionState::run_loop` picks the close or the kick at random,
+//! and the teardown reads no more kicks): the kick's answer channel is dropped unanswered and
+//! rmqtt refuses the new CONNECT with "server unavailable" (3.1.1 code 3, MQTT 5 0x88). Same-id
+//! reconnects right after a close were refused in 2-17 % of attempts (docs/broker-upstream.md).
+//!
+//! Here the kick is sent first, and its outcome does not matter: answered, the old session is
+//! gone; unanswered, its task has finished its teardown, which removes the session. rmqtt's
+//! own kick then finds nothing to take over and accepts. For a clean-start CONNECT that is
+//! what rmqtt would do anyway (the old session is discarded, `session present` is 0); a
+//! CONNECT resuming a persistent session is left to rmqtt (its old session must hand over its
+//! state, and an offline one always answers).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
+use rmqtt::types::Id;
+
+/// How long the take-over waits for another CONNECT of the same client id to finish its
+/// handshake (rmqtt lets one handshake per client id run at a time).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+const LOCK_RETRY: Duration = Duration::from_millis(5);
+
+/// Registers the hook. Called before the server accepts connections.
+pub(super) async fn register(scx: &ServerContext) {
+    let register = scx.extends.hook_mgr().register();
+    let hook = Takeover { scx: scx.clone() };
+    register.add(Type::ClientConnect, Box::new(hook)).await;
+    register.start().await;
+}
+
+struct Takeover {
+    scx: ServerContext,
+}
+
+#[async_trait]
+impl Handler for Takeover {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::ClientConnect(info) = param {
+            if info.clean_start() {
+                take_over(&self.scx, info.id()).await;
+            }
+        }
+        (true, acc)
+    }
+}
+
+/// Kicks the live session of `id`'s client id, if there is one.
+async fn take_over(scx: &ServerContext, id: &Id) {
+    let entry = { scx.extends.shared().await.entry(id.clone()) };
+    if entry.tx().is_none_or(|tx| tx.is_closed()) {
+        return;
+    }
+    let started = tokio::time::Instant::now();
+    let mut locked = loop {
+        match entry.try_lock().await {
+            Ok(e) => break e,
+            // Another handshake of this client id holds it: rmqtt decides between them.
+            Err(_) if started.elapsed() >= LOCK_WAIT => return,
+            Err(_) => tokio::time::sleep(LOCK_RETRY).await,
+        }
+    };
+    // Answered or not, the old session is gone afterwards (see the module's comment).
+    if let Err(e) = locked.kick(true, true, false).await {
+        tracing::debug!(client.id = %id.client_id, error = %e, "took over a session in its teardown");
+    }
+}
