@@ -47,6 +47,9 @@ pub struct EmbeddedConfig {
     /// How long a new connection may take to send its CONNECT (and, for WebSocket, its
     /// upgrade) before it is closed.
     pub handshake_timeout_ms: u64,
+    /// How long an MQTT 3.1.1 persistent session (clean session 0) is kept while its client
+    /// is offline; MQTT 5 clients name their own expiry.
+    pub session_expiry_seconds: u64,
     /// MQTT over TLS, `host:port` (8883 by convention); empty disables it. Needs `tls`.
     pub tls_listen: String,
     /// MQTT over WebSocket over TLS (any path, e.g. `/mqtt`), `host:port`; empty disables it.
@@ -71,6 +74,7 @@ impl Default for EmbeddedConfig {
             host_send_timeout_ms: 1000,
             max_topic_levels: 128,
             handshake_timeout_ms: 10_000,
+            session_expiry_seconds: 7_200,
             tls_listen: String::new(),
             wss_listen: String::new(),
             tls: None,
@@ -86,6 +90,7 @@ pub(super) struct Checked {
     pub max_packet_bytes: u32,
     pub inflight: NonZeroU16,
     pub max_topic_levels: usize,
+    pub session_expiry: std::time::Duration,
     pub tls_listen: Option<SocketAddr>,
     pub wss_listen: Option<SocketAddr>,
 }
@@ -107,9 +112,24 @@ impl EmbeddedConfig {
             max_packet_bytes: self.max_packet_bytes()?,
             inflight: self.inflight()?,
             max_topic_levels: self.topic_levels()?,
+            session_expiry: self.session_expiry()?,
             tls_listen: optional_addr(&self.tls_listen, "broker.tls_listen")?,
             wss_listen: optional_addr(&self.wss_listen, "broker.wss_listen")?,
         })
+    }
+
+    /// `session_expiry_seconds`: 0 (not kept) to 4294967295 (MQTT 5's largest, about 136 years).
+    pub(super) fn session_expiry(&self) -> Result<std::time::Duration, BrokerError> {
+        Some(self.session_expiry_seconds)
+            .filter(|s| *s <= u64::from(u32::MAX))
+            .map(std::time::Duration::from_secs)
+            .ok_or(BrokerError::OutOfRange {
+                key: "broker.session_expiry_seconds",
+                value: self.session_expiry_seconds,
+                min: 0,
+                max: u64::from(u32::MAX),
+                why: " (MQTT 5's largest session expiry, about 136 years)",
+            })
     }
 
     pub(super) fn topic_levels(&self) -> Result<usize, BrokerError> {
@@ -206,6 +226,15 @@ mod tests {
         });
         assert!(
             text.contains("broker.ws_listen") && text.contains("localhost"),
+            "{text}"
+        );
+        let text = check(EmbeddedConfig {
+            session_expiry_seconds: u64::from(u32::MAX) + 1,
+            ..EmbeddedConfig::default()
+        });
+        assert!(
+            text.contains("`broker.session_expiry_seconds`")
+                && text.contains("between 0 and 4294967295"),
             "{text}"
         );
         for levels in [0, MAX_TOPIC_LEVELS + 1] {

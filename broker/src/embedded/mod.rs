@@ -143,7 +143,9 @@ impl EmbeddedBroker {
             // rmqtt resent every unacknowledged QoS 1/2 PUBLISH on the open connection every 20 s
             // (with DUP), which MQTT 5 forbids (4.4: only on reconnect) and Mosquitto does not do:
             // a subscriber that takes 20 s to ack got duplicates. Zero: resent on reconnect only.
-            .message_retry_interval(Duration::ZERO);
+            .message_retry_interval(Duration::ZERO)
+            // MQTT 3.1.1 persistent sessions: rmqtt keeps them 2 h offline unless told.
+            .session_expiry_interval(checked.session_expiry);
         let tcp = bind(
             builder.clone().name("iotctl/tcp").laddr(checked.listen),
             "MQTT over TCP",

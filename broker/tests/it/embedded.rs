@@ -705,3 +705,48 @@ async fn immediate_same_id_reconnects_are_never_refused() {
         );
     }
 }
+
+/// `session_expiry_seconds` bounds how long an MQTT 3.1.1 persistent session is kept offline:
+/// back within it, the client finds its session (and the message queued for it); after it, a
+/// fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_3_1_1_sessions_expire_after_the_configured_time() {
+    let b = spawn_broker_with(EmbeddedConfig {
+        session_expiry_seconds: 2,
+        ..test_config()
+    })
+    .await;
+    // CONNECT with clean session 0: the flags byte follows "\0\x04MQTT" and the level.
+    let mut conn = raw::connect("keeper", Proto::V311, 30, None);
+    assert_eq!(&conn[4..8], b"MQTT");
+    conn[9] &= !0x02;
+    let session_present = |ack: &(u8, Vec<u8>)| ack.1[0] & 1 == 1;
+    let connect = || async {
+        let mut s = TcpStream::connect(b.addr()).await.unwrap();
+        s.write_all(&conn).await.unwrap();
+        let ack = raw::expect(&mut s, WAIT, "CONNACK").await;
+        assert_eq!(raw::connack_code(&ack), 0);
+        (s, session_present(&ack))
+    };
+    let (mut s, present) = connect().await;
+    assert!(!present);
+    s.write_all(&raw::subscribe(1, "keep/#", 1)).await.unwrap();
+    assert_eq!(raw::expect(&mut s, WAIT, "SUBACK").await.0, raw::SUBACK);
+    drop(s);
+    // Back within the expiry: the session and a message published meanwhile are there.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.broker
+        .publish(Message::new("keep/1", "kept", QoS::AtLeastOnce, false))
+        .await
+        .unwrap();
+    let (mut s, present) = connect().await;
+    assert!(present, "the session was kept");
+    let p = raw::expect(&mut s, WAIT, "the queued PUBLISH").await;
+    assert_eq!(p.0 & 0xF0, 0x30, "{p:?}");
+    assert!(p.1.ends_with(b"kept"), "{p:?}");
+    drop(s);
+    // Offline longer than the expiry: gone.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (_s, present) = connect().await;
+    assert!(!present, "the session outlived session_expiry_seconds");
+}
