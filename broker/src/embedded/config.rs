@@ -50,6 +50,8 @@ pub struct EmbeddedConfig {
     /// How long an MQTT 3.1.1 persistent session (clean session 0) is kept while its client
     /// is offline; MQTT 5 clients name their own expiry.
     pub session_expiry_seconds: u64,
+    /// How often the `$SYS/broker/...` topics are published (retained), in seconds; 0: never.
+    pub sys_interval_seconds: u64,
     /// MQTT over TLS, `host:port` (8883 by convention); empty disables it. Needs `tls`.
     pub tls_listen: String,
     /// MQTT over WebSocket over TLS (any path, e.g. `/mqtt`), `host:port`; empty disables it.
@@ -75,6 +77,7 @@ impl Default for EmbeddedConfig {
             max_topic_levels: 128,
             handshake_timeout_ms: 10_000,
             session_expiry_seconds: 7_200,
+            sys_interval_seconds: 10,
             tls_listen: String::new(),
             wss_listen: String::new(),
             tls: None,

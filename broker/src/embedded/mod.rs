@@ -16,6 +16,7 @@ mod acl_hooks;
 pub mod config;
 mod hooks;
 mod limits;
+mod sys;
 mod takeover;
 mod tls;
 
@@ -197,6 +198,10 @@ impl EmbeddedBroker {
         hooks::register_hooks(&scx, &local, &dropped, auth, will_check).await;
         limits::register(&scx, checked.max_topic_levels, cfg.max_payload_bytes).await;
         takeover::register(&scx).await;
+        let sys_counts = Arc::new(sys::Counts::default());
+        if cfg.sys_interval_seconds > 0 {
+            sys::register(&scx, sys_counts.clone()).await;
+        }
         if let Some(acl) = acl {
             acl_hooks::register(&scx, acl, acl_denied.clone()).await;
         }
@@ -233,6 +238,10 @@ impl EmbeddedBroker {
         };
         tracing::info!(mqtt.addr = %mqtt_addr, ws.addr = ?ws_addr, tls.addr = ?secure_addrs.tls, wss.addr = ?secure_addrs.wss, "embedded MQTT broker listening");
 
+        if cfg.sys_interval_seconds > 0 {
+            let every = Duration::from_secs(cfg.sys_interval_seconds);
+            sys::spawn(broker.clone(), sys_counts, every, shutdown.clone());
+        }
         let task = tokio::spawn(async move {
             tokio::select! {
                 res = server.run() => {

@@ -750,3 +750,61 @@ async fn persistent_3_1_1_sessions_expire_after_the_configured_time() {
     let (_s, present) = connect().await;
     assert!(!present, "the session outlived session_expiry_seconds");
 }
+
+/// `$SYS/broker/...` under Mosquitto's names, retained, refreshed every
+/// `sys_interval_seconds`: clients, PUBLISH messages and bytes each way, uptime, version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_report_clients_messages_bytes_uptime_and_version() {
+    let b = spawn_broker_with(EmbeddedConfig {
+        sys_interval_seconds: 1,
+        ..test_config()
+    })
+    .await;
+    let reader = client(b.addr(), "sys-reader").await;
+    reader
+        .client
+        .subscribe("data/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let writer = client(b.addr(), "sys-writer").await;
+    // 3 publishes of topic `data/x` (6 bytes) and payload `hello` (5 bytes), each delivered
+    // to the reader.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        writer
+            .client
+            .publish("data/x", rumqttc::QoS::AtLeastOnce, false, "hello")
+            .await
+            .unwrap();
+    }
+    let mut sys = client(b.addr(), "sys-watcher").await;
+    sys.client
+        .subscribe("$SYS/broker/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    let wanted = |seen: &std::collections::BTreeMap<String, String>| {
+        seen.get("messages/received").is_some_and(|v| v == "3")
+            && seen.get("messages/sent").is_some_and(|v| v.parse::<u64>().unwrap() >= 3)
+            && seen.get("clients/connected").is_some_and(|v| v == "3")
+            && seen.get("bytes/received").is_some_and(|v| v == "33")
+            // The last figure of a round.
+            && seen.get("bytes/sent").is_some_and(|v| v.parse::<u64>().unwrap() >= 33)
+    };
+    within(WAIT, "the $SYS figures", async {
+        while !wanted(&seen) {
+            if let Some(Packet::Publish(p)) = sys.rx.recv().await {
+                let name = p.topic.strip_prefix("$SYS/broker/").unwrap().to_owned();
+                seen.insert(name, String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+    })
+    .await;
+    assert!(seen["version"].contains("rmqtt 0.24.0"), "{seen:?}");
+    assert!(seen["uptime"].ends_with(" seconds"), "{seen:?}");
+    assert!(
+        seen["clients/total"].parse::<u64>().unwrap() >= 3,
+        "{seen:?}"
+    );
+    assert_eq!(seen["publish/messages/received"], "3");
+}
