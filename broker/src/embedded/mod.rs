@@ -14,6 +14,7 @@
 
 mod acl_hooks;
 pub mod config;
+mod disconnect;
 mod hooks;
 mod limits;
 mod sys;
@@ -242,6 +243,7 @@ impl EmbeddedBroker {
             let every = Duration::from_secs(cfg.sys_interval_seconds);
             sys::spawn(broker.clone(), sys_counts, every, shutdown.clone());
         }
+        disconnect::spawn(scx.clone(), shutdown.clone());
         let task = tokio::spawn(async move {
             tokio::select! {
                 res = server.run() => {

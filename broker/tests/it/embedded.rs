@@ -808,3 +808,96 @@ async fn sys_topics_report_clients_messages_bytes_uptime_and_version() {
     );
     assert_eq!(seen["publish/messages/received"], "3");
 }
+
+/// A CONNECT (clean session, keepalive 0) with a will: `topic` and `message`, QoS 0.
+fn connect_with_will(client_id: &str, proto: Proto, topic: &str, message: &[u8]) -> Vec<u8> {
+    let v5 = matches!(proto, Proto::V5);
+    let put = |b: &mut Vec<u8>, s: &[u8]| {
+        b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        b.extend_from_slice(s);
+    };
+    let mut body = Vec::new();
+    put(&mut body, b"MQTT");
+    body.push(if v5 { 5 } else { 4 });
+    body.push(0x02 | 0x04); // clean session, will flag (QoS 0, not retained)
+    body.extend_from_slice(&0u16.to_be_bytes());
+    if v5 {
+        body.push(0); // no CONNECT properties
+    }
+    put(&mut body, client_id.as_bytes());
+    if v5 {
+        body.push(0); // no will properties
+    }
+    put(&mut body, topic.as_bytes());
+    put(&mut body, message);
+    let mut out = vec![0x10, u8::try_from(body.len()).unwrap()];
+    out.extend_from_slice(&body);
+    out
+}
+
+/// DISCONNECT closes the connection at once, even when the client keeps its socket open
+/// (rmqtt alone kept it online until the client closed it: forever with keepalive 0); the
+/// will is not sent after a DISCONNECT, and is sent after a reset. MQTT 3.1.1 and 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_closes_the_connection_and_discards_the_will() {
+    let b = spawn_broker().await;
+    let mut wills = b.broker.subscribe("will/#", 10).await.unwrap();
+    for (proto, name) in [(Proto::V311, "3"), (Proto::V5, "5")] {
+        let topic = format!("will/{name}");
+        let conn = connect_with_will(&format!("leaving-{name}"), proto, &topic, b"gone");
+        let (mut s, code) = raw::connect_with(b.addr(), &conn).await;
+        assert_eq!(code, 0);
+        s.write_all(&[0xE0, 0x00]).await.unwrap(); // DISCONNECT, socket left open
+        let closed = tokio::time::timeout(Duration::from_secs(1), raw::read(&mut s)).await;
+        assert!(
+            matches!(closed, Ok(None)),
+            "MQTT {name}: still open a second after DISCONNECT: {closed:?}"
+        );
+        // Reset without DISCONNECT: the will goes out.
+        let conn = connect_with_will(&format!("dropped-{name}"), proto, &topic, b"lost");
+        let (s, code) = raw::connect_with(b.addr(), &conn).await;
+        assert_eq!(code, 0);
+        s.set_zero_linger().unwrap();
+        drop(s);
+        let will = within(WAIT, "the will after a reset", wills.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            (will.topic.as_str(), &will.payload[..]),
+            (topic.as_str(), &b"lost"[..])
+        );
+    }
+    // Over WebSocket too.
+    let ws = b.broker.ws_addr().unwrap();
+    let mut req = format!("ws://{ws}/mqtt").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let tcp = TcpStream::connect(ws).await.unwrap();
+    let (mut wsock, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let conn = connect_with_will("leaving-ws", Proto::V311, "will/ws", b"gone");
+    wsock.send(WsMessage::binary(conn)).await.unwrap();
+    let ack = within(WAIT, "CONNACK", wsock.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.into_data()[3], 0);
+    wsock
+        .send(WsMessage::binary(vec![0xE0, 0x00]))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(m)) = wsock.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "still open over WebSocket a second after DISCONNECT"
+    );
+    // No DISCONNECT sent its will.
+    let extra = tokio::time::timeout(Duration::from_millis(300), wills.recv()).await;
+    assert!(extra.is_err(), "a will after DISCONNECT: {extra:?}");
+}
