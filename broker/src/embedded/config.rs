@@ -94,6 +94,7 @@ pub(super) struct Checked {
     pub inflight: NonZeroU16,
     pub max_topic_levels: usize,
     pub session_expiry: std::time::Duration,
+    pub sys_interval: Option<std::time::Duration>,
     pub tls_listen: Option<SocketAddr>,
     pub wss_listen: Option<SocketAddr>,
 }
@@ -116,6 +117,7 @@ impl EmbeddedConfig {
             inflight: self.inflight()?,
             max_topic_levels: self.topic_levels()?,
             session_expiry: self.session_expiry()?,
+            sys_interval: self.sys_interval()?,
             tls_listen: optional_addr(&self.tls_listen, "broker.tls_listen")?,
             wss_listen: optional_addr(&self.wss_listen, "broker.wss_listen")?,
         })
@@ -133,6 +135,21 @@ impl EmbeddedConfig {
                 max: u64::from(u32::MAX),
                 why: " (MQTT 5's largest session expiry, about 136 years)",
             })
+    }
+
+    /// `sys_interval_seconds`: 0 (no `$SYS` topics) to 86400 (a day).
+    pub(super) fn sys_interval(&self) -> Result<Option<std::time::Duration>, BrokerError> {
+        match self.sys_interval_seconds {
+            0 => Ok(None),
+            s @ 1..=86_400 => Ok(Some(std::time::Duration::from_secs(s))),
+            s => Err(BrokerError::OutOfRange {
+                key: "broker.sys_interval_seconds",
+                value: s,
+                min: 0,
+                max: 86_400,
+                why: " (0 turns the $SYS topics off)",
+            }),
+        }
     }
 
     pub(super) fn topic_levels(&self) -> Result<usize, BrokerError> {
@@ -238,6 +255,14 @@ mod tests {
         assert!(
             text.contains("`broker.session_expiry_seconds`")
                 && text.contains("between 0 and 4294967295"),
+            "{text}"
+        );
+        let text = check(EmbeddedConfig {
+            sys_interval_seconds: u64::MAX,
+            ..EmbeddedConfig::default()
+        });
+        assert!(
+            text.contains("`broker.sys_interval_seconds`") && text.contains("between 0 and 86400"),
             "{text}"
         );
         for levels in [0, MAX_TOPIC_LEVELS + 1] {

@@ -1,6 +1,7 @@
 //! The embedded broker's rmqtt hooks: host subscriptions (`MessagePublish`, with the publisher
 //! and the MQTT 5 request/response properties), drop counting (`MessageDropped`) and CONNECT
-//! authentication with the will's topic (`ClientAuthenticate`). Registered once by
+//! authentication with the will's topic and the take-over of a live session
+//! (`ClientAuthenticate`). Registered once by
 //! [`register_hooks`] before the server accepts connections. Not here: the server's settings
 //! (see `mod.rs`).
 
@@ -25,8 +26,7 @@ pub(super) async fn register_hooks(
     scx: &ServerContext,
     local: &LocalRouter,
     dropped: &Arc<AtomicU64>,
-    auth: Option<Arc<dyn Authenticator>>,
-    will_check: Option<(Arc<dyn TopicAcl>, Arc<AclCounts>)>,
+    login: Login,
 ) {
     let register = scx.extends.hook_mgr().register();
     let publish = PublishHook {
@@ -37,14 +37,11 @@ pub(super) async fn register_hooks(
         dropped: dropped.clone(),
     };
     register.add(Type::MessageDropped, Box::new(drops)).await;
-    if let Some(auth) = auth {
-        register
-            .add(
-                Type::ClientAuthenticate,
-                Box::new(AuthHook { auth, will_check }),
-            )
-            .await;
-    }
+    let auth = AuthHook {
+        login,
+        scx: scx.clone(),
+    };
+    register.add(Type::ClientAuthenticate, Box::new(auth)).await;
     register.start().await;
 }
 
@@ -115,19 +112,29 @@ impl Handler for DroppedHook {
     }
 }
 
-/// Checks CONNECT credentials with the [`Authenticator`], then, with a topic ACL, the will's
-/// topic (rmqtt publishes wills without asking the ACL): only once the client is known, so an
-/// anonymous flood costs no more than a refusal. rmqtt only asks when the client sent a
-/// username or anonymous clients are not allowed.
+/// Every CONNECT's login: anonymous clients per `allow_anonymous`, credentials with the
+/// [`Authenticator`] (if any), then, with a topic ACL, the will's topic (rmqtt publishes wills
+/// without asking the ACL): only once the client is known, so an anonymous flood costs no more
+/// than a refusal. An accepted clean start then takes over a live session of its client id.
 struct AuthHook {
-    auth: Arc<dyn Authenticator>,
-    will_check: Option<(Arc<dyn TopicAcl>, Arc<AclCounts>)>,
+    login: Login,
+    scx: ServerContext,
+}
+
+/// Who may connect: checked by the authentication hook for every CONNECT.
+pub(super) struct Login {
+    /// Checks usernames and passwords; without one, any username and password are accepted.
+    pub auth: Option<Arc<dyn Authenticator>>,
+    /// The topic ACL a will must keep to, and where its refusals are counted.
+    pub will_check: Option<(Arc<dyn TopicAcl>, Arc<AclCounts>)>,
+    /// Whether clients without a username are accepted.
+    pub allow_anonymous: bool,
 }
 
 impl AuthHook {
     /// Whether the will of `info` (if any) names a topic its client may publish on.
     fn will_allowed(&self, info: &rmqtt::types::ConnectInfo, username: &str) -> bool {
-        let (Some((acl, counts)), Some(will)) = (&self.will_check, info.last_will()) else {
+        let (Some((acl, counts)), Some(will)) = (&self.login.will_check, info.last_will()) else {
             return true;
         };
         let topic = match &will {
@@ -153,10 +160,27 @@ impl Handler for AuthHook {
         let Parameter::ClientAuthenticate(info) = param else {
             return (true, acc);
         };
-        let result = match info.username() {
-            Some(user) => {
+        // `$SYS/...` is the broker's own; a will there would be published unchecked.
+        let sys_will = info.last_will().is_some_and(|w| {
+            let topic: &str = match &w {
+                LastWill::V3(w) => w.topic.as_ref(),
+                LastWill::V5(w) => w.topic.as_ref(),
+            };
+            topic.starts_with("$SYS")
+        });
+        let result = match (info.username(), &self.login.auth) {
+            _ if sys_will => AuthResult::NotAuthorized,
+            (None, _) if self.login.allow_anonymous => AuthResult::Allow(false, None),
+            (None, auth) => {
+                if let Some(a) = auth {
+                    a.refused_anonymous();
+                }
+                AuthResult::NotAuthorized
+            }
+            (Some(_), None) => AuthResult::Allow(false, None),
+            (Some(user), Some(auth)) => {
                 let password = info.password().map(|p| p.as_ref()).unwrap_or_default();
-                if !self.auth.check(user, password).await {
+                if !auth.check(user, password).await {
                     AuthResult::BadUsernameOrPassword
                 } else if !self.will_allowed(info, user) {
                     AuthResult::NotAuthorized
@@ -164,11 +188,12 @@ impl Handler for AuthHook {
                     AuthResult::Allow(false, None)
                 }
             }
-            None => {
-                self.auth.refused_anonymous();
-                AuthResult::NotAuthorized
-            }
         };
+        // Accepted: a clean start takes a live session of its client id over now, so that
+        // rmqtt's own take-over cannot refuse it (`takeover.rs`).
+        if matches!(result, AuthResult::Allow(..)) && info.clean_start() {
+            super::takeover::take_over(&self.scx, info.id()).await;
+        }
         (false, Some(HookResult::AuthResult(result)))
     }
 }

@@ -78,6 +78,26 @@ impl Handler for TopicLevels {
                     Some(HookResult::PublishAclResult(PublishAclResult(refused))),
                 )
             }
+            // `$SYS/...` is the broker's own (`sys.rs`): a client's publish there goes nowhere (as
+            // with Mosquitto); MQTT 5 publishers get reason 0x87, not authorized. (A CONNECT
+            // with a will there is refused: `hooks::AuthHook`.)
+            Parameter::MessagePublish(_, from, p)
+                if p.topic.starts_with("$SYS") && !matches!(from.typ(), FromType::Admin) =>
+            {
+                (false, acc)
+            }
+            Parameter::MessagePublishCheckAcl(s, p) if p.topic.starts_with("$SYS") => {
+                tracing::debug!(client.id = ?s.id.client_id, "publish on $SYS refused");
+                let refused = PublishResult::reason_code(
+                    PublishAckReason::NotAuthorized,
+                    Some("$SYS topics are the broker's".into()),
+                    false,
+                );
+                (
+                    false,
+                    Some(HookResult::PublishAclResult(PublishAclResult(refused))),
+                )
+            }
             // A client's payload over `max_payload_bytes`: no host subscription sees it, and it
             // is refused without disconnecting (MQTT 5: reason 0x97, quota exceeded).
             Parameter::MessagePublish(Some(_), _, p) if p.payload.len() > self.max_payload => {

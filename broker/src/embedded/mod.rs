@@ -128,7 +128,9 @@ impl EmbeddedBroker {
             .max_packet_size(checked.max_packet_bytes)
             .max_inflight(checked.inflight)
             .max_mqueue_len(cfg.max_mqueue_len)
-            .allow_anonymous(cfg.allow_anonymous)
+            // Every CONNECT goes through our authentication hook, which applies
+            // `allow_anonymous` itself (rmqtt would skip the hooks for anonymous clients).
+            .allow_anonymous(false)
             .allow_zero_keepalive(true)
             // rmqtt's default is 65,535 bytes per client id; ids end up in logs and maps.
             .max_clientid_len(MAX_CLIENT_ID_BYTES)
@@ -196,11 +198,15 @@ impl EmbeddedBroker {
         // the authenticator is in place for the very first CONNECT.
         let acl_denied = Arc::new(acl_hooks::AclCounts::default());
         let will_check = acl.clone().map(|acl| (acl, acl_denied.clone()));
-        hooks::register_hooks(&scx, &local, &dropped, auth, will_check).await;
+        let login = hooks::Login {
+            auth,
+            will_check,
+            allow_anonymous: cfg.allow_anonymous,
+        };
+        hooks::register_hooks(&scx, &local, &dropped, login).await;
         limits::register(&scx, checked.max_topic_levels, cfg.max_payload_bytes).await;
-        takeover::register(&scx).await;
         let sys_counts = Arc::new(sys::Counts::default());
-        if cfg.sys_interval_seconds > 0 {
+        if checked.sys_interval.is_some() {
             sys::register(&scx, sys_counts.clone()).await;
         }
         if let Some(acl) = acl {
@@ -239,8 +245,7 @@ impl EmbeddedBroker {
         };
         tracing::info!(mqtt.addr = %mqtt_addr, ws.addr = ?ws_addr, tls.addr = ?secure_addrs.tls, wss.addr = ?secure_addrs.wss, "embedded MQTT broker listening");
 
-        if cfg.sys_interval_seconds > 0 {
-            let every = Duration::from_secs(cfg.sys_interval_seconds);
+        if let Some(every) = checked.sys_interval {
             sys::spawn(broker.clone(), sys_counts, every, shutdown.clone());
         }
         disconnect::spawn(scx.clone(), shutdown.clone());

@@ -1,5 +1,8 @@
 //! A CONNECT with a clean start takes over a live session of its client id before rmqtt's
-//! own handshake does (a `ClientConnect` hook, which rmqtt awaits before that).
+//! own handshake does: called by the authentication hook (`hooks::AuthHook`) once the CONNECT
+//! is accepted, so only an authenticated client can take a session over, and every refusal of
+//! rmqtt's handshake (client id length, `max_sessions`, MQTT 5 authentication method and will
+//! checks, credentials, the will's ACL) has been passed.
 //!
 //! Why: rmqtt 0.24 takes a session over by sending the old connection's task a `Kick` and
 //! waiting for its answer. When the old client has just closed its socket, that task may be
@@ -13,46 +16,21 @@
 //! own kick then finds nothing to take over and accepts. For a clean-start CONNECT that is
 //! what rmqtt would do anyway (the old session is discarded, `session present` is 0); a
 //! CONNECT resuming a persistent session is left to rmqtt (its old session must hand over its
-//! state, and an offline one always answers).
+//! state; an offline one always answers).
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rmqtt::context::ServerContext;
-use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::types::Id;
 
 /// How long the take-over waits for another CONNECT of the same client id to finish its
-/// handshake (rmqtt lets one handshake per client id run at a time).
-const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// handshake (rmqtt lets one handshake per client id run at a time and refuses the others at
+/// once): short, as it holds this handshake.
+const LOCK_WAIT: Duration = Duration::from_millis(200);
 const LOCK_RETRY: Duration = Duration::from_millis(5);
 
-/// Registers the hook. Called before the server accepts connections.
-pub(super) async fn register(scx: &ServerContext) {
-    let register = scx.extends.hook_mgr().register();
-    let hook = Takeover { scx: scx.clone() };
-    register.add(Type::ClientConnect, Box::new(hook)).await;
-    register.start().await;
-}
-
-struct Takeover {
-    scx: ServerContext,
-}
-
-#[async_trait]
-impl Handler for Takeover {
-    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        if let Parameter::ClientConnect(info) = param {
-            if info.clean_start() {
-                take_over(&self.scx, info.id()).await;
-            }
-        }
-        (true, acc)
-    }
-}
-
 /// Kicks the live session of `id`'s client id, if there is one.
-async fn take_over(scx: &ServerContext, id: &Id) {
+pub(super) async fn take_over(scx: &ServerContext, id: &Id) {
     let entry = { scx.extends.shared().await.entry(id.clone()) };
     if entry.tx().is_none_or(|tx| tx.is_closed()) {
         return;

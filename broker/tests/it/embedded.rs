@@ -901,3 +901,86 @@ async fn disconnect_closes_the_connection_and_discards_the_will() {
     let extra = tokio::time::timeout(Duration::from_millis(300), wills.recv()).await;
     assert!(extra.is_err(), "a will after DISCONNECT: {extra:?}");
 }
+
+/// Only an authenticated CONNECT takes a live session over: one with the right client id but
+/// a wrong password, or none, is refused and the device stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_does_not_take_the_session_over() {
+    let b = spawn_broker_with_auth(
+        EmbeddedConfig {
+            allow_anonymous: false,
+            ..test_config()
+        },
+        Some(Arc::new(OnePassword)),
+    )
+    .await;
+    let good = raw::connect("device-1", Proto::V311, 0, Some(("dev", "secret")));
+    let (mut device, code) = raw::connect_with(b.addr(), &good).await;
+    assert_eq!(code, 0);
+    for (login, want) in [
+        (Some(("dev", "wrong")), 4),
+        (None, 5),
+        (Some(("eve", "x")), 4),
+    ] {
+        let forged = raw::connect("device-1", Proto::V311, 0, login);
+        assert_eq!(
+            raw::connect_with(b.addr(), &forged).await.1,
+            want,
+            "{login:?}"
+        );
+        device.write_all(&raw::pingreq()).await.unwrap();
+        let pong = raw::expect(&mut device, WAIT, "PINGRESP after a refused take-over").await;
+        assert_eq!(pong.0, raw::PINGRESP, "{login:?}");
+    }
+    // The device itself, reconnecting at once, takes its session over.
+    let (_again, code) = raw::connect_with(b.addr(), &good).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        raw::read(&mut device).await,
+        None,
+        "the old connection was closed"
+    );
+}
+
+/// `$SYS/...` is the broker's: a client's publish there reaches nobody and changes no retained
+/// figure, and a CONNECT with a will there is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_write_sys_topics() {
+    let b = spawn_broker_with(EmbeddedConfig {
+        sys_interval_seconds: 1,
+        ..test_config()
+    })
+    .await;
+    let mut host = b.broker.subscribe("$SYS/#", 100).await.unwrap();
+    let forger = client(b.addr(), "forger").await;
+    forger
+        .client
+        .publish(
+            "$SYS/broker/version",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            "forged",
+        )
+        .await
+        .unwrap();
+    forger
+        .client
+        .publish("$SYS/mine", rumqttc::QoS::AtLeastOnce, true, "forged")
+        .await
+        .unwrap();
+    // Two rounds of figures later, nothing forged was seen or kept.
+    let mut versions = 0;
+    within(WAIT, "two rounds of $SYS figures", async {
+        while versions < 2 {
+            let m = host.recv().await.unwrap();
+            assert_ne!(&m.payload[..], b"forged", "{m:?}");
+            versions += usize::from(m.topic == "$SYS/broker/version");
+        }
+    })
+    .await;
+    let kept = b.broker.retained("$SYS/#").await.unwrap();
+    assert!(kept.iter().all(|m| &m.payload[..] != b"forged"), "{kept:?}");
+    assert!(kept.iter().any(|m| m.topic == "$SYS/broker/version"));
+    let will = connect_with_will("sys-will", Proto::V311, "$SYS/broker/uptime", b"0");
+    assert_eq!(raw::connect_with(b.addr(), &will).await.1, 5);
+}
