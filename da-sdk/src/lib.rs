@@ -41,6 +41,7 @@ mod core;
 mod features;
 mod http;
 mod outbox;
+mod produce;
 #[cfg(test)]
 mod proptests;
 mod rpc;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use iot_proto::rpc::{RpcErrorCode, RpcOutcome};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,12 +33,43 @@ pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, Failur
 /// A method's handler, taking the request's `args`.
 pub(crate) type Handler = Arc<dyn Fn(Value) -> HandlerFuture + Send + Sync>;
 
+pub(crate) type ItemStream = Pin<Box<dyn Stream<Item = Result<Value, Failure>> + Send>>;
+
+/// A streamed method's producer, taking the request's `args`.
+pub(crate) type StreamHandler = Arc<dyn Fn(Value) -> Result<ItemStream, Failure> + Send + Sync>;
+
+/// Wraps a typed producer: `args` decode into `A` (else a `bad_request` error), each item is
+/// encoded, an `Err` item ends the stream with a `handler` error.
+pub(crate) fn stream_handler<A, T, E, F, S>(f: F) -> StreamHandler
+where
+    A: DeserializeOwned + Send + 'static,
+    T: Serialize + 'static,
+    E: Display + 'static,
+    F: Fn(A) -> S + Send + Sync + 'static,
+    S: Stream<Item = Result<T, E>> + Send + 'static,
+{
+    Arc::new(move |args: Value| {
+        let a: A = decode_args(args)?;
+        let items = f(a).map(|r| match r {
+            Ok(t) => serde_json::to_value(t).map_err(|e| Failure {
+                code: RpcErrorCode::Handler,
+                reason: format!("cannot encode an item: {e}"),
+            }),
+            Err(e) => Err(Failure {
+                code: RpcErrorCode::Handler,
+                reason: e.to_string(),
+            }),
+        });
+        Ok(Box::pin(items) as ItemStream)
+    })
+}
+
 /// What a method is served with: a handler answering once, or a stream of items
 /// ([`crate::streams`]).
 #[derive(Clone)]
 pub(crate) enum Served {
     Once(Handler),
-    Stream(crate::streams::StreamHandler),
+    Stream(StreamHandler),
 }
 
 /// Decodes a request's `args` into the handler's type, or says why they do not fit.

@@ -81,7 +81,7 @@ impl RpcRequest {
                 why: "must be a non-negative integer".into(),
             })?),
         };
-        let stream = crate::rpc_stream::requested_window(&obj).transpose()?;
+        let stream = requested_window(&obj).transpose()?;
         let args = obj.remove("args").unwrap_or(Value::Null);
         Ok(Self {
             id,
@@ -91,6 +91,32 @@ impl RpcRequest {
             deadline_ms,
             stream,
         })
+    }
+}
+
+/// Items a server sends ahead of the caller's acknowledgements when the request names none.
+pub const DEFAULT_WINDOW: u32 = 16;
+/// The largest window a request may ask for.
+pub const MAX_WINDOW: u32 = 1024;
+
+/// The window a stream request asks for (`"stream": {"window": N}`, or `"stream": true` for
+/// the default); `None` when the request is not a stream request.
+pub fn requested_window(request: &Map<String, Value>) -> Option<Result<u32, WireError>> {
+    let invalid = |why: &str| WireError::Invalid {
+        field: "stream",
+        why: why.into(),
+    };
+    match request.get("stream")? {
+        Value::Bool(true) => Some(Ok(DEFAULT_WINDOW)),
+        Value::Bool(false) | Value::Null => None,
+        Value::Object(o) => Some(match o.get("window") {
+            None | Some(Value::Null) => Ok(DEFAULT_WINDOW),
+            Some(w) => match w.as_u64() {
+                Some(n @ 1..) if n <= u64::from(MAX_WINDOW) => Ok(n as u32),
+                _ => Err(invalid("`window` must be 1 to 1024")),
+            },
+        }),
+        _ => Some(Err(invalid("must be true or {\"window\": N}"))),
     }
 }
 

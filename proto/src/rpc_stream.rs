@@ -20,34 +20,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+// The request's `stream` field is read with the request (`crate::rpc`).
 use crate::rpc::RpcErrorCode;
+pub use crate::rpc::{requested_window, DEFAULT_WINDOW, MAX_WINDOW};
 use crate::wire::WireError;
-
-/// Items a server sends ahead of the caller's acknowledgements when the request names none.
-pub const DEFAULT_WINDOW: u32 = 16;
-/// The largest window a request may ask for.
-pub const MAX_WINDOW: u32 = 1024;
-
-/// The window a stream request asks for (`"stream": {"window": N}`, or `"stream": true` for
-/// the default); `None` when the request is not a stream request.
-pub fn requested_window(request: &Map<String, Value>) -> Option<Result<u32, WireError>> {
-    let invalid = |why: &str| WireError::Invalid {
-        field: "stream",
-        why: why.into(),
-    };
-    match request.get("stream")? {
-        Value::Bool(true) => Some(Ok(DEFAULT_WINDOW)),
-        Value::Bool(false) | Value::Null => None,
-        Value::Object(o) => Some(match o.get("window") {
-            None | Some(Value::Null) => Ok(DEFAULT_WINDOW),
-            Some(w) => match w.as_u64() {
-                Some(n @ 1..) if n <= u64::from(MAX_WINDOW) => Ok(n as u32),
-                _ => Err(invalid("`window` must be 1 to 1024")),
-            },
-        }),
-        _ => Some(Err(invalid("must be true or {\"window\": N}"))),
-    }
-}
 
 /// A message of a stream, server to caller.
 #[derive(Debug, Clone, PartialEq)]

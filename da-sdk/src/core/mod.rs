@@ -43,9 +43,9 @@ use crate::config::{Options, SignalHook};
 use crate::error::Error;
 use crate::features::Features;
 use crate::outbox::Outbox;
+use crate::produce::Opened;
 use crate::rpc::{Done, Handler, Served};
 use crate::status::{ConnState, Status};
-use crate::streams::Opened;
 use crate::transport::{Input, Link, Out, Registration, Tag};
 
 /// Messages in `outq` beyond which no more stream items are taken from their producers.

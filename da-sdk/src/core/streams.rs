@@ -1,10 +1,10 @@
 //! Streamed replies in the DA's task (`Core`): as the server, a stream request starts its
-//! producer (`crate::streams::spawn`), the caller's acknowledgements and cancellation on our
+//! producer (`crate::produce::spawn`), the caller's acknowledgements and cancellation on our
 //! request topic reach it, and its messages are published to the caller; as the caller, a
 //! streamed call is published, the server's numbered messages put back in order and handed
 //! to the reader's [`crate::CallStream`], whose acknowledgements and cancellation are
 //! published to the server. Not here: the producer's task and the reader's stream
-//! (`crate::streams`), the wire format (`iot_proto::rpc_stream`).
+//! (`crate::produce`, `crate::streams`), the wire format (`iot_proto::rpc_stream`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,8 +19,9 @@ use tokio::time::Instant;
 
 use super::Core;
 use crate::error::Error;
+use crate::produce::{self, Job, Note, Opened, Piece, Produced, Serving};
+use crate::rpc::StreamHandler;
 use crate::rpc::{Done, ReplyTo, DEFAULT_HANDLER_DEADLINE};
-use crate::streams::{self, Job, Note, Opened, Piece, Produced, Serving, StreamHandler};
 use crate::transport::{Out, Tag};
 
 /// The streams of a DA, served and called.
@@ -160,7 +161,7 @@ impl Core {
             .unwrap_or(DEFAULT_HANDLER_DEADLINE)
             .min(DEFAULT_HANDLER_DEADLINE);
         let id = reply_to.id.clone();
-        let serving = streams::spawn(Job {
+        let serving = produce::spawn(Job {
             handler,
             args: req.args,
             window: req.stream.unwrap_or(1),
