@@ -17,8 +17,9 @@
 //! - Internal: `core` (the DA's task, owner of its state; its handlers by concern in
 //!   `core::{connection, delivery, control, requests, streams, home}`), `transport` (the MQTT connection
 //!   supervisor; `transport::{client, link, poller, events}` build a connection, send on
-//!   it, read it, and report to `core`), `features` (signal handling), `outbox`, `rpc`,
-//!   `http` (the registration API client), `backoff`, `sqlite`.
+//!   it, read it, and report to `core`), `features` (signal handling), `outbox`, `rpc`
+//!   (handlers), `produce` (a served stream's task and the messages between the DA's task
+//!   and a reader), `http` (the registration API client), `backoff`, `sqlite`.
 //! - Test-only: `proptests`, property tests of every parser of outside input in the SDK.
 //! - Logging: the DA's tasks run in a span named `da` with the field `da.id`; their events
 //!   do not repeat it.
