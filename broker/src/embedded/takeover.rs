@@ -1,8 +1,9 @@
 //! A CONNECT with a clean start takes over a live session of its client id before rmqtt's
 //! own handshake does: called by the authentication hook (`hooks::AuthHook`) once the CONNECT
-//! is accepted, so only an authenticated client can take a session over, and every refusal of
-//! rmqtt's handshake (client id length, `max_sessions`, MQTT 5 authentication method and will
-//! checks, credentials, the will's ACL) has been passed.
+//! is accepted, so only an authenticated client can take a session over, and every check of
+//! rmqtt's handshake before it (client id length, `max_sessions`, MQTT 5 authentication
+//! method and will checks, credentials, the will's ACL) has been passed. (After it rmqtt can
+//! still refuse a CONNECT whose client id another handshake holds at that moment.)
 //!
 //! Why: rmqtt 0.24 takes a session over by sending the old connection's task a `Kick` and
 //! waiting for its answer. When the old client has just closed its socket, that task may be
