@@ -14,6 +14,7 @@ pub mod ccm_client;
 pub mod graph_client;
 pub mod home_sim;
 pub mod mqtt;
+pub mod pg;
 pub mod pyda;
 pub mod raw_da;
 pub mod tls;
@@ -24,6 +25,7 @@ pub use graph_client::GraphClient;
 pub use home_sim::{HttpTarget, TplinkSim};
 pub use iot_proto::wire::graph_api::digest;
 pub use mqtt::{connack_code, connack_with, Mqtt, Received};
+pub use pg::PgSchema;
 pub use pyda::PyDa;
 pub use raw_da::{LinkedPair, RawDa};
 

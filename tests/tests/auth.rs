@@ -460,27 +460,18 @@ async fn start_refuses_to_expose_listeners_without_auth() {
 /// Users live in PostgreSQL as well as in SQLite, as Argon2id hashes.
 #[tokio::test]
 async fn users_are_stored_as_argon2id_hashes_in_postgresql() {
-    let schema = format!("t_{}", new_id().replace('-', ""));
-    let admin = pg_url();
-    let psql = |sql: String| {
-        let out = std::process::Command::new("psql")
-            .args([admin.as_str(), "-Atqc", &sql])
-            .output()
-            .expect("psql");
-        assert!(out.status.success(), "psql: {}", stderr(&out));
-        stdout(&out)
-    };
-    psql(format!("CREATE SCHEMA {schema}"));
+    let pg = PgSchema::create();
     let app = App::start(AppOptions {
         auth: true,
-        db_url: Some(format!("{admin}?options=-c%20search_path%3D{schema}")),
+        db_url: Some(pg.url()),
         ..AppOptions::default()
     })
     .await;
     assert_eq!(connack_code(&app.mqtt, ADMIN_USER, ADMIN_PASSWORD).await, 0);
-    let stored = psql(format!("SELECT role, password_hash FROM {schema}.users"));
+    let stored = pg.psql(&format!(
+        "SELECT role, password_hash FROM {}.users",
+        pg.name
+    ));
     assert!(stored.starts_with("admin|$argon2id$"), "{stored}");
     assert!(!stored.contains(ADMIN_PASSWORD));
-    drop(app);
-    psql(format!("DROP SCHEMA {schema} CASCADE"));
 }

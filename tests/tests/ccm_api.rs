@@ -3,7 +3,7 @@
 //! SQLite and PostgreSQL: the library, projects and everything in them, export and import,
 //! refusals with clear reasons, the OpenAPI document, and logins when authentication is on.
 
-use iot_tests::{new_id, pg_url, App, AppOptions, CcmClient};
+use iot_tests::{new_id, App, AppOptions, CcmClient, PgSchema};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -385,39 +385,18 @@ async fn iotctl_project_exports_imports_and_switches() {
 
 #[tokio::test]
 async fn the_api_on_postgresql() {
-    let schema = format!("t_{}", new_id().replace('-', ""));
-    let admin = pg_url();
-    let out = std::process::Command::new("psql")
-        .args([admin.as_str(), "-qc", &format!("CREATE SCHEMA {schema}")])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let pg = PgSchema::create();
     let app = App::start(AppOptions {
-        db_url: Some(format!("{admin}?options=-c%20search_path%3D{schema}")),
+        db_url: Some(pg.url()),
         ..AppOptions::default()
     })
     .await;
     library_projects_export_import(&app).await;
-    let out = std::process::Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-Atqc",
-            &format!("SELECT count(*) FROM {schema}.ccm_docs WHERE kind = 'project'"),
-        ])
-        .output()
-        .expect("psql");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
-    let _ = std::process::Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-qc",
-            &format!("DROP SCHEMA {schema} CASCADE"),
-        ])
-        .output();
+    let projects = pg.psql(&format!(
+        "SELECT count(*) FROM {}.ccm_docs WHERE kind = 'project'",
+        pg.name
+    ));
+    assert_eq!(projects, "2");
 }
 
 #[tokio::test]

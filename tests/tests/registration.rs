@@ -446,31 +446,13 @@ async fn registrations_survive_a_restart_sqlite() {
 #[tokio::test]
 async fn registrations_survive_a_restart_postgresql() {
     // A schema of its own so parallel runs do not see each other.
-    let schema = format!("t_{}", new_id().replace('-', ""));
-    let admin = pg_url();
-    let out = std::process::Command::new("psql")
-        .arg(&admin)
-        .arg("-qc")
-        .arg(format!("CREATE SCHEMA {schema}"))
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "psql: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let url = format!("{admin}?options=-c%20search_path%3D{schema}");
+    let pg = PgSchema::create();
     let app = App::start(AppOptions {
-        db_url: Some(url),
+        db_url: Some(pg.url()),
         ..Default::default()
     })
     .await;
     persistence(app).await;
-    let _ = std::process::Command::new("psql")
-        .arg(&admin)
-        .arg("-qc")
-        .arg(format!("DROP SCHEMA {schema} CASCADE"))
-        .output();
 }
 
 async fn persistence(app: App) {

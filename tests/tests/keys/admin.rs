@@ -380,23 +380,11 @@ async fn with_authentication_only_admins_administer_and_only_the_named_user_read
 
 #[tokio::test]
 async fn on_postgresql_the_store_and_every_audit_record_are_kept() {
-    let schema = format!("t_{}", iot_tests::new_id().replace('-', ""));
-    let admin = iot_tests::pg_url();
-    let psql = |sql: String| {
-        let out = std::process::Command::new("psql")
-            .args([admin.as_str(), "-Atqc", &sql])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    psql(format!("CREATE SCHEMA {schema}"));
+    let pg = iot_tests::PgSchema::create();
+    let schema = pg.name.clone();
+    let psql = |sql: String| pg.psql(&sql);
     let app = App::start(AppOptions {
-        db_url: Some(format!("{admin}?options=-c%20search_path%3D{schema}")),
+        db_url: Some(pg.url()),
         ..AppOptions::default()
     })
     .await;
@@ -442,13 +430,6 @@ async fn on_postgresql_the_store_and_every_audit_record_are_kept() {
         !doc.contains(VALUE) && !doc.contains(&hex_of(VALUE)),
         "{doc}"
     );
-    let _ = std::process::Command::new("psql")
-        .args([
-            admin.as_str(),
-            "-qc",
-            &format!("DROP SCHEMA {schema} CASCADE"),
-        ])
-        .output();
 }
 
 /// The audit trail (`GET /api/keys/audit{query}`) once `done` says it is complete; records are
