@@ -495,16 +495,27 @@ async fn full_host_subscription_drops_after_timeout() {
     assert_eq!(sub.recv().await.unwrap().payload, "0");
 }
 
+/// A WebSocket connection to `ws` on `/mqtt` with the `mqtt` subprotocol, as MQTT.js makes
+/// it, and the server's upgrade response.
+async fn ws_connect(
+    ws: std::net::SocketAddr,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    let mut req = format!("ws://{ws}/mqtt").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let tcp = TcpStream::connect(ws).await.unwrap();
+    tokio_tungstenite::client_async(req, tcp).await.unwrap()
+}
+
 /// MQTT over WebSocket on `/mqtt` with the `mqtt` subprotocol, as the JS SDK connects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_listener_speaks_mqtt() {
     let b = spawn_broker().await;
     let ws = b.broker.ws_addr().unwrap();
-    let mut req = format!("ws://{ws}/mqtt").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
-    let tcp = TcpStream::connect(ws).await.unwrap();
-    let (mut wsock, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let (mut wsock, resp) = ws_connect(ws).await;
     assert_eq!(resp.status(), 101);
     assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], "mqtt");
     let mut host = b.broker.subscribe("ws/#", 10).await.unwrap();
@@ -682,11 +693,7 @@ async fn immediate_same_id_reconnects_are_never_refused() {
         let conn = raw::connect(&format!("again-ws-{name}"), proto, 30, None);
         let mut refused = Vec::new();
         for i in 0..1_000 {
-            let mut req = format!("ws://{ws}/mqtt").into_client_request().unwrap();
-            req.headers_mut()
-                .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
-            let tcp = TcpStream::connect(ws).await.unwrap();
-            let (mut wsock, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+            let (mut wsock, _) = ws_connect(ws).await;
             wsock.send(WsMessage::binary(conn.clone())).await.unwrap();
             let frame = within(WAIT, "CONNACK frame", wsock.next())
                 .await
@@ -869,11 +876,7 @@ async fn disconnect_closes_the_connection_and_discards_the_will() {
     }
     // Over WebSocket too.
     let ws = b.broker.ws_addr().unwrap();
-    let mut req = format!("ws://{ws}/mqtt").into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
-    let tcp = TcpStream::connect(ws).await.unwrap();
-    let (mut wsock, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let (mut wsock, _) = ws_connect(ws).await;
     let conn = connect_with_will("leaving-ws", Proto::V311, "will/ws", b"gone");
     wsock.send(WsMessage::binary(conn)).await.unwrap();
     let ack = within(WAIT, "CONNACK", wsock.next())
