@@ -191,8 +191,13 @@ impl Handler for AuthHook {
         };
         // Accepted: a clean start takes a live session of its client id over now, so that
         // rmqtt's own take-over cannot refuse it (`takeover.rs`).
-        if matches!(result, AuthResult::Allow(..)) && info.clean_start() {
-            super::takeover::take_over(&self.scx, info.id()).await;
+        // A resumed session's live connection is closed first (`takeover.rs`).
+        if matches!(result, AuthResult::Allow(..)) {
+            if info.clean_start() {
+                super::takeover::take_over(&self.scx, info.id()).await;
+            } else {
+                super::takeover::close_for_resume(&self.scx, info.id()).await;
+            }
         }
         (false, Some(HookResult::AuthResult(result)))
     }

@@ -16,6 +16,7 @@ mod acl_hooks;
 pub mod config;
 mod disconnect;
 mod hooks;
+mod inflight;
 mod limits;
 mod sys;
 mod takeover;
@@ -205,6 +206,7 @@ impl EmbeddedBroker {
         };
         hooks::register_hooks(&scx, &local, &dropped, login).await;
         limits::register(&scx, checked.max_topic_levels, cfg.max_payload_bytes).await;
+        inflight::register(&scx).await;
         let sys_counts = Arc::new(sys::Counts::default());
         if checked.sys_interval.is_some() {
             sys::register(&scx, sys_counts.clone()).await;

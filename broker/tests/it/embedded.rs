@@ -723,10 +723,7 @@ async fn persistent_3_1_1_sessions_expire_after_the_configured_time() {
         ..test_config()
     })
     .await;
-    // CONNECT with clean session 0: the flags byte follows "\0\x04MQTT" and the level.
-    let mut conn = raw::connect("keeper", Proto::V311, 30, None);
-    assert_eq!(&conn[4..8], b"MQTT");
-    conn[9] &= !0x02;
+    let conn = raw::connect_persistent("keeper");
     let session_present = |ack: &(u8, Vec<u8>)| ack.1[0] & 1 == 1;
     let connect = || async {
         let mut s = TcpStream::connect(b.addr()).await.unwrap();

@@ -6,6 +6,7 @@
 mod deep_topics;
 mod embedded;
 mod external;
+mod qos_resume;
 mod raw;
 mod request_response;
 mod tls;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub const CONNACK: u8 = 0x20;
@@ -169,12 +169,38 @@ pub fn pubrel(pkid: u16) -> Vec<u8> {
     packet(0x62, &pkid.to_be_bytes())
 }
 
+/// PUBACK, PUBREC or PUBCOMP (`header` 0x40, 0x50, 0x70) for `pkid`.
+pub fn ack(header: u8, pkid: u16) -> Vec<u8> {
+    packet(header, &pkid.to_be_bytes())
+}
+
+/// An MQTT 3.1.1 CONNECT with clean session 0: the session outlives the connection.
+pub fn connect_persistent(client_id: &str) -> Vec<u8> {
+    let mut conn = connect(client_id, Proto::V311, 60, None);
+    // The flags byte follows "\0\x04MQTT" and the level.
+    assert_eq!(&conn[4..8], b"MQTT");
+    conn[9] &= !0x02;
+    conn
+}
+
+/// The packet id and payload of an MQTT 3.1.1 PUBLISH as received (packet id 0 at QoS 0).
+pub fn publish_parts(p: &(u8, Vec<u8>)) -> (u16, &[u8]) {
+    assert_eq!(p.0 & 0xF0, 0x30, "expected PUBLISH, got {:#x}", p.0);
+    let mut i = 2 + usize::from(u16::from_be_bytes([p.1[0], p.1[1]]));
+    let mut pkid = 0;
+    if p.0 & 0x06 != 0 {
+        pkid = u16::from_be_bytes([p.1[i], p.1[i + 1]]);
+        i += 2;
+    }
+    (pkid, &p.1[i..])
+}
+
 pub fn pingreq() -> Vec<u8> {
     vec![0xC0, 0]
 }
 
 /// Reads one packet: (first byte, body). `None` when the peer closed the connection.
-pub async fn read(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+pub async fn read(stream: &mut (impl AsyncRead + Unpin)) -> Option<(u8, Vec<u8>)> {
     let header = stream.read_u8().await.ok()?;
     let mut len = 0usize;
     let mut shift = 0;
@@ -192,7 +218,11 @@ pub async fn read(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 }
 
 /// Reads one packet within `wait`, panicking with `what` otherwise.
-pub async fn expect(stream: &mut TcpStream, wait: Duration, what: &str) -> (u8, Vec<u8>) {
+pub async fn expect(
+    stream: &mut (impl AsyncRead + Unpin),
+    wait: Duration,
+    what: &str,
+) -> (u8, Vec<u8>) {
     match tokio::time::timeout(wait, read(stream)).await {
         Ok(Some(p)) => p,
         Ok(None) => panic!("connection closed while waiting for {what}"),
