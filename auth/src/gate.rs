@@ -38,4 +38,8 @@ impl Authenticator for Gate {
     fn refused_anonymous(&self) {
         self.refusals.add(Refusal::MqttAnonymous);
     }
+
+    fn refused_client_id(&self) {
+        self.refusals.add(Refusal::MqttClientIdTaken);
+    }
 }

@@ -11,6 +11,8 @@ pub enum Refusal {
     MqttAnonymous,
     /// MQTT CONNECT with an unknown username or a wrong password.
     MqttBadCredentials,
+    /// MQTT CONNECT with a client id whose session belongs to another username.
+    MqttClientIdTaken,
     /// An operator endpoint asked without credentials.
     HttpNoCredentials,
     /// An operator endpoint asked with an unknown user or a wrong password.
@@ -24,9 +26,10 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::MqttAnonymous,
         Refusal::MqttBadCredentials,
+        Refusal::MqttClientIdTaken,
         Refusal::HttpNoCredentials,
         Refusal::HttpBadCredentials,
         Refusal::HttpNotAdmin,
@@ -39,6 +42,7 @@ impl Refusal {
         match self {
             Refusal::MqttAnonymous => "mqtt_anonymous",
             Refusal::MqttBadCredentials => "mqtt_bad_credentials",
+            Refusal::MqttClientIdTaken => "mqtt_client_id_taken",
             Refusal::HttpNoCredentials => "http_no_credentials",
             Refusal::HttpBadCredentials => "http_bad_credentials",
             Refusal::HttpNotAdmin => "http_not_admin",
@@ -84,7 +88,7 @@ mod tests {
         assert_eq!(r.get(Refusal::Takeover), 2);
         assert_eq!(r.get(Refusal::MqttAnonymous), 0);
         let labels: Vec<_> = r.snapshot().iter().map(|(w, _)| w.as_str()).collect();
-        assert_eq!(labels.len(), 7);
+        assert_eq!(labels.len(), 8);
         for (i, w) in Refusal::ALL.iter().enumerate() {
             assert_eq!(w.index(), i);
         }

@@ -117,6 +117,42 @@ async fn users_are_managed_from_the_cli_and_checked_at_connect() {
     until_connack(&app, "app1", "second-password", true).await;
     assert_ne!(connack_code(&app.mqtt, "app1", &password).await, 0);
 
+    // A client id is its session's user's: app1 cannot take the admin's over (refused and
+    // counted), and the admin stays connected.
+    let (host, port) = app.mqtt.rsplit_once(':').unwrap();
+    let with_id = |user: &str, password: &str| {
+        let mut o = rumqttc::MqttOptions::new("owned-client-id", host, port.parse().unwrap());
+        o.set_credentials(user, password);
+        o
+    };
+    let (admin, mut admin_ev) = rumqttc::AsyncClient::new(with_id(ADMIN_USER, ADMIN_PASSWORD), 10);
+    match tokio::time::timeout(WAIT, admin_ev.poll()).await {
+        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)))) => {
+            assert_eq!(a.code, rumqttc::ConnectReturnCode::Success)
+        }
+        other => panic!("admin CONNECT: {other:?}"),
+    }
+    let before = refused(&app, "mqtt_client_id_taken").await;
+    let (_thief, mut thief_ev) = rumqttc::AsyncClient::new(with_id("app1", "second-password"), 10);
+    match tokio::time::timeout(WAIT, thief_ev.poll()).await {
+        Ok(Err(rumqttc::ConnectionError::ConnectionRefused(code))) => {
+            assert_eq!(code, rumqttc::ConnectReturnCode::NotAuthorized)
+        }
+        other => panic!("app1 with the admin's client id: {other:?}"),
+    }
+    assert_eq!(refused(&app, "mqtt_client_id_taken").await, before + 1.0);
+    admin
+        .subscribe("owned/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, admin_ev.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("the admin's connection after the refused take-over: {other:?}"),
+        }
+    }
+
     // rm: refused from then on.
     let out = app.iotctl(&["user", "rm", "app1"], None).await;
     assert!(out.status.success(), "{}", stderr(&out));

@@ -168,7 +168,7 @@ impl Handler for AuthHook {
             };
             topic.starts_with("$SYS")
         });
-        let result = match (info.username(), &self.login.auth) {
+        let mut result = match (info.username(), &self.login.auth) {
             _ if sys_will => AuthResult::NotAuthorized,
             (None, _) if self.login.allow_anonymous => AuthResult::Allow(false, None),
             (None, auth) => {
@@ -189,6 +189,15 @@ impl Handler for AuthHook {
                 }
             }
         };
+        // With authentication, a client id whose session has an owner is that owner's.
+        if let (AuthResult::Allow(..), Some(auth)) = (&result, &self.login.auth) {
+            let username = info.username().map(|u| u.as_ref());
+            if super::takeover::owned_by_another(&self.scx, info.id(), username).await {
+                auth.refused_client_id();
+                tracing::debug!(client.id = %info.id().client_id, mqtt.username = ?username, "CONNECT refused: the client id's session belongs to another username");
+                result = AuthResult::NotAuthorized;
+            }
+        }
         // Accepted: a clean start takes a live session of its client id over now, so that
         // rmqtt's own take-over cannot refuse it (`takeover.rs`).
         // A resumed session's live connection is closed first (`takeover.rs`).

@@ -6,32 +6,39 @@
 //! and the delivery won the race against the read that would have noticed), it returns before
 //! that, and the message is gone: not resent on resume, not counted as dropped
 //! (docs/broker-upstream.md, report 4). Its `MessageDelivered` hook runs after the packet id is
-//! chosen and just before the write, so this hook records the message in flight there, under
-//! that packet id: a failed write leaves it in flight, and the resumed session (or the one
-//! taking it over) resends it with DUP set, under the same packet id, so a QoS 2 subscriber that
-//! did get it discards the repeat. A successful write's own record replaces ours in place.
+//! chosen and just before the write, so [`InFlightFirst`] records the message in flight there,
+//! under that packet id: a failed write leaves it in flight, and the resumed session (or the
+//! one taking it over) resends it with DUP set, under the same packet id, so a QoS 2
+//! subscriber that did get it discards the repeat. A successful write's own record replaces
+//! ours in place. A message too big for an MQTT 5 client's Maximum Packet Size is not recorded:
+//! rmqtt cannot send it, and resending it on every resume would drop every resumed connection.
 //!
 //! A QoS 1/2 message routed to a persistent session while a new connection takes it over finds
 //! no session (between rmqtt removing the old one and registering the new one) or the old
 //! connection's closed channel, and rmqtt drops it (counted). [`Reforward`] forwards such a
-//! message again once the new connection has the session, if that connection resumed it (not a
-//! clean start, which discards what the old session had): at least once, not in order.
+//! message again once the client id has a connected session that resumed the old one and is
+//! subscribed to the message's topic (after its state transfer): at least once, not in order.
+//! One waiter per client id, for at most `RESUME_WAIT`, within a byte budget.
 
+use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::inflight::{MomentStatus, OutInflightMessage};
-use rmqtt::types::{From, Message, Publish, QoS, Reason, To};
+use rmqtt::session::Session;
+use rmqtt::topic::Topic;
+use rmqtt::types::{ClientId, From, Message, Publish, QoS, Reason, To};
 
 /// How long a dropped message waits for its client's resumed session.
 const RESUME_WAIT: Duration = Duration::from_secs(2);
-const RESUME_POLL: Duration = Duration::from_millis(5);
-/// At most this many dropped messages wait at once; more are left dropped.
-const MAX_WAITING: usize = 10_000;
+const RESUME_POLL: Duration = Duration::from_millis(10);
+/// Payload and topic bytes of all waiting messages together; more are left dropped.
+const WAITING_BYTES: usize = 64 << 20;
 
 /// Registers the hooks. Called before the server accepts connections.
 pub(super) async fn register(scx: &ServerContext) {
@@ -41,7 +48,8 @@ pub(super) async fn register(scx: &ServerContext) {
         .await;
     let reforward = Reforward {
         scx: scx.clone(),
-        waiting: Arc::new(AtomicUsize::new(0)),
+        waiting: Arc::default(),
+        bytes: Arc::default(),
     };
     register
         .add(Type::MessageDropped, Box::new(reforward))
@@ -61,19 +69,68 @@ impl Handler for InFlightFirst {
                 QoS::ExactlyOnce => Some(MomentStatus::UnReceived),
             };
             if let (Some(status), Some(_)) = (status, publish.packet_id) {
-                let msg = OutInflightMessage::new(status, from.clone(), (*publish).clone());
-                session.out_inflight().write().await.push_back(msg);
+                if fits(session, publish).await {
+                    let msg = OutInflightMessage::new(status, from.clone(), (*publish).clone());
+                    session.out_inflight().write().await.push_back(msg);
+                }
             }
         }
         (true, acc)
     }
 }
 
-/// Forwards a QoS 1/2 message dropped during a take-over again, to the resumed session.
+/// Whether `p` fits the client's MQTT 5 Maximum Packet Size (always, without one).
+async fn fits(session: &Session, p: &Publish) -> bool {
+    let Ok(info) = session.connect_info().await else {
+        return true;
+    };
+    let Some(max) = info.max_packet_size() else {
+        return true;
+    };
+    publish_size_v5(p) <= max.get() as usize
+}
+
+fn var_int_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// The size of `p` as an MQTT 5 PUBLISH with a packet id (without a topic alias).
+fn publish_size_v5(p: &Publish) -> usize {
+    let props = p.properties.as_ref().map_or(0, |pr| {
+        let opt = |b: Option<usize>| b.map_or(0, |n| 3 + n);
+        usize::from(pr.message_expiry_interval.is_some()) * 5
+            + usize::from(pr.is_utf8_payload) * 2
+            + opt(pr.content_type.as_ref().map(|s| s.len()))
+            + opt(pr.response_topic.as_ref().map(|s| s.len()))
+            + opt(pr.correlation_data.as_ref().map(|b| b.len()))
+            + pr.user_properties
+                .iter()
+                .map(|(k, v)| 5 + k.len() + v.len())
+                .sum::<usize>()
+            + pr.subscription_ids
+                .iter()
+                .map(|id| 1 + var_int_len(id.get() as usize))
+                .sum::<usize>()
+    });
+    let remaining = 2 + p.topic.len() + 2 + var_int_len(props) + props + p.payload.len();
+    1 + var_int_len(remaining) + remaining
+}
+
+/// Messages waiting for their client's resumed session, by client id.
+type Waiting = Arc<Mutex<HashMap<ClientId, Vec<(From, Publish)>>>>;
+
+/// Forwards QoS 1/2 messages dropped during a take-over again, to the resumed session.
 struct Reforward {
     scx: ServerContext,
-    /// Messages waiting for a session now.
-    waiting: Arc<AtomicUsize>,
+    /// Messages waiting, by client id; a client id here has a waiter task.
+    waiting: Waiting,
+    /// Their topic and payload bytes.
+    bytes: Arc<AtomicUsize>,
 }
 
 /// rmqtt's reasons for a message routed to a session in the middle of a take-over.
@@ -82,45 +139,92 @@ fn during_take_over(reason: &Reason) -> bool {
     text.contains("the client has disconnected") || text.contains("Tx is closed")
 }
 
+fn size(p: &Publish) -> usize {
+    p.topic.len() + p.payload.len()
+}
+
 #[async_trait]
 impl Handler for Reforward {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        if let Parameter::MessageDropped(Some(to), from, publish, reason) = param {
-            if publish.qos != QoS::AtMostOnce
-                && during_take_over(reason)
-                && self.waiting.fetch_add(1, Ordering::Relaxed) < MAX_WAITING
-            {
-                let (scx, waiting) = (self.scx.clone(), self.waiting.clone());
-                let (to, from, publish) = (to.clone(), from.clone(), publish.clone());
-                tokio::spawn(async move {
-                    forward_when_resumed(&scx, to, from, publish).await;
-                    waiting.fetch_sub(1, Ordering::Relaxed);
-                });
-            } else if publish.qos != QoS::AtMostOnce && during_take_over(reason) {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-            }
+        let Parameter::MessageDropped(Some(to), from, publish, reason) = param else {
+            return (true, acc);
+        };
+        if publish.qos == QoS::AtMostOnce || !during_take_over(reason) {
+            return (true, acc);
+        }
+        let n = size(publish);
+        if self.bytes.fetch_add(n, Ordering::Relaxed) + n > WAITING_BYTES {
+            self.bytes.fetch_sub(n, Ordering::Relaxed);
+            return (true, acc);
+        }
+        let first = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let queue = waiting.entry(to.client_id.clone()).or_default();
+            queue.push((from.clone(), publish.clone()));
+            queue.len() == 1
+        };
+        if first {
+            let (scx, waiting, bytes) =
+                (self.scx.clone(), self.waiting.clone(), self.bytes.clone());
+            let to = to.clone();
+            tokio::spawn(async move {
+                let session = resumed(&scx, &to).await;
+                let msgs = waiting
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&to.client_id)
+                    .unwrap_or_default();
+                bytes.fetch_sub(msgs.iter().map(|(_, p)| size(p)).sum(), Ordering::Relaxed);
+                if let Some((session, tx)) = session {
+                    forward_subscribed(&session, &tx, msgs).await;
+                }
+            });
         }
         (true, acc)
     }
 }
 
-async fn forward_when_resumed(scx: &ServerContext, to: To, from: From, publish: Publish) {
+/// The connected session of `to`'s client id that resumed a session and has its subscriptions
+/// (its state transfer done), waiting up to `RESUME_WAIT`.
+async fn resumed(scx: &ServerContext, to: &To) -> Option<(Session, rmqtt::types::Tx)> {
     let started = tokio::time::Instant::now();
     while started.elapsed() < RESUME_WAIT {
         let entry = { scx.extends.shared().await.entry(to.clone()) };
         if let (Some(tx), Some(session)) = (entry.tx(), entry.session()) {
-            if !tx.is_closed() && session.connected().await.unwrap_or(false) {
-                // A clean start discarded the session the message was routed to.
-                let resumed = session
-                    .connect_info()
-                    .await
-                    .is_ok_and(|info| !info.clean_start());
-                if resumed && tx.unbounded_send(Message::Forward(from, publish)).is_ok() {
-                    tracing::debug!(client.id = %to.client_id, "forwarded a message dropped during a take-over again");
-                }
-                return;
+            let ready = !tx.is_closed()
+                && session.connected().await.unwrap_or(false)
+                && session.session_present().await.unwrap_or(false)
+                && match session.subscriptions().await {
+                    Ok(subs) => !subs.read().await.is_empty(),
+                    Err(_) => false,
+                };
+            if ready {
+                return Some((session, tx));
             }
         }
         tokio::time::sleep(RESUME_POLL).await;
+    }
+    None
+}
+
+/// Forwards each message whose topic one of `session`'s subscriptions matches (the ones rmqtt
+/// would have routed to it).
+async fn forward_subscribed(session: &Session, tx: &rmqtt::types::Tx, msgs: Vec<(From, Publish)>) {
+    let Ok(subs) = session.subscriptions().await else {
+        return;
+    };
+    let filters: Vec<Topic> = subs
+        .read()
+        .await
+        .keys()
+        .filter_map(|f| Topic::from_str(f).ok())
+        .collect();
+    for (from, publish) in msgs {
+        if filters.iter().any(|f| f.matches_str(&*publish.topic)) {
+            if tx.unbounded_send(Message::Forward(from, publish)).is_err() {
+                return;
+            }
+            tracing::debug!(client.id = %session.id.client_id, "forwarded a message dropped during a take-over again");
+        }
     }
 }

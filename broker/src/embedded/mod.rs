@@ -21,6 +21,7 @@ mod limits;
 mod sys;
 mod takeover;
 mod tls;
+mod ws;
 
 pub use config::EmbeddedConfig;
 
@@ -65,6 +66,10 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
 
     /// A CONNECT without a username was refused (anonymous clients not allowed): for counting.
     fn refused_anonymous(&self) {}
+
+    /// A CONNECT with good credentials was refused because its client id has a session of
+    /// another username: for counting.
+    fn refused_client_id(&self) {}
 }
 
 /// Who may connect and what they may do, enforced from the first connection on.
@@ -157,21 +162,38 @@ impl EmbeddedBroker {
             "broker.listen",
         )?;
         let mqtt_addr = local_addr(&tcp, "MQTT over TCP", "broker.listen")?;
-        let secure = tls::bind_secure(&builder, cfg, &checked)?;
+        let mut secure = tls::bind_secure(&builder, cfg, &checked)?;
         let secure_addrs = secure.addrs();
+        // WebSocket (and over TLS): our listeners, bridged to an rmqtt listener on loopback
+        // (`ws.rs`).
         let ws = match checked.ws_listen {
             None => None,
-            Some(addr) => {
-                let l = bind(
-                    builder.name("iotctl/ws").laddr(addr),
-                    "MQTT over WebSocket",
-                    "broker.ws_listen",
-                )?
-                .ws()
-                .map_err(setup("the WebSocket listener"))?;
-                let bound = local_addr(&l, "MQTT over WebSocket", "broker.ws_listen")?;
-                Some((l, bound))
-            }
+            Some(addr) => Some(ws::bind(
+                addr,
+                LISTEN_BACKLOG.unsigned_abs(),
+                "MQTT over WebSocket",
+                "broker.ws_listen",
+            )?),
+        };
+        let bridge = if ws.is_some() || secure.wss.is_some() {
+            let key = if ws.is_some() {
+                "broker.ws_listen"
+            } else {
+                "broker.wss_listen"
+            };
+            let what = "the WebSocket bridge's loopback listener";
+            let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+            let l = bind(builder.name("iotctl/ws").laddr(loopback), what, key)?;
+            let inner = local_addr(&l, what, key)?;
+            let l = l.tcp().map_err(setup(what))?;
+            let bridge = ws::Bridge {
+                inner,
+                max_packet_bytes: checked.max_packet_bytes as usize,
+                handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
+            };
+            Some((l, bridge))
+        } else {
+            None
         };
         let tcp = tcp.tcp().map_err(setup("the TCP listener"))?;
 
@@ -216,10 +238,16 @@ impl EmbeddedBroker {
         }
 
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, mqtt_addr.port());
-        let mut ws_addr = None;
-        if let Some((l, addr)) = ws {
-            server = server.listener_by_id(l, addr.port());
-            ws_addr = Some(addr);
+        let ws_addr = ws.as_ref().map(|(_, bound)| *bound);
+        let mut fronts = Vec::new();
+        if let Some((l, bridge)) = bridge {
+            server = server.listener_by_id(l, bridge.inner.port());
+            if let Some((public, _)) = ws {
+                fronts.push((public, None, bridge));
+            }
+            if let Some((public, _, acceptor)) = secure.wss.take() {
+                fronts.push((public, Some(acceptor), bridge));
+            }
         }
         let server = secure.add_to(server).build();
 
@@ -251,6 +279,10 @@ impl EmbeddedBroker {
             sys::spawn(broker.clone(), sys_counts, every, shutdown.clone());
         }
         disconnect::spawn(scx.clone(), shutdown.clone());
+        let ws_tasks: Vec<_> = fronts
+            .into_iter()
+            .map(|(public, tls, bridge)| ws::spawn(public, tls, bridge, shutdown.clone()))
+            .collect();
         let task = tokio::spawn(async move {
             tokio::select! {
                 res = server.run() => {
@@ -260,7 +292,11 @@ impl EmbeddedBroker {
                 }
                 () = shutdown.cancelled() => {}
             }
-            // The server future, and with it both listeners, is dropped here.
+            // The server future, and with it its listeners, is dropped here; the WebSocket
+            // listener closes as its accept loop ends.
+            for t in ws_tasks {
+                let _ = t.await;
+            }
             disconnect_all(&scx).await;
             tracing::info!("embedded MQTT broker stopped");
         });

@@ -63,17 +63,47 @@ pub(super) async fn take_over(scx: &ServerContext, id: &Id) {
 /// the same channel ahead of rmqtt's kick, so it is handled first. As on any connection the
 /// server closes, the old connection's will is published (MQTT 5: after its will delay, which
 /// the resumed session cancels).
+///
+/// Under the client id's lock (as rmqtt's handshake takes it), and only for a session older
+/// than this connection: a concurrent handshake holds the lock from its take-over to its
+/// session's state transfer, so a session it has just set up is never closed here.
 pub(super) async fn close_for_resume(scx: &ServerContext, id: &Id) {
     let entry = { scx.extends.shared().await.entry(id.clone()) };
-    // Sent whether or not the session looks connected: an offline session ignores it, and
-    // one whose connection has just started may not say so yet.
-    let Some(tx) = entry.tx().filter(|tx| !tx.is_closed()) else {
+    if entry.tx().is_none_or(|tx| tx.is_closed()) {
+        return;
+    }
+    let started = tokio::time::Instant::now();
+    let locked = loop {
+        match entry.try_lock().await {
+            Ok(e) => break e,
+            Err(_) if started.elapsed() >= LOCK_WAIT => return,
+            Err(_) => tokio::time::sleep(LOCK_RETRY).await,
+        }
+    };
+    let (Some(session), Some(tx)) = (locked.session(), locked.tx()) else {
         return;
     };
-    if tx
-        .unbounded_send(Message::Closed(Reason::ConnectKicked(false)))
-        .is_ok()
+    // Sent whether or not the session looks connected: an offline session ignores it.
+    if session.id.create_time < id.create_time
+        && !tx.is_closed()
+        && tx
+            .unbounded_send(Message::Closed(Reason::ConnectKicked(false)))
+            .is_ok()
     {
         tracing::debug!(client.id = %id.client_id, "closing a live connection whose session is resumed");
+    }
+}
+
+/// Whether the session of `id`'s client id (live or offline) belongs to a username other than
+/// `username`: such a CONNECT would take another client's session (its subscriptions and
+/// queued messages) or kick it off, so it is refused when clients authenticate.
+pub(super) async fn owned_by_another(scx: &ServerContext, id: &Id, username: Option<&str>) -> bool {
+    let entry = { scx.extends.shared().await.entry(id.clone()) };
+    let Some(session) = entry.session() else {
+        return false;
+    };
+    match &session.id.username {
+        Some(owner) => Some(owner.as_ref()) != username,
+        None => false,
     }
 }

@@ -1,5 +1,5 @@
-//! The embedded broker's TLS listeners: MQTT over TLS (`broker.tls_listen`) and MQTT over
-//! WebSocket over TLS (`broker.wss_listen`), built by rmqtt from the files of
+//! The embedded broker's TLS listeners: MQTT over TLS (`broker.tls_listen`, built by rmqtt) and
+//! MQTT over WebSocket over TLS (`broker.wss_listen`, ours: `ws.rs`), from the files of
 //! [`EmbeddedConfig::tls`] after [`TlsFiles::check`] has read them (so that a bad file is
 //! reported by name before anything is bound), and their bound addresses
 //! ([`EmbeddedBroker::tls_addr`], [`EmbeddedBroker::wss_addr`]).
@@ -12,16 +12,18 @@ use std::path::Path;
 
 use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServerBuilder;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::config::Checked;
 use super::{bind, local_addr, setup, EmbeddedBroker, EmbeddedConfig};
 use crate::tls::TlsFiles;
 use crate::BrokerError;
 
-/// The bound TLS listeners, before the server takes them.
+/// The bound TLS listeners, before the server (TLS) and the WebSocket bridge (WSS) take them.
 pub(super) struct Secure {
     tls: Option<(Listener, SocketAddr)>,
-    wss: Option<(Listener, SocketAddr)>,
+    pub(super) wss: Option<(TcpListener, SocketAddr, TlsAcceptor)>,
 }
 
 /// The addresses the TLS listeners are bound to, `None` when off.
@@ -66,14 +68,14 @@ pub(super) fn bind_secure(
     }
     if let Some(addr) = checked.wss_listen {
         let what = "MQTT over WebSocket over TLS";
-        let l = bind(
-            builder.name("iotctl/wss").laddr(addr),
+        let (l, bound) = super::ws::bind(
+            addr,
+            super::LISTEN_BACKLOG.unsigned_abs(),
             what,
             "broker.wss_listen",
         )?;
-        let bound = local_addr(&l, what, "broker.wss_listen")?;
-        let l = l.wss().map_err(setup("the WebSocket-over-TLS listener"))?;
-        secure.wss = Some((l, bound));
+        let config = files.server_config(vec![b"http/1.1".to_vec()])?;
+        secure.wss = Some((l, bound, TlsAcceptor::from(config)));
     }
     Ok(secure)
 }
@@ -82,13 +84,14 @@ impl Secure {
     pub(super) fn addrs(&self) -> SecureAddrs {
         SecureAddrs {
             tls: self.tls.as_ref().map(|(_, a)| *a),
-            wss: self.wss.as_ref().map(|(_, a)| *a),
+            wss: self.wss.as_ref().map(|(_, a, _)| *a),
         }
     }
 
-    /// Hands the listeners to the server (each identified by its port, like the others).
-    pub(super) fn add_to(self, mut server: MqttServerBuilder) -> MqttServerBuilder {
-        for (l, addr) in [self.tls, self.wss].into_iter().flatten() {
+    /// Hands the MQTT-over-TLS listener to the server (identified by its port, like the
+    /// others).
+    pub(super) fn add_to(&mut self, mut server: MqttServerBuilder) -> MqttServerBuilder {
+        if let Some((l, addr)) = self.tls.take() {
             server = server.listener_by_id(l, addr.port());
         }
         server

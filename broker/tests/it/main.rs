@@ -8,8 +8,11 @@ mod embedded;
 mod external;
 mod qos_resume;
 mod raw;
+mod reliability;
 mod request_response;
+mod sessions;
 mod tls;
+mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -205,6 +205,8 @@ impl RegisterRequest {
         };
         let accept_protos = match obj.get("accept_protos") {
             None | Some(Value::Null) => return Err(WireError::Missing("accept_protos")),
+            // The IoTtalk JavaScript SDK sends its default as a bare string (`'mqtt'`).
+            Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|p| p.as_str().map(str::to_owned))
@@ -422,6 +424,15 @@ mod tests {
         assert!(r.idf_list.is_empty());
         assert_eq!(r.odf_list.len(), 3);
         assert_eq!(r.odf_list[2].width(), 2);
+    }
+
+    /// iottalk-js's default: `accept_protos: 'mqtt'`; a string that is not "mqtt" is still
+    /// refused.
+    #[test]
+    fn a_bare_protocol_string_is_a_list_of_one() {
+        let r = reg(r#"{"accept_protos":"mqtt","profile":{"model":"M"}}"#).unwrap();
+        assert_eq!(r.accept_protos, ["mqtt"]);
+        assert!(reg(r#"{"accept_protos":"http","profile":{"model":"M"}}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,265 @@
+//! MQTT over WebSocket (`broker.ws_listen`, and over TLS `broker.wss_listen`), served by our
+//! own listeners: each WebSocket
+//! connection is bridged, as a byte stream, to a TCP connection to a listener of rmqtt bound
+//! on 127.0.0.1 for this alone.
+//!
+//! Why not rmqtt's WebSocket listener: its adapter (rmqtt-net 0.5 `WsStream`) turns every
+//! WebSocket message into bytes of the MQTT stream, control frames included, and reads an
+//! empty message as the end of the stream. An empty binary frame (MQTT.js sends one for an
+//! empty password or payload) ended the connection, and a ping's payload was read as MQTT
+//! bytes (docs/broker-upstream.md, report 6). rmqtt's session layer takes streams only from
+//! its own listeners, so the bridge hands it bytes over a loopback socket: binary messages
+//! (empty ones ignored, fragments joined by tungstenite) are written to it in order, what
+//! rmqtt writes is sent back as binary messages, pings are answered, anything else (text,
+//! a close) ends the connection as MQTT 6.0 says.
+//!
+//! rmqtt sees WebSocket clients as coming from 127.0.0.1 (the bridge logs the real address
+//! with its local port at debug level). The loopback listener takes the same settings and
+//! the same authentication as the others, so it offers nothing the TCP listener does not.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::BrokerError;
+
+/// Bytes read from rmqtt's side at a time (the buffer grows only while a read is pending).
+const READ_CHUNK: usize = 4096;
+
+/// What the bridge needs to know.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bridge {
+    /// rmqtt's loopback listener.
+    pub inner: SocketAddr,
+    /// The largest MQTT packet the broker takes: also the largest WebSocket message.
+    pub max_packet_bytes: usize,
+    /// Time for the WebSocket upgrade.
+    pub handshake_timeout: Duration,
+}
+
+/// Binds a public WebSocket listener (`key` names its setting in errors); returns it and the
+/// address it is bound to.
+pub(super) fn bind(
+    addr: SocketAddr,
+    backlog: u32,
+    what: &'static str,
+    key: &'static str,
+) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let err = |source| BrokerError::Bind {
+        what,
+        key,
+        addr: addr.to_string(),
+        source,
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let listener = socket.listen(backlog).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
+}
+
+/// Accepts WebSocket clients (over TLS with `tls`) until `shutdown`; the task ends (and the
+/// listener closes) then.
+pub(super) fn spawn(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    bridge: Bridge,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let bridge = Arc::new(bridge);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let (bridge, tls) = (bridge.clone(), tls.clone());
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            r = accept(stream, peer, tls, &bridge) => {
+                                if let Err(e) = r {
+                                    tracing::debug!(client.addr = %peer, error = %e, "MQTT over WebSocket connection ended");
+                                }
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "MQTT over WebSocket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// The `Sec-WebSocket-Protocol` MQTT asks for (`mqtt`; `mqttv3.1` of old clients), echoed;
+/// without one the upgrade is refused. (The error type is tungstenite's callback's.)
+#[allow(clippy::result_large_err)]
+fn choose_protocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let offered = req
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| *p == "mqtt" || *p == "mqttv3.1");
+    match offered {
+        Some(p) => {
+            resp.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static(if p == "mqtt" { "mqtt" } else { "mqttv3.1" }),
+            );
+            Ok(resp)
+        }
+        None => {
+            let mut refused = ErrorResponse::new(Some(
+                "MQTT over WebSocket needs the subprotocol `mqtt` (Sec-WebSocket-Protocol)".into(),
+            ));
+            *refused.status_mut() = StatusCode::BAD_REQUEST;
+            Err(refused)
+        }
+    }
+}
+
+/// The TLS handshake (with `tls`), then [`serve`].
+async fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    bridge: &Bridge,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => serve(stream, peer, bridge).await,
+        Some(tls) => {
+            let stream = tokio::time::timeout(bridge.handshake_timeout, tls.accept(stream))
+                .await
+                .map_err(|_| "no TLS handshake in time".to_string())?
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            serve(stream, peer, bridge).await
+        }
+    }
+}
+
+async fn serve<S>(stream: S, peer: SocketAddr, bridge: &Bridge) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut config = WebSocketConfig::default();
+    // tungstenite reserves 128 KiB per connection by default; MQTT packets are mostly small.
+    config.read_buffer_size = READ_CHUNK;
+    config.write_buffer_size = 0;
+    config.max_message_size = Some(bridge.max_packet_bytes);
+    config.max_frame_size = Some(bridge.max_packet_bytes);
+    let upgrade =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, choose_protocol, Some(config));
+    let ws = tokio::time::timeout(bridge.handshake_timeout, upgrade)
+        .await
+        .map_err(|_| "no WebSocket upgrade in time".to_string())?
+        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+    let inner = TcpStream::connect(bridge.inner)
+        .await
+        .map_err(|e| format!("cannot reach the broker's loopback listener: {e}"))?;
+    let _ = inner.set_nodelay(true);
+    if let Ok(local) = inner.local_addr() {
+        tracing::debug!(client.addr = %peer, bridge.port = local.port(), "MQTT over WebSocket connection");
+    }
+    let (from_broker, to_broker) = inner.into_split();
+    let (ws_tx, ws_rx) = ws.split();
+    // Each direction on its own, so that neither waits for the other; the first to end ends
+    // the connection.
+    tokio::select! {
+        r = upstream(ws_rx, to_broker) => r,
+        r = downstream(from_broker, ws_tx) => r,
+    }
+}
+
+/// Client to broker: binary messages in order, empty ones skipped. tungstenite answers pings
+/// (and a close) on its next read.
+async fn upstream<S>(
+    mut ws_rx: futures::stream::SplitStream<WebSocketStream<S>>,
+    mut to_broker: tokio::net::tcp::OwnedWriteHalf,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws_rx.next().await {
+            Some(Ok(Message::Binary(data))) => {
+                if !data.is_empty() {
+                    to_broker
+                        .write_all(&data)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            // MQTT 6.0: anything but binary data closes the network connection.
+            Some(Ok(Message::Text(_))) => {
+                return Err("a text frame (MQTT needs binary frames)".into());
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                // The client is done: rmqtt sees the end of the stream (a will unless the
+                // client sent DISCONNECT first).
+                let _ = to_broker.shutdown().await;
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Broker to client: what rmqtt writes, as binary messages; a close when rmqtt closes
+/// (DISCONNECT, take-over, keep-alive).
+async fn downstream<S>(
+    mut from_broker: tokio::net::tcp::OwnedReadHalf,
+    mut ws_tx: futures::stream::SplitSink<WebSocketStream<S>, Message>,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.capacity() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        match from_broker.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = ws_tx.close().await;
+                return Ok(());
+            }
+            Ok(_) => {
+                let data = buf.split().freeze();
+                ws_tx
+                    .send(Message::Binary(data))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
