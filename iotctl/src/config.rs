@@ -55,8 +55,8 @@ impl Default for PathsConfig {
 pub struct BrokerConfig {
     /// `listen`, `ws_listen`, `max_payload_bytes`, `max_inflight`, `max_sessions`,
     /// `max_mqueue_len`, `allow_anonymous`, `host_send_timeout_ms`, `max_topic_levels`,
-    /// `handshake_timeout_ms`, `session_expiry_seconds`, `sys_interval_seconds`, `tls_listen`,
-    /// `wss_listen`.
+    /// `handshake_timeout_ms`, `session_expiry_seconds`, `sys_interval_seconds`,
+    /// `max_topic_aliases`, `tls_listen`, `wss_listen`.
     #[serde(flatten)]
     pub embedded: EmbeddedConfig,
     pub external: String,

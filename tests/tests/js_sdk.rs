@@ -74,12 +74,18 @@ async fn js_sdk_works_without_da_credentials() {
     let (mut child, mut lines) = spawn_js_da(&app, &id);
     line(&mut lines, "connected").await;
     app.wait_online(1).await;
-    let online = watcher
+    watcher
         .recv_until("online", |r| {
             r.topic == ctrl_i && r.json()["state"] == "online"
         })
         .await;
-    assert!(online.retain || online.qos != QoS::AtMostOnce, "{online:?}");
+    // Kept as the retained state of its control channel (what the CSM reads on a restart).
+    let mut late = app.mqtt(None).await;
+    late.subscribe(&ctrl_i, QoS::AtLeastOnce).await;
+    let kept = late
+        .recv_until("the retained state", |r| r.topic == ctrl_i)
+        .await;
+    assert!(kept.retain && kept.json()["state"] == "online", "{kept:?}");
 
     // A signal on its control channel reaches it and its answer comes back.
     let signal = json!({"command": "PING_TEST", "msg_id": "m-1"});

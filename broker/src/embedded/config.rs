@@ -52,6 +52,9 @@ pub struct EmbeddedConfig {
     pub session_expiry_seconds: u64,
     /// How often the `$SYS/broker/...` topics are published (retained), in seconds; 0: never.
     pub sys_interval_seconds: u64,
+    /// MQTT 5 topic aliases per connection and direction (the Topic Alias Maximum the broker
+    /// announces, and the most it uses towards a client that allows them); 0: none.
+    pub max_topic_aliases: u16,
     /// MQTT over TLS, `host:port` (8883 by convention); empty disables it. Needs `tls`.
     pub tls_listen: String,
     /// MQTT over WebSocket over TLS (any path, e.g. `/mqtt`), `host:port`; empty disables it.
@@ -78,6 +81,7 @@ impl Default for EmbeddedConfig {
             handshake_timeout_ms: 10_000,
             session_expiry_seconds: 7_200,
             sys_interval_seconds: 10,
+            max_topic_aliases: 10,
             tls_listen: String::new(),
             wss_listen: String::new(),
             tls: None,

@@ -189,23 +189,27 @@ impl Handler for AuthHook {
                 }
             }
         };
-        // With authentication, a client id whose session has an owner is that owner's.
-        if let (AuthResult::Allow(..), Some(auth)) = (&result, &self.login.auth) {
-            let username = info.username().map(|u| u.as_ref());
-            if super::takeover::owned_by_another(&self.scx, info.id(), username).await {
-                auth.refused_client_id();
-                tracing::debug!(client.id = %info.id().client_id, mqtt.username = ?username, "CONNECT refused: the client id's session belongs to another username");
-                result = AuthResult::NotAuthorized;
-            }
-        }
-        // Accepted: a clean start takes a live session of its client id over now, so that
-        // rmqtt's own take-over cannot refuse it (`takeover.rs`).
-        // A resumed session's live connection is closed first (`takeover.rs`).
+        // Accepted: what this CONNECT does to the session under its client id (`takeover.rs`):
+        // with an authenticator, another username's live session refuses it; a clean start
+        // takes a live session over now, so that rmqtt's own take-over cannot refuse it; a
+        // resumed session's live connection is closed first.
         if matches!(result, AuthResult::Allow(..)) {
-            if info.clean_start() {
-                super::takeover::take_over(&self.scx, info.id()).await;
-            } else {
-                super::takeover::close_for_resume(&self.scx, info.id()).await;
+            let username = info.username().map(|u| u.as_ref());
+            let owners = self.login.auth.is_some();
+            let prepared = super::takeover::prepare(
+                &self.scx,
+                info.id(),
+                username,
+                info.clean_start(),
+                owners,
+            )
+            .await;
+            if prepared == super::takeover::Prepared::Taken {
+                if let Some(auth) = &self.login.auth {
+                    auth.refused_client_id();
+                }
+                tracing::debug!(client.id = %info.id().client_id, mqtt.username = ?username, "CONNECT refused: the client id's live session belongs to another username");
+                result = AuthResult::NotAuthorized;
             }
         }
         (false, Some(HookResult::AuthResult(result)))

@@ -10,8 +10,13 @@
 //! under that packet id: a failed write leaves it in flight, and the resumed session (or the
 //! one taking it over) resends it with DUP set, under the same packet id, so a QoS 2
 //! subscriber that did get it discards the repeat. A successful write's own record replaces
-//! ours in place. A message too big for an MQTT 5 client's Maximum Packet Size is not recorded:
-//! rmqtt cannot send it, and resending it on every resume would drop every resumed connection.
+//! ours in place.
+//!
+//! A message too big for an MQTT 5 client's Maximum Packet Size: rmqtt tried to write it, its
+//! encoder refused, and the error dropped the connection (recorded in flight first, it would
+//! drop every resumed connection too). MQTT 5 says the server discards such a message as if it
+//! had been sent [MQTT-3.1.2-25]: [`TooBig`] answers rmqtt's `MessageExpiryCheck` (asked just
+//! before each delivery) with "expired" for it, so rmqtt discards it, counted as dropped.
 //!
 //! A QoS 1/2 message routed to a persistent session while a new connection takes it over finds
 //! no session (between rmqtt removing the old one and registering the new one) or the old
@@ -44,6 +49,9 @@ const WAITING_BYTES: usize = 64 << 20;
 pub(super) async fn register(scx: &ServerContext) {
     let register = scx.extends.hook_mgr().register();
     register
+        .add(Type::MessageExpiryCheck, Box::new(TooBig))
+        .await;
+    register
         .add(Type::MessageDelivered, Box::new(InFlightFirst))
         .await;
     let reforward = Reforward {
@@ -55,6 +63,21 @@ pub(super) async fn register(scx: &ServerContext) {
         .add(Type::MessageDropped, Box::new(reforward))
         .await;
     register.start().await;
+}
+
+struct TooBig;
+
+#[async_trait]
+impl Handler for TooBig {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        if let Parameter::MessageExpiryCheck(session, _, publish) = param {
+            if !fits(session, publish).await {
+                tracing::debug!(client.id = %session.id.client_id, topic = %publish.topic, "discarded a message larger than the client's Maximum Packet Size");
+                return (false, Some(HookResult::MessageExpiry));
+            }
+        }
+        (true, acc)
+    }
 }
 
 struct InFlightFirst;
@@ -79,7 +102,10 @@ impl Handler for InFlightFirst {
     }
 }
 
-/// Whether `p` fits the client's MQTT 5 Maximum Packet Size (always, without one).
+/// Whether `p` fits the client's MQTT 5 Maximum Packet Size (always, without one). The size
+/// is counted in full (fixed header and a topic alias included), at least what rmqtt's encoder
+/// counts, so what passes here always encodes. (A QoS 2 message already past PUBREC that no
+/// longer fits, after a resume with a smaller limit, is dropped instead of released.)
 async fn fits(session: &Session, p: &Publish) -> bool {
     let Ok(info) = session.connect_info().await else {
         return true;
@@ -99,7 +125,8 @@ fn var_int_len(n: usize) -> usize {
     }
 }
 
-/// The size of `p` as an MQTT 5 PUBLISH with a packet id (without a topic alias).
+/// The size of `p` as an MQTT 5 PUBLISH with a packet id and a topic alias: never less than
+/// what rmqtt will write.
 fn publish_size_v5(p: &Publish) -> usize {
     let props = p.properties.as_ref().map_or(0, |pr| {
         let opt = |b: Option<usize>| b.map_or(0, |n| 3 + n);
@@ -117,6 +144,8 @@ fn publish_size_v5(p: &Publish) -> usize {
                 .map(|id| 1 + var_int_len(id.get() as usize))
                 .sum::<usize>()
     });
+    // A Topic Alias (3 bytes) may be added on the way out.
+    let props = props + 3;
     let remaining = 2 + p.topic.len() + 2 + var_int_len(props) + props + p.payload.len();
     1 + var_int_len(remaining) + remaining
 }

@@ -13,7 +13,10 @@ use async_trait::async_trait;
 use rmqtt::codec::v5::PublishAckReason;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, Priority, ReturnType, Type};
-use rmqtt::types::{FromType, PublishAclResult, PublishResult};
+use rmqtt::types::{FromType, PublishAclResult, PublishResult, Reason};
+
+use super::config::Checked;
+use crate::EmbeddedConfig;
 
 /// Above the default priority (0) of our other handlers and of rmqtt's plugins.
 const PRIORITY: Priority = 1000;
@@ -23,15 +26,24 @@ pub(crate) fn levels(topic: &str) -> usize {
     topic.bytes().filter(|b| *b == b'/').count() + 1
 }
 
-/// Registers the publish checks for `max_levels` (the validated `broker.max_topic_levels`)
-/// and `max_payload` (`broker.max_payload_bytes`: the listener's packet limit leaves room for
-/// headers, so a payload a little over it would otherwise pass).
-pub(super) async fn register(scx: &ServerContext, max_levels: usize, max_payload: usize) {
+/// Registers the publish checks for `broker.max_topic_levels` (validated in `checked`),
+/// `broker.max_payload_bytes` (the listener's packet limit leaves room for headers, so a
+/// payload a little over it would otherwise pass) and `broker.max_topic_aliases`.
+pub(super) async fn register(scx: &ServerContext, checked: &Checked, cfg: &EmbeddedConfig) {
     let register = scx.extends.hook_mgr().register();
     let check = TopicLevels {
-        max_levels,
-        max_payload,
+        max_levels: checked.max_topic_levels,
+        max_payload: cfg.max_payload_bytes,
     };
+    for typ in [Type::MessagePublish, Type::MessagePublishCheckAcl] {
+        let alias_check = AliasCheck {
+            scx: scx.clone(),
+            max_aliases: cfg.max_topic_aliases,
+        };
+        register
+            .add_priority(typ, PRIORITY + 1, Box::new(alias_check))
+            .await;
+    }
     register
         .add_priority(Type::MessagePublish, PRIORITY, Box::new(check))
         .await;
@@ -45,6 +57,55 @@ pub(super) async fn register(scx: &ServerContext, max_levels: usize, max_payload
 struct TopicLevels {
     max_levels: usize,
     max_payload: usize,
+}
+
+/// MQTT 5: a PUBLISH whose Topic Alias is above the Topic Alias Maximum the broker announced
+/// (none at all when it is 0) is a protocol error the broker answers with DISCONNECT 0x94,
+/// topic alias invalid [MQTT-3.3.2-9]. rmqtt ignored the alias when it announced none, and
+/// took any alias value while it had room for more. The publish goes nowhere.
+struct AliasCheck {
+    scx: ServerContext,
+    max_aliases: u16,
+}
+
+#[async_trait]
+impl Handler for AliasCheck {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        let invalid = |p: &rmqtt::types::Publish| {
+            let alias = p.properties.as_ref().and_then(|pr| pr.topic_alias);
+            alias.filter(|a| a.get() > self.max_aliases)
+        };
+        let (s, alias) = match param {
+            // First of the publish hooks: no host subscription sees it.
+            Parameter::MessagePublish(Some(_), _, p) if invalid(p).is_some() => {
+                return (false, acc)
+            }
+            Parameter::MessagePublishCheckAcl(s, p) => match invalid(p) {
+                Some(alias) => (s, alias),
+                None => return (true, acc),
+            },
+            _ => return (true, acc),
+        };
+        tracing::debug!(client.id = %s.id.client_id, alias = alias.get(), max = self.max_aliases, "topic alias above the maximum: disconnecting");
+        let entry = { self.scx.extends.shared().await.entry(s.id.clone()) };
+        if let Some(tx) = entry.tx() {
+            let d = rmqtt::codec::v5::Disconnect {
+                reason_code: rmqtt::codec::v5::DisconnectReasonCode::TopicAliasInvalid,
+                ..Default::default()
+            };
+            let reason = Reason::ConnectDisconnect(Some(rmqtt::types::Disconnect::V5(d)));
+            let _ = tx.unbounded_send(rmqtt::types::Message::Closed(reason));
+        }
+        let refused = PublishResult::reason_code(
+            PublishAckReason::ImplementationSpecificError,
+            Some("topic alias above the maximum".into()),
+            false,
+        );
+        (
+            false,
+            Some(HookResult::PublishAclResult(PublishAclResult(refused))),
+        )
+    }
 }
 
 #[async_trait]

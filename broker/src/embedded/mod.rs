@@ -155,7 +155,13 @@ impl EmbeddedBroker {
             // a subscriber that takes 20 s to ack got duplicates. Zero: resent on reconnect only.
             .message_retry_interval(Duration::ZERO)
             // MQTT 3.1.1 persistent sessions: rmqtt keeps them 2 h offline unless told.
-            .session_expiry_interval(checked.session_expiry);
+            .session_expiry_interval(checked.session_expiry)
+            // ...and the most an MQTT 5 client may ask for (0: no limit), so that a session
+            // nobody resumes does not hold its client id for ever.
+            .max_session_expiry_interval(checked.session_expiry)
+            // MQTT 5 topic aliases, both ways (rmqtt's default 0 announced none and ignored
+            // the aliases clients sent anyway; `limits.rs` answers an invalid one with 0x94).
+            .max_topic_aliases(cfg.max_topic_aliases);
         let tcp = bind(
             builder.clone().name("iotctl/tcp").laddr(checked.listen),
             "MQTT over TCP",
@@ -164,37 +170,8 @@ impl EmbeddedBroker {
         let mqtt_addr = local_addr(&tcp, "MQTT over TCP", "broker.listen")?;
         let mut secure = tls::bind_secure(&builder, cfg, &checked)?;
         let secure_addrs = secure.addrs();
-        // WebSocket (and over TLS): our listeners, bridged to an rmqtt listener on loopback
-        // (`ws.rs`).
-        let ws = match checked.ws_listen {
-            None => None,
-            Some(addr) => Some(ws::bind(
-                addr,
-                LISTEN_BACKLOG.unsigned_abs(),
-                "MQTT over WebSocket",
-                "broker.ws_listen",
-            )?),
-        };
-        let bridge = if ws.is_some() || secure.wss.is_some() {
-            let key = if ws.is_some() {
-                "broker.ws_listen"
-            } else {
-                "broker.wss_listen"
-            };
-            let what = "the WebSocket bridge's loopback listener";
-            let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-            let l = bind(builder.name("iotctl/ws").laddr(loopback), what, key)?;
-            let inner = local_addr(&l, what, key)?;
-            let l = l.tcp().map_err(setup(what))?;
-            let bridge = ws::Bridge {
-                inner,
-                max_packet_bytes: checked.max_packet_bytes as usize,
-                handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
-            };
-            Some((l, bridge))
-        } else {
-            None
-        };
+        // WebSocket (and over TLS): our listeners, bridged to an rmqtt listener on loopback.
+        let mut fronts = ws::Fronts::bind(builder, cfg, &checked, &mut secure)?;
         let tcp = tcp.tcp().map_err(setup("the TCP listener"))?;
 
         let scx = ServerContext::new()
@@ -227,7 +204,7 @@ impl EmbeddedBroker {
             allow_anonymous: cfg.allow_anonymous,
         };
         hooks::register_hooks(&scx, &local, &dropped, login).await;
-        limits::register(&scx, checked.max_topic_levels, cfg.max_payload_bytes).await;
+        limits::register(&scx, &checked, cfg).await;
         inflight::register(&scx).await;
         let sys_counts = Arc::new(sys::Counts::default());
         if checked.sys_interval.is_some() {
@@ -238,17 +215,8 @@ impl EmbeddedBroker {
         }
 
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, mqtt_addr.port());
-        let ws_addr = ws.as_ref().map(|(_, bound)| *bound);
-        let mut fronts = Vec::new();
-        if let Some((l, bridge)) = bridge {
-            server = server.listener_by_id(l, bridge.inner.port());
-            if let Some((public, _)) = ws {
-                fronts.push((public, None, bridge));
-            }
-            if let Some((public, _, acceptor)) = secure.wss.take() {
-                fronts.push((public, Some(acceptor), bridge));
-            }
-        }
+        let ws_addr = fronts.ws_addr;
+        server = fronts.add_to(server);
         let server = secure.add_to(server).build();
 
         let host = From::from_admin(Id::new(
@@ -279,10 +247,10 @@ impl EmbeddedBroker {
             sys::spawn(broker.clone(), sys_counts, every, shutdown.clone());
         }
         disconnect::spawn(scx.clone(), shutdown.clone());
-        let ws_tasks: Vec<_> = fronts
-            .into_iter()
-            .map(|(public, tls, bridge)| ws::spawn(public, tls, bridge, shutdown.clone()))
-            .collect();
+        // WebSocket: the accept loops stop with the server, their connections once the
+        // broker has disconnected its clients.
+        let (ws_stop, ws_close) = (shutdown.child_token(), CancellationToken::new());
+        let ws_tasks = fronts.spawn(&ws_stop, &ws_close);
         let task = tokio::spawn(async move {
             tokio::select! {
                 res = server.run() => {
@@ -293,11 +261,13 @@ impl EmbeddedBroker {
                 () = shutdown.cancelled() => {}
             }
             // The server future, and with it its listeners, is dropped here; the WebSocket
-            // listener closes as its accept loop ends.
+            // listeners close as their accept loops end.
+            ws_stop.cancel();
             for t in ws_tasks {
                 let _ = t.await;
             }
             disconnect_all(&scx).await;
+            ws_close.cancel();
             tracing::info!("embedded MQTT broker stopped");
         });
         Ok((broker, task))

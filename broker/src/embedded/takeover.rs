@@ -30,25 +30,77 @@ use rmqtt::types::{Id, Message, Reason};
 const LOCK_WAIT: Duration = Duration::from_millis(200);
 const LOCK_RETRY: Duration = Duration::from_millis(5);
 
-/// Kicks the live session of `id`'s client id, if there is one.
-pub(super) async fn take_over(scx: &ServerContext, id: &Id) {
+/// What an accepted CONNECT finds under its client id, and what [`prepare`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Prepared {
+    /// Nothing to do, or done: rmqtt's handshake goes on.
+    Go,
+    /// The client id's live session belongs to another username (only with `owners`).
+    Taken,
+}
+
+/// Everything an accepted CONNECT of `id` (by `username`, clean start or not) does to the
+/// session already under its client id, before rmqtt's own handshake, under the client id's
+/// lock (as rmqtt's handshake takes it):
+///
+/// - With `owners` (an authenticator is configured), a session belongs to the username that
+///   made it: a *live* one of another username is [`Prepared::Taken`] (the CONNECT is refused:
+///   no user can kick a device off by its client id); an *offline* one of another username is
+///   discarded (kicked with a clean start), so the newcomer gets a fresh session and not its
+///   subscriptions and queued messages, and a stale session cannot lock its client id.
+/// - A clean start kicks the live session: [`take_over`].
+/// - A resume closes the live connection first: [`close_for_resume`].
+pub(super) async fn prepare(
+    scx: &ServerContext,
+    id: &Id,
+    username: Option<&str>,
+    clean_start: bool,
+    owners: bool,
+) -> Prepared {
     let entry = { scx.extends.shared().await.entry(id.clone()) };
-    if entry.tx().is_none_or(|tx| tx.is_closed()) {
-        return;
+    let Some(session) = entry.session() else {
+        return Prepared::Go;
+    };
+    let owner = session.id.username.clone();
+    let foreign = owners && owner.as_ref().is_some_and(|o| Some(o.as_ref()) != username);
+    if entry.tx().is_none_or(|tx| tx.is_closed()) && !foreign {
+        return Prepared::Go;
     }
     let started = tokio::time::Instant::now();
     let mut locked = loop {
         match entry.try_lock().await {
             Ok(e) => break e,
-            // Another handshake of this client id holds it: rmqtt decides between them.
-            Err(_) if started.elapsed() >= LOCK_WAIT => return,
+            // Another handshake of this client id holds it: rmqtt decides between them (and
+            // refuses this one at once if it still holds it).
+            Err(_) if started.elapsed() >= LOCK_WAIT => {
+                return if foreign {
+                    Prepared::Taken
+                } else {
+                    Prepared::Go
+                };
+            }
             Err(_) => tokio::time::sleep(LOCK_RETRY).await,
         }
     };
-    // Answered or not, the old session is gone afterwards (see the module's comment).
-    if let Err(e) = locked.kick(true, true, false).await {
-        tracing::debug!(client.id = %id.client_id, error = %e, "took over a session in its teardown");
+    // Looked at again under the lock: a handshake may have set up a session meanwhile.
+    let Some(session) = locked.session() else {
+        return Prepared::Go;
+    };
+    let foreign =
+        owners && (session.id.username.as_ref()).is_some_and(|o| Some(o.as_ref()) != username);
+    let live = session.connected().await.unwrap_or(false);
+    if foreign && live {
+        return Prepared::Taken;
     }
+    if foreign || clean_start {
+        // Answered or not, the old session is gone afterwards (see the module's comment).
+        if let Err(e) = locked.kick(true, true, false).await {
+            tracing::debug!(client.id = %id.client_id, error = %e, "took over a session in its teardown");
+        }
+        return Prepared::Go;
+    }
+    close_for_resume(&*locked, id);
+    Prepared::Go
 }
 
 /// A CONNECT resuming a persistent session whose connection is still live (its client's
@@ -64,46 +116,20 @@ pub(super) async fn take_over(scx: &ServerContext, id: &Id) {
 /// server closes, the old connection's will is published (MQTT 5: after its will delay, which
 /// the resumed session cancels).
 ///
-/// Under the client id's lock (as rmqtt's handshake takes it), and only for a session older
-/// than this connection: a concurrent handshake holds the lock from its take-over to its
-/// session's state transfer, so a session it has just set up is never closed here.
-pub(super) async fn close_for_resume(scx: &ServerContext, id: &Id) {
-    let entry = { scx.extends.shared().await.entry(id.clone()) };
-    if entry.tx().is_none_or(|tx| tx.is_closed()) {
-        return;
-    }
-    let started = tokio::time::Instant::now();
-    let locked = loop {
-        match entry.try_lock().await {
-            Ok(e) => break e,
-            Err(_) if started.elapsed() >= LOCK_WAIT => return,
-            Err(_) => tokio::time::sleep(LOCK_RETRY).await,
-        }
-    };
+/// Only for a session created no later than this connection (rmqtt's clock counts
+/// milliseconds: a reconnect within the same millisecond counts as later): a handshake holds
+/// the lock only until it has *queued* its session's state transfer, so a session another
+/// handshake has just set up must not be closed here. An offline session ignores the close.
+fn close_for_resume(locked: &dyn rmqtt::shared::Entry, id: &Id) {
     let (Some(session), Some(tx)) = (locked.session(), locked.tx()) else {
         return;
     };
-    // Sent whether or not the session looks connected: an offline session ignores it.
-    if session.id.create_time < id.create_time
+    if session.id.create_time <= id.create_time
         && !tx.is_closed()
         && tx
             .unbounded_send(Message::Closed(Reason::ConnectKicked(false)))
             .is_ok()
     {
         tracing::debug!(client.id = %id.client_id, "closing a live connection whose session is resumed");
-    }
-}
-
-/// Whether the session of `id`'s client id (live or offline) belongs to a username other than
-/// `username`: such a CONNECT would take another client's session (its subscriptions and
-/// queued messages) or kick it off, so it is refused when clients authenticate.
-pub(super) async fn owned_by_another(scx: &ServerContext, id: &Id, username: Option<&str>) -> bool {
-    let entry = { scx.extends.shared().await.entry(id.clone()) };
-    let Some(session) = entry.session() else {
-        return false;
-    };
-    match &session.id.username {
-        Some(owner) => Some(owner.as_ref()) != username,
-        None => false,
     }
 }

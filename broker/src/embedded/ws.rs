@@ -25,6 +25,7 @@ use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -33,10 +34,27 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::BrokerError;
+use rmqtt::net::{Builder, Listener};
+use rmqtt::server::MqttServerBuilder;
+
+use super::config::Checked;
+use super::tls::Secure;
+use super::{local_addr, setup, LISTEN_BACKLOG};
+use crate::{BrokerError, EmbeddedConfig};
 
 /// Bytes read from rmqtt's side at a time (the buffer grows only while a read is pending).
 const READ_CHUNK: usize = 4096;
+/// How long a message to the client may take to go out (rmqtt's own send timeout): a client
+/// that stops reading is disconnected, as over TCP.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the client's close, how long rmqtt has to read what came before it and close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Connections in their TLS handshake or WebSocket upgrade at once (rmqtt's
+/// `max_handshaking_limit` default); more wait in the kernel's accept queue.
+const MAX_HANDSHAKING: usize = 1000;
+/// Smallest limit of a WebSocket message and frame: MQTT clients may put several packets in
+/// one message (MQTT.js in a browser joins buffered writes), so it is not the packet limit.
+const MIN_MESSAGE_BYTES: usize = 16 << 20;
 
 /// What the bridge needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +65,97 @@ pub(super) struct Bridge {
     pub max_packet_bytes: usize,
     /// Time for the WebSocket upgrade.
     pub handshake_timeout: Duration,
+}
+
+/// The WebSocket listeners of `broker.ws_listen` and `broker.wss_listen`, bound, and rmqtt's
+/// loopback listener they bridge to, before the server takes it.
+pub(super) struct Fronts {
+    /// rmqtt's loopback listener, until the server takes it.
+    loopback: Option<Listener>,
+    /// What the bridge needs (none without WebSocket).
+    bridge: Option<Bridge>,
+    /// Each public listener, with its TLS acceptor for `wss_listen`.
+    public: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    /// The address `ws_listen` is bound to.
+    pub ws_addr: Option<SocketAddr>,
+}
+
+impl Fronts {
+    /// Binds `ws_listen` (from `checked`), takes the bound `wss_listen` of `secure`, and binds
+    /// the loopback listener with the settings of `builder` when either is on.
+    pub(super) fn bind(
+        builder: Builder,
+        cfg: &EmbeddedConfig,
+        checked: &Checked,
+        secure: &mut Secure,
+    ) -> Result<Fronts, BrokerError> {
+        let mut public = Vec::new();
+        let mut ws_addr = None;
+        if let Some(addr) = checked.ws_listen {
+            let what = "MQTT over WebSocket";
+            let (l, bound) = bind(
+                addr,
+                LISTEN_BACKLOG.unsigned_abs(),
+                what,
+                "broker.ws_listen",
+            )?;
+            public.push((l, None));
+            ws_addr = Some(bound);
+        }
+        if let Some((l, _, acceptor)) = secure.wss.take() {
+            public.push((l, Some(acceptor)));
+        }
+        let mut fronts = Fronts {
+            loopback: None,
+            bridge: None,
+            public,
+            ws_addr,
+        };
+        if fronts.public.is_empty() {
+            return Ok(fronts);
+        }
+        let key = if ws_addr.is_some() {
+            "broker.ws_listen"
+        } else {
+            "broker.wss_listen"
+        };
+        let what = "the WebSocket bridge's loopback listener";
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let l = super::bind(builder.name("iotctl/ws").laddr(loopback), what, key)?;
+        let inner = local_addr(&l, what, key)?;
+        let l = l.tcp().map_err(setup(what))?;
+        let bridge = Bridge {
+            inner,
+            max_packet_bytes: checked.max_packet_bytes as usize,
+            handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
+        };
+        fronts.loopback = Some(l);
+        fronts.bridge = Some(bridge);
+        Ok(fronts)
+    }
+
+    /// Hands the loopback listener to the server (identified by its port).
+    pub(super) fn add_to(&mut self, server: MqttServerBuilder) -> MqttServerBuilder {
+        match (self.loopback.take(), &self.bridge) {
+            (Some(l), Some(bridge)) => server.listener_by_id(l, bridge.inner.port()),
+            _ => server,
+        }
+    }
+
+    /// Starts accepting on every public listener (see [`spawn`]).
+    pub(super) fn spawn(
+        self,
+        stop: &CancellationToken,
+        close: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(bridge) = self.bridge else {
+            return Vec::new();
+        };
+        self.public
+            .into_iter()
+            .map(|(l, tls)| spawn(l, tls, bridge, stop.clone(), close.clone()))
+            .collect()
+    }
 }
 
 /// Binds a public WebSocket listener (`key` names its setting in errors); returns it and the
@@ -76,29 +185,39 @@ pub(super) fn bind(
     Ok((listener, bound))
 }
 
-/// Accepts WebSocket clients (over TLS with `tls`) until `shutdown`; the task ends (and the
-/// listener closes) then.
-pub(super) fn spawn(
+/// Accepts WebSocket clients (over TLS with `tls`) until `stop`; the task ends (and the
+/// listener closes) then. Connections end at `close` (after the broker has disconnected its
+/// clients, so each still gets rmqtt's last words).
+fn spawn(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     bridge: Bridge,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
+    close: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let bridge = Arc::new(bridge);
+    let handshaking = Arc::new(Semaphore::new(MAX_HANDSHAKING));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                () = stop.cancelled() => return,
+                p = handshaking.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
             let accepted = tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = stop.cancelled() => return,
                 a = listener.accept() => a,
             };
             match accepted {
                 Ok((stream, peer)) => {
                     let (bridge, tls) = (bridge.clone(), tls.clone());
-                    let shutdown = shutdown.clone();
+                    let close = close.clone();
                     tokio::spawn(async move {
                         tokio::select! {
-                            () = shutdown.cancelled() => {}
-                            r = accept(stream, peer, tls, &bridge) => {
+                            () = close.cancelled() => {}
+                            r = accept(stream, peer, tls, &bridge, permit) => {
                                 if let Err(e) = r {
                                     tracing::debug!(client.addr = %peer, error = %e, "MQTT over WebSocket connection ended");
                                 }
@@ -146,27 +265,36 @@ fn choose_protocol(req: &Request, mut resp: Response) -> Result<Response, ErrorR
     }
 }
 
-/// The TLS handshake (with `tls`), then [`serve`].
+/// The TLS handshake (with `tls`) and the WebSocket upgrade, both within one
+/// `handshake_timeout` and holding a `handshaking` permit, then the bridge.
 async fn accept(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     bridge: &Bridge,
+    handshaking: OwnedSemaphorePermit,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + bridge.handshake_timeout;
     match tls {
-        None => serve(stream, peer, bridge).await,
+        None => serve(stream, peer, bridge, deadline, handshaking).await,
         Some(tls) => {
-            let stream = tokio::time::timeout(bridge.handshake_timeout, tls.accept(stream))
+            let stream = tokio::time::timeout_at(deadline, tls.accept(stream))
                 .await
                 .map_err(|_| "no TLS handshake in time".to_string())?
                 .map_err(|e| format!("TLS handshake: {e}"))?;
-            serve(stream, peer, bridge).await
+            serve(stream, peer, bridge, deadline, handshaking).await
         }
     }
 }
 
-async fn serve<S>(stream: S, peer: SocketAddr, bridge: &Bridge) -> Result<(), String>
+async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    bridge: &Bridge,
+    deadline: tokio::time::Instant,
+    handshaking: OwnedSemaphorePermit,
+) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -174,14 +302,16 @@ where
     // tungstenite reserves 128 KiB per connection by default; MQTT packets are mostly small.
     config.read_buffer_size = READ_CHUNK;
     config.write_buffer_size = 0;
-    config.max_message_size = Some(bridge.max_packet_bytes);
-    config.max_frame_size = Some(bridge.max_packet_bytes);
+    let limit = MIN_MESSAGE_BYTES.max(bridge.max_packet_bytes.saturating_mul(4));
+    config.max_message_size = Some(limit);
+    config.max_frame_size = Some(limit);
     let upgrade =
         tokio_tungstenite::accept_hdr_async_with_config(stream, choose_protocol, Some(config));
-    let ws = tokio::time::timeout(bridge.handshake_timeout, upgrade)
+    let ws = tokio::time::timeout_at(deadline, upgrade)
         .await
         .map_err(|_| "no WebSocket upgrade in time".to_string())?
         .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+    drop(handshaking);
     let inner = TcpStream::connect(bridge.inner)
         .await
         .map_err(|e| format!("cannot reach the broker's loopback listener: {e}"))?;
@@ -191,11 +321,20 @@ where
     }
     let (from_broker, to_broker) = inner.into_split();
     let (ws_tx, ws_rx) = ws.split();
-    // Each direction on its own, so that neither waits for the other; the first to end ends
-    // the connection.
+    // Each direction on its own, so that neither waits for the other. When the client is
+    // done, rmqtt gets the end of the stream and a moment to read what came before it (a
+    // DISCONNECT: no will) and to close; when rmqtt closes, the client gets a close.
+    let up = upstream(ws_rx, to_broker);
+    let down = downstream(from_broker, ws_tx);
+    tokio::pin!(up, down);
     tokio::select! {
-        r = upstream(ws_rx, to_broker) => r,
-        r = downstream(from_broker, ws_tx) => r,
+        r = &mut up => {
+            if r.is_ok() {
+                let _ = tokio::time::timeout(CLOSE_WAIT, &mut down).await;
+            }
+            r
+        }
+        r = &mut down => r,
     }
 }
 
@@ -225,7 +364,7 @@ where
             }
             Some(Ok(Message::Close(_))) | None => {
                 // The client is done: rmqtt sees the end of the stream (a will unless the
-                // client sent DISCONNECT first).
+                // client sent DISCONNECT first). The read side stays open (`serve`).
                 let _ = to_broker.shutdown().await;
                 return Ok(());
             }
@@ -250,14 +389,14 @@ where
         }
         match from_broker.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
-                let _ = ws_tx.close().await;
+                let _ = tokio::time::timeout(SEND_TIMEOUT, ws_tx.close()).await;
                 return Ok(());
             }
             Ok(_) => {
                 let data = buf.split().freeze();
-                ws_tx
-                    .send(Message::Binary(data))
+                tokio::time::timeout(SEND_TIMEOUT, ws_tx.send(Message::Binary(data)))
                     .await
+                    .map_err(|_| "the client reads nothing: disconnected".to_string())?
                     .map_err(|e| e.to_string())?;
             }
         }

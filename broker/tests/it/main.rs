@@ -6,6 +6,7 @@
 mod deep_topics;
 mod embedded;
 mod external;
+mod mqtt5;
 mod qos_resume;
 mod raw;
 mod reliability;

@@ -116,53 +116,9 @@ pub fn publish_v5(topic: &str, qos: u8, pkid: u16, props: &[u8], payload: &[u8])
 
 /// The Message Expiry Interval property (0x02) of an MQTT 5 PUBLISH as received, if any.
 pub fn message_expiry(p: &(u8, Vec<u8>)) -> Option<u32> {
-    assert_eq!(p.0 & 0xF0, 0x30, "expected PUBLISH, got {:#x}", p.0);
-    let body = &p.1;
-    let mut i = 2 + usize::from(u16::from_be_bytes([body[0], body[1]]));
-    if p.0 & 0x06 != 0 {
-        i += 2; // packet id
-    }
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let b = body[i];
-        i += 1;
-        len |= usize::from(b & 0x7F) << shift;
-        shift += 7;
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    let props = &body[i..i + len];
-    let mut j = 0;
-    while j < props.len() {
-        let id = props[j];
-        j += 1;
-        let width = match id {
-            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
-            0x13 | 0x21 | 0x22 | 0x23 => 2,
-            0x02 | 0x11 | 0x18 | 0x27 => 4,
-            0x0B => {
-                // Subscription Identifier: a variable byte integer
-                let mut n = 0;
-                while props[j + n] & 0x80 != 0 {
-                    n += 1;
-                }
-                n + 1
-            }
-            0x26 => {
-                // User Property: two strings
-                let k = 2 + usize::from(u16::from_be_bytes([props[j], props[j + 1]]));
-                k + 2 + usize::from(u16::from_be_bytes([props[j + k], props[j + k + 1]]))
-            }
-            // strings and binary data
-            _ => 2 + usize::from(u16::from_be_bytes([props[j], props[j + 1]])),
-        };
-        if id == 0x02 {
-            return Some(u32::from_be_bytes(props[j..j + 4].try_into().unwrap()));
-        }
-        j += width;
-    }
-    None
+    let props = parse_publish_v5(p).props;
+    let (_, v) = props.into_iter().find(|(id, _)| *id == 0x02)?;
+    Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
 }
 
 pub fn pubrel(pkid: u16) -> Vec<u8> {
@@ -230,6 +186,19 @@ pub async fn expect(
     }
 }
 
+/// Reads one packet within `wait`: `None` when the peer closed the connection; panics with
+/// `what` when neither happens in time.
+pub async fn expect_or_closed(
+    stream: &mut (impl AsyncRead + Unpin),
+    wait: Duration,
+    what: &str,
+) -> Option<(u8, Vec<u8>)> {
+    match tokio::time::timeout(wait, read(stream)).await {
+        Ok(p) => p,
+        Err(_) => panic!("no {what} within {wait:?}"),
+    }
+}
+
 /// The CONNACK return code (3.1/3.1.1) or reason code (5).
 pub fn connack_code(p: &(u8, Vec<u8>)) -> u8 {
     assert_eq!(p.0 & 0xF0, CONNACK, "expected CONNACK, got {:#x}", p.0);
@@ -244,4 +213,110 @@ pub async fn connect_with(addr: SocketAddr, conn: &[u8]) -> (TcpStream, u8) {
     let ack = expect(&mut s, crate::WAIT, "CONNACK").await;
     let code = connack_code(&ack);
     (s, code)
+}
+
+/// An MQTT 5 CONNECT: clean start as given, keepalive 60, `props` (encoded properties, shorter
+/// than 128 bytes), no login.
+pub fn connect_v5(client_id: &str, clean: bool, props: &[u8]) -> Vec<u8> {
+    assert!(props.len() < 128);
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(5);
+    body.push(if clean { 0x02 } else { 0x00 });
+    body.extend_from_slice(&60u16.to_be_bytes());
+    body.push(props.len() as u8);
+    body.extend_from_slice(props);
+    put_str(&mut body, client_id.as_bytes());
+    packet(0x10, &body)
+}
+
+/// MQTT 5 SUBSCRIBE of one filter with its options byte (QoS, no local 0x04, retain as
+/// published 0x08, retain handling << 4) and `props` (shorter than 128 bytes).
+pub fn subscribe_v5_with(pkid: u16, filter: &str, options: u8, props: &[u8]) -> Vec<u8> {
+    assert!(props.len() < 128);
+    let mut body = pkid.to_be_bytes().to_vec();
+    body.push(props.len() as u8);
+    body.extend_from_slice(props);
+    put_str(&mut body, filter.as_bytes());
+    body.push(options);
+    packet(0x82, &body)
+}
+
+/// An MQTT 5 PUBLISH as received: (topic, packet id or 0, properties as (id, value bytes),
+/// payload, retain flag).
+pub struct V5Publish {
+    pub topic: String,
+    pub pkid: u16,
+    pub props: Vec<(u8, Vec<u8>)>,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+fn var_int(b: &[u8], i: &mut usize) -> usize {
+    let (mut n, mut shift) = (0usize, 0);
+    loop {
+        let byte = b[*i];
+        *i += 1;
+        n |= usize::from(byte & 0x7F) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return n;
+        }
+    }
+}
+
+pub fn parse_publish_v5(p: &(u8, Vec<u8>)) -> V5Publish {
+    assert_eq!(p.0 & 0xF0, 0x30, "expected PUBLISH, got {:#x}", p.0);
+    let b = &p.1;
+    let tlen = usize::from(u16::from_be_bytes([b[0], b[1]]));
+    let topic = String::from_utf8(b[2..2 + tlen].to_vec()).unwrap();
+    let mut i = 2 + tlen;
+    let mut pkid = 0;
+    if p.0 & 0x06 != 0 {
+        pkid = u16::from_be_bytes([b[i], b[i + 1]]);
+        i += 2;
+    }
+    let props = properties(b, &mut i);
+    let end = i;
+    V5Publish {
+        topic,
+        pkid,
+        props,
+        payload: b[end..].to_vec(),
+        retain: p.0 & 0x01 == 1,
+    }
+}
+
+/// The properties of an MQTT 5 CONNACK as (id, value bytes).
+pub fn connack_props(p: &(u8, Vec<u8>)) -> Vec<(u8, Vec<u8>)> {
+    properties(&p.1, &mut 2)
+}
+
+/// MQTT 5 properties (their length first) at `b[*i..]`, as (id, value bytes); `*i` ends past
+/// them.
+fn properties(b: &[u8], i: &mut usize) -> Vec<(u8, Vec<u8>)> {
+    let len = var_int(b, i);
+    let end = *i + len;
+    let mut props = Vec::new();
+    let string_at = |i: usize| 2 + usize::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    while *i < end {
+        let id = b[*i];
+        *i += 1;
+        let start = *i;
+        match id {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => *i += 1,
+            0x13 | 0x21 | 0x22 | 0x23 => *i += 2,
+            0x02 | 0x11 | 0x18 | 0x27 => *i += 4,
+            0x0B => {
+                var_int(b, i);
+            }
+            0x26 => {
+                *i += string_at(*i);
+                *i += string_at(*i);
+            }
+            _ => *i += string_at(*i),
+        }
+        props.push((id, b[start..*i].to_vec()));
+    }
+    props
 }

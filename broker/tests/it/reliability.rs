@@ -168,7 +168,7 @@ async fn sys_topics_report_clients_messages_bytes_uptime_and_version() {
 }
 
 /// A CONNECT (clean session, keepalive 0) with a will: `topic` and `message`, QoS 0.
-fn connect_with_will(client_id: &str, proto: Proto, topic: &str, message: &[u8]) -> Vec<u8> {
+pub fn connect_with_will(client_id: &str, proto: Proto, topic: &str, message: &[u8]) -> Vec<u8> {
     let v5 = matches!(proto, Proto::V5);
     let put = |b: &mut Vec<u8>, s: &[u8]| {
         b.extend_from_slice(&(s.len() as u16).to_be_bytes());

@@ -240,3 +240,62 @@ async fn websocket_subprotocol_is_negotiated() {
     assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], "mqttv3.1");
     assert!(ws_connect_offering(ws, "wamp").await.is_err());
 }
+
+/// Several packets in one WebSocket message may add up to more than the largest packet (MQTT.js
+/// in a browser joins what it buffered): two PUBLISHes of 700 kB in one 1.4 MB message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_one_packet_is_fine() {
+    let b = spawn_broker().await;
+    let mut host = b.broker.subscribe("batch/#", 10).await.unwrap();
+    let (wsock, _) = ws_connect(b.broker.ws_addr().unwrap()).await;
+    let mut c = Packets {
+        ws: wsock,
+        buf: Vec::new(),
+    };
+    let mut batch = raw::connect("batcher", Proto::V311, 30, None);
+    let big = vec![b'z'; 700_000];
+    batch.extend(raw::publish("batch/1", 0, 0, &big));
+    batch.extend(raw::publish("batch/2", 0, 0, &big));
+    c.send(batch).await;
+    assert_eq!(c.next("CONNACK").await.0, raw::CONNACK);
+    for topic in ["batch/1", "batch/2"] {
+        let m = within(WAIT, topic, host.recv()).await.unwrap();
+        assert_eq!((m.topic.as_str(), m.payload.len()), (topic, big.len()));
+    }
+}
+
+/// DISCONNECT then a WebSocket close: a normal end, no will; a close without DISCONNECT: the
+/// will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_after_disconnect_sends_no_will() {
+    let b = spawn_broker().await;
+    let mut wills = b.broker.subscribe("wills/#", 10).await.unwrap();
+    for (id, disconnect) in [("polite", true), ("abrupt", false)] {
+        let (wsock, _) = ws_connect(b.broker.ws_addr().unwrap()).await;
+        let mut c = Packets {
+            ws: wsock,
+            buf: Vec::new(),
+        };
+        let topic = format!("wills/{id}");
+        c.send(crate::reliability::connect_with_will(
+            id,
+            Proto::V311,
+            &topic,
+            b"gone",
+        ))
+        .await;
+        assert_eq!(c.next("CONNACK").await.0, raw::CONNACK);
+        if disconnect {
+            c.send(vec![0xE0, 0]).await;
+        }
+        c.ws.close(None).await.unwrap();
+        crate::eventually(WAIT, "the session to end", || {
+            b.broker.stats().sessions == 0
+        })
+        .await;
+    }
+    let m = within(WAIT, "the abrupt client's will", wills.recv())
+        .await
+        .unwrap();
+    assert_eq!(m.topic, "wills/abrupt", "a will after DISCONNECT: {m:?}");
+}
