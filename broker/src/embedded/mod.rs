@@ -171,7 +171,7 @@ impl EmbeddedBroker {
         let mut secure = tls::bind_secure(&builder, cfg, &checked)?;
         let secure_addrs = secure.addrs();
         // WebSocket (and over TLS): our listeners, bridged to an rmqtt listener on loopback.
-        let mut fronts = ws::Fronts::bind(builder, cfg, &checked, &mut secure)?;
+        let mut fronts = ws::Fronts::bind(builder, cfg, &checked, secure.take_wss())?;
         let tcp = tcp.tcp().map_err(setup("the TCP listener"))?;
 
         let scx = ServerContext::new()

@@ -23,7 +23,7 @@ use crate::BrokerError;
 /// The bound TLS listeners, before the server (TLS) and the WebSocket bridge (WSS) take them.
 pub(super) struct Secure {
     tls: Option<(Listener, SocketAddr)>,
-    pub(super) wss: Option<(TcpListener, SocketAddr, TlsAcceptor)>,
+    wss: Option<(TcpListener, SocketAddr, TlsAcceptor)>,
 }
 
 /// The addresses the TLS listeners are bound to, `None` when off.
@@ -86,6 +86,11 @@ impl Secure {
             tls: self.tls.as_ref().map(|(_, a)| *a),
             wss: self.wss.as_ref().map(|(_, a, _)| *a),
         }
+    }
+
+    /// The bound `wss_listen` and its TLS acceptor, for the WebSocket bridge (`ws.rs`).
+    pub(super) fn take_wss(&mut self) -> Option<(TcpListener, TlsAcceptor)> {
+        self.wss.take().map(|(l, _, acceptor)| (l, acceptor))
     }
 
     /// Hands the MQTT-over-TLS listener to the server (identified by its port, like the

@@ -38,7 +38,6 @@ use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServerBuilder;
 
 use super::config::Checked;
-use super::tls::Secure;
 use super::{local_addr, setup, LISTEN_BACKLOG};
 use crate::{BrokerError, EmbeddedConfig};
 
@@ -81,13 +80,14 @@ pub(super) struct Fronts {
 }
 
 impl Fronts {
-    /// Binds `ws_listen` (from `checked`), takes the bound `wss_listen` of `secure`, and binds
-    /// the loopback listener with the settings of `builder` when either is on.
+    /// Binds `ws_listen` (from `checked`), takes `wss` (the bound `wss_listen` and its TLS
+    /// acceptor, from `tls.rs`), and binds the loopback listener with the settings of
+    /// `builder` when either is on.
     pub(super) fn bind(
         builder: Builder,
         cfg: &EmbeddedConfig,
         checked: &Checked,
-        secure: &mut Secure,
+        wss: Option<(TcpListener, TlsAcceptor)>,
     ) -> Result<Fronts, BrokerError> {
         let mut public = Vec::new();
         let mut ws_addr = None;
@@ -102,7 +102,7 @@ impl Fronts {
             public.push((l, None));
             ws_addr = Some(bound);
         }
-        if let Some((l, _, acceptor)) = secure.wss.take() {
+        if let Some((l, acceptor)) = wss {
             public.push((l, Some(acceptor)));
         }
         let mut fronts = Fronts {
