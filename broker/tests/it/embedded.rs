@@ -303,10 +303,18 @@ async fn host_subscribe_publish_and_retained() {
         Message::new("h/2/x", "from host", QoS::AtMostOnce, false)
     );
     // The client gets both too (in either order: host subscriptions are fed before routing).
-    let mut got = vec![
-        c.next_publish().await.payload,
-        c.next_publish().await.payload,
-    ];
+    // rmqtt looks up the retained messages for a new subscription on a task of its own after
+    // the SUBACK, so the client's own retained publish, made right after, may also come back
+    // once more as a retained message (retain flag set): a race of rmqtt's (report 10 in
+    // docs/broker-upstream.md), not what this test is about; such a copy is skipped.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let p = c.next_publish().await;
+        if p.retain && p.payload == "from client" && got.contains(&p.payload) {
+            continue;
+        }
+        got.push(p.payload);
+    }
     got.sort();
     assert_eq!(
         got,
