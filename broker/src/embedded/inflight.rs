@@ -91,11 +91,11 @@ impl Handler for InFlightFirst {
                 QoS::AtLeastOnce => Some(MomentStatus::UnAck),
                 QoS::ExactlyOnce => Some(MomentStatus::UnReceived),
             };
+            // (A message too big for the client never gets here: [`TooBig`] has discarded it
+            // in the expiry check, which rmqtt makes just before this hook.)
             if let (Some(status), Some(_)) = (status, publish.packet_id) {
-                if fits(session, publish).await {
-                    let msg = OutInflightMessage::new(status, from.clone(), (*publish).clone());
-                    session.out_inflight().write().await.push_back(msg);
-                }
+                let msg = OutInflightMessage::new(status, from.clone(), (*publish).clone());
+                session.out_inflight().write().await.push_back(msg);
             }
         }
         (true, acc)

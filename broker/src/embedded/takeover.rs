@@ -16,8 +16,9 @@
 //! gone; unanswered, its task has finished its teardown, which removes the session. rmqtt's
 //! own kick then finds nothing to take over and accepts. For a clean-start CONNECT that is
 //! what rmqtt would do anyway (the old session is discarded, `session present` is 0); a
-//! CONNECT resuming a persistent session is left to rmqtt (its old session must hand over its
-//! state; an offline one always answers).
+//! CONNECT resuming a persistent session has its live connection closed first instead (see
+//! [`close_for_resume`]), and with an authenticator a session belongs to its username (see
+//! [`prepare`]).
 
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ pub(super) enum Prepared {
 ///   no user can kick a device off by its client id); an *offline* one of another username is
 ///   discarded (kicked with a clean start), so the newcomer gets a fresh session and not its
 ///   subscriptions and queued messages, and a stale session cannot lock its client id.
-/// - A clean start kicks the live session: [`take_over`].
+/// - A clean start kicks the live session (the module's comment says why).
 /// - A resume closes the live connection first: [`close_for_resume`].
 pub(super) async fn prepare(
     scx: &ServerContext,
@@ -61,9 +62,16 @@ pub(super) async fn prepare(
     let Some(session) = entry.session() else {
         return Prepared::Go;
     };
-    let owner = session.id.username.clone();
-    let foreign = owners && owner.as_ref().is_some_and(|o| Some(o.as_ref()) != username);
-    if entry.tx().is_none_or(|tx| tx.is_closed()) && !foreign {
+    // Whether `s` belongs to a username other than this CONNECT's (with `owners` only).
+    let foreign = |s: &rmqtt::session::Session| {
+        owners
+            && s.id
+                .username
+                .as_ref()
+                .is_some_and(|o| Some(o.as_ref()) != username)
+    };
+    let foreign_before = foreign(&session);
+    if entry.tx().is_none_or(|tx| tx.is_closed()) && !foreign_before {
         return Prepared::Go;
     }
     let started = tokio::time::Instant::now();
@@ -73,7 +81,7 @@ pub(super) async fn prepare(
             // Another handshake of this client id holds it: rmqtt decides between them (and
             // refuses this one at once if it still holds it).
             Err(_) if started.elapsed() >= LOCK_WAIT => {
-                return if foreign {
+                return if foreign_before {
                     Prepared::Taken
                 } else {
                     Prepared::Go
@@ -86,8 +94,7 @@ pub(super) async fn prepare(
     let Some(session) = locked.session() else {
         return Prepared::Go;
     };
-    let foreign =
-        owners && (session.id.username.as_ref()).is_some_and(|o| Some(o.as_ref()) != username);
+    let foreign = foreign(&session);
     let live = session.connected().await.unwrap_or(false);
     if foreign && live {
         return Prepared::Taken;
