@@ -4,14 +4,15 @@
 //! after, per connection. The clients are raw sockets: a few hundred bytes each on our side.
 //!
 //! ```sh
-//! cargo run --release -p iot-broker --example connections -- 10000
+//! cargo run --release -p iot-broker --example connections -- 10000          # rmqtt core
+//! cargo run --release -p iot-broker --example connections -- 10000 native   # native core
 //! ```
 
 #![allow(clippy::expect_used)] // a measuring tool: any failure ends the run with its reason
 
 use std::time::{Duration, Instant};
 
-use iot_broker::{EmbeddedBroker, EmbeddedConfig};
+use iot_broker::{BrokerCore, EmbeddedBroker, EmbeddedConfig, NativeBroker, Security};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -72,17 +73,32 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
+    let core = match std::env::args().nth(2).as_deref() {
+        Some("native") => BrokerCore::Native,
+        _ => BrokerCore::Rmqtt,
+    };
     let cfg = EmbeddedConfig {
+        core,
         listen: "127.0.0.1:0".into(),
         ws_listen: String::new(),
         sys_interval_seconds: 0,
         ..EmbeddedConfig::default()
     };
     let shutdown = CancellationToken::new();
-    let (broker, _task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
-        .await
-        .expect("broker starts");
-    let addr = broker.mqtt_addr();
+    let addr = match core {
+        BrokerCore::Rmqtt => {
+            let (broker, _task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
+                .await
+                .expect("broker starts");
+            broker.mqtt_addr()
+        }
+        BrokerCore::Native => {
+            let (broker, _task) = NativeBroker::start(&cfg, Security::default(), shutdown.clone())
+                .await
+                .expect("broker starts");
+            broker.mqtt_addr()
+        }
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib();
     let started = Instant::now();
@@ -106,7 +122,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib();
     println!(
-        "{n} connections in {:.2} s: RSS {:.1} MiB -> {:.1} MiB, {:.2} KiB per connection",
+        "{core:?} core: {n} connections in {:.2} s: RSS {:.1} MiB -> {:.1} MiB, {:.2} KiB per connection",
         connected.as_secs_f64(),
         before as f64 / 1024.0,
         after as f64 / 1024.0,

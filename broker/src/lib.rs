@@ -29,15 +29,18 @@ pub mod error;
 pub mod external;
 pub mod local;
 mod locks;
+pub mod native;
 pub mod tls;
 
 pub use acl::{ClientRef, TopicAcl};
+pub use embedded::config::BrokerCore;
 pub use embedded::{Authenticator, EmbeddedBroker, EmbeddedConfig, Security};
 pub use error::BrokerError;
 pub use external::{ExternalBroker, ExternalConfig};
 pub use iot_proto::url::{self, MqttUrl, UrlError};
 /// MQTT quality of service: the one type of the workspace, defined in `iot-proto`.
 pub use iot_proto::QoS;
+pub use native::NativeBroker;
 pub use tls::{TlsError, TlsFiles};
 
 /// One MQTT application message as the servers see it.

@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 use iot_auth::logz::LogRing;
 use iot_auth::{Gate, Refusals, Users};
 use iot_broker::{
-    Authenticator, BrokerHandle, EmbeddedBroker, ExternalBroker, ExternalConfig, MqttUrl, Security,
+    Authenticator, BrokerCore, BrokerHandle, EmbeddedBroker, EmbeddedConfig, ExternalBroker,
+    ExternalConfig, MqttUrl, NativeBroker, Security,
 };
 use iot_csm::acl::{ControllerAcl, DaGrants};
 use iot_csm::Credentials;
@@ -168,6 +169,47 @@ async fn serve(cfg: &Config, component: Component, logz: Arc<LogRing>) -> Result
     Ok(())
 }
 
+/// The embedded broker, started on the core `broker.core` names.
+struct Served {
+    handle: iot_broker::BrokerHandle,
+    task: JoinHandle<()>,
+    mqtt: SocketAddr,
+    ws: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    wss: Option<SocketAddr>,
+}
+
+async fn serve_embedded(
+    cfg: &EmbeddedConfig,
+    security: Security,
+    shutdown: &CancellationToken,
+) -> Result<Served> {
+    Ok(match cfg.core {
+        BrokerCore::Rmqtt => {
+            let (b, task) = EmbeddedBroker::start_secured(cfg, security, shutdown.clone()).await?;
+            Served {
+                mqtt: b.mqtt_addr(),
+                ws: b.ws_addr(),
+                tls: b.tls_addr(),
+                wss: b.wss_addr(),
+                handle: Arc::new(b),
+                task,
+            }
+        }
+        BrokerCore::Native => {
+            let (b, task) = NativeBroker::start(cfg, security, shutdown.clone()).await?;
+            Served {
+                mqtt: b.mqtt_addr(),
+                ws: None,
+                tls: None,
+                wss: None,
+                handle: Arc::new(b),
+                task,
+            }
+        }
+    })
+}
+
 /// The broker: the embedded one (for `all` and `broker`, unless `broker.external` is set,
 /// checking credentials with `auth` from its first connection), else a connection to
 /// `broker.external` or, for `start csm`, to the broker at `broker.listen`.
@@ -187,17 +229,16 @@ async fn start_broker(
             // Authentication on: every client names itself.
             embedded_cfg.allow_anonymous = false;
         }
-        let (b, task) =
-            EmbeddedBroker::start_secured(&embedded_cfg, security, shutdown.clone()).await?;
-        running.tasks.push(task);
-        let (mqtt, ws) = (b.mqtt_addr(), b.ws_addr());
+        let served = serve_embedded(&embedded_cfg, security, shutdown).await?;
+        running.tasks.push(served.task);
+        let (mqtt, ws) = (served.mqtt, served.ws);
         let state = &mut running.state;
         state.components.push("broker".into());
         state.mqtt = Some(mqtt.to_string());
         state.ws = ws.map(|a| a.to_string());
-        state.mqtts = b.tls_addr().map(|a| a.to_string());
-        state.wss = b.wss_addr().map(|a| a.to_string());
-        let url = match b.tls_addr().filter(|_| cfg.broker.advertise_tls) {
+        state.mqtts = served.tls.map(|a| a.to_string());
+        state.wss = served.wss.map(|a| a.to_string());
+        let url = match served.tls.filter(|_| cfg.broker.advertise_tls) {
             // `broker.advertise_tls`: the TLS listeners instead (docs/security.md, TLS).
             Some(tls) => crate::tls::secure_url(broker_url(
                 cfg,
@@ -205,7 +246,7 @@ async fn start_broker(
                 tls.port(),
                 or_bound(
                     cfg.broker.advertise_ws_port,
-                    b.wss_addr().map_or(0, |a| a.port()),
+                    served.wss.map_or(0, |a| a.port()),
                 ),
             )),
             None => broker_url(
@@ -216,7 +257,7 @@ async fn start_broker(
             ),
         };
         return Ok(BrokerSide {
-            handle: Arc::new(b),
+            handle: served.handle,
             url,
             embedded: true,
         });

@@ -93,7 +93,11 @@ async fn connect(b: &TestBroker, id: &str) -> (BufStream<TcpStream>, bool) {
 
 /// `paused`: no message is published from the reset to the reconnect's CONNACK.
 async fn resets_lose_nothing(qos: u8, paused: bool) {
-    let b = spawn_broker().await;
+    resets_lose_nothing_on(spawn_broker().await, qos, paused).await;
+}
+
+/// The same on broker `b` (`native.rs` runs it on the native core).
+pub async fn resets_lose_nothing_on(b: TestBroker, qos: u8, paused: bool) {
     let id = format!("seq-q{qos}");
     let broker_qos = if qos == 2 {
         QoS::ExactlyOnce

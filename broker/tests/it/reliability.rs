@@ -16,7 +16,8 @@ use crate::embedded::OnePassword;
 use crate::raw::{self, Proto};
 use crate::websocket::ws_connect;
 use crate::{
-    client, spawn_broker, spawn_broker_with, spawn_broker_with_auth, test_config, within, WAIT,
+    client, spawn_broker, spawn_broker_with, spawn_broker_with_auth, test_config, within,
+    TestBroker, WAIT,
 };
 
 /// A client that reconnects with its id at once after closing (as devices do after every
@@ -25,22 +26,7 @@ use crate::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn immediate_same_id_reconnects_are_never_refused() {
     let b = spawn_broker().await;
-    for (proto, name) in [(Proto::V311, "3.1.1"), (Proto::V5, "5")] {
-        let conn = raw::connect(&format!("again-{name}"), proto, 30, None);
-        let mut refused = Vec::new();
-        for i in 0..1_000 {
-            let (s, code) = raw::connect_with(b.addr(), &conn).await;
-            if code != 0 {
-                refused.push((i, code));
-            }
-            // Closed right after the CONNACK, and the next CONNECT goes out at once.
-            drop(s);
-        }
-        assert!(
-            refused.is_empty(),
-            "MQTT {name}: refused (attempt, code): {refused:?}"
-        );
-    }
+    same_id_reconnects_over_tcp(&b).await;
     // The same over WebSocket.
     let ws = b.broker.ws_addr().unwrap();
     for (proto, name) in [(Proto::V311, "3.1.1"), (Proto::V5, "5")] {
@@ -65,6 +51,58 @@ async fn immediate_same_id_reconnects_are_never_refused() {
             "MQTT {name} over WebSocket: refused: {refused:?}"
         );
     }
+}
+
+/// 1,000 immediate same-id reconnects over TCP, MQTT 3.1.1 and 5: none refused.
+pub async fn same_id_reconnects_over_tcp(b: &TestBroker) {
+    for (proto, name) in [(Proto::V311, "3.1.1"), (Proto::V5, "5")] {
+        let conn = raw::connect(&format!("again-{name}"), proto, 30, None);
+        let mut refused = Vec::new();
+        for i in 0..1_000 {
+            let (s, code) = raw::connect_with(b.addr(), &conn).await;
+            if code != 0 {
+                refused.push((i, code));
+            }
+            // Closed right after the CONNACK, and the next CONNECT goes out at once.
+            drop(s);
+        }
+        assert!(
+            refused.is_empty(),
+            "MQTT {name}: refused (attempt, code): {refused:?}"
+        );
+    }
+}
+
+/// Over TCP, MQTT 3.1.1 and 5: DISCONNECT closes the connection without its will, a reset
+/// sends it. Returns the host subscription to `will/#` it used.
+pub async fn disconnect_and_will_over_tcp(b: &TestBroker) -> iot_broker::Subscription {
+    let mut wills = b.broker.subscribe("will/#", 10).await.unwrap();
+    for (proto, name) in [(Proto::V311, "3"), (Proto::V5, "5")] {
+        let topic = format!("will/{name}");
+        let conn = connect_with_will(&format!("leaving-{name}"), proto, &topic, b"gone");
+        let (mut s, code) = raw::connect_with(b.addr(), &conn).await;
+        assert_eq!(code, 0);
+        s.write_all(&[0xE0, 0x00]).await.unwrap(); // DISCONNECT, socket left open
+        let closed = tokio::time::timeout(Duration::from_secs(1), raw::read(&mut s)).await;
+        assert!(
+            matches!(closed, Ok(None)),
+            "MQTT {name}: still open a second after DISCONNECT: {closed:?}"
+        );
+        // Reset without DISCONNECT: the will goes out.
+        let conn = connect_with_will(&format!("dropped-{name}"), proto, &topic, b"lost");
+        let (s, code) = raw::connect_with(b.addr(), &conn).await;
+        assert_eq!(code, 0);
+        s.set_zero_linger().unwrap();
+        drop(s);
+        let will = within(WAIT, "the will after a reset", wills.recv())
+            .await
+            .unwrap();
+        assert_eq!(
+            (will.topic.as_str(), &will.payload[..]),
+            (topic.as_str(), &b"lost"[..])
+        );
+    }
+    wills
 }
 
 /// `session_expiry_seconds` bounds how long an MQTT 3.1.1 persistent session is kept offline:
@@ -199,32 +237,7 @@ pub fn connect_with_will(client_id: &str, proto: Proto, topic: &str, message: &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_closes_the_connection_and_discards_the_will() {
     let b = spawn_broker().await;
-    let mut wills = b.broker.subscribe("will/#", 10).await.unwrap();
-    for (proto, name) in [(Proto::V311, "3"), (Proto::V5, "5")] {
-        let topic = format!("will/{name}");
-        let conn = connect_with_will(&format!("leaving-{name}"), proto, &topic, b"gone");
-        let (mut s, code) = raw::connect_with(b.addr(), &conn).await;
-        assert_eq!(code, 0);
-        s.write_all(&[0xE0, 0x00]).await.unwrap(); // DISCONNECT, socket left open
-        let closed = tokio::time::timeout(Duration::from_secs(1), raw::read(&mut s)).await;
-        assert!(
-            matches!(closed, Ok(None)),
-            "MQTT {name}: still open a second after DISCONNECT: {closed:?}"
-        );
-        // Reset without DISCONNECT: the will goes out.
-        let conn = connect_with_will(&format!("dropped-{name}"), proto, &topic, b"lost");
-        let (s, code) = raw::connect_with(b.addr(), &conn).await;
-        assert_eq!(code, 0);
-        s.set_zero_linger().unwrap();
-        drop(s);
-        let will = within(WAIT, "the will after a reset", wills.recv())
-            .await
-            .unwrap();
-        assert_eq!(
-            (will.topic.as_str(), &will.payload[..]),
-            (topic.as_str(), &b"lost"[..])
-        );
-    }
+    let mut wills = disconnect_and_will_over_tcp(&b).await;
     // Over WebSocket too.
     let ws = b.broker.ws_addr().unwrap();
     let (mut wsock, _) = ws_connect(ws).await;

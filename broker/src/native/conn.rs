@@ -1,0 +1,319 @@
+//! One client connection of the native core: a single task that owns the socket, reads with
+//! a buffer that exists only while bytes are being decoded, writes from a buffer that exists
+//! only while bytes are waiting, and moves messages between the socket and its session.
+//!
+//! An idle connection therefore holds no I/O buffer at all: its cost is this task's state,
+//! the socket and the session (docs/BENCHMARKS.md, the native core's figures). Reading waits
+//! on the socket's readiness, not on a buffer; a read takes what is there into a buffer
+//! sized by what the last reads brought (1 KiB to 64 KiB).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use rmqtt_codec::v5::{ConnectAckReason, DisconnectReasonCode};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::connect::{authorize, take, Hello, Taken};
+use super::core::Core;
+use super::packets::{handle, Flow, Link};
+use super::session::{Kick, Resend};
+use super::wire::{ConnAck, Out, Wire, WireError};
+
+/// Smallest and largest read.
+const READ_MIN: usize = 1024;
+const READ_MAX: usize = 64 * 1024;
+/// Messages are taken from the session while less than this waits to be written.
+const WRITE_HIGH: usize = 64 * 1024;
+/// How long the last packets (a DISCONNECT's reason) may take to be written at the end.
+const LAST_WRITE: Duration = Duration::from_secs(1);
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// DISCONNECT (MQTT 5 reason 0): no will.
+    Normal,
+    /// MQTT 5 DISCONNECT with reason 0x04: the will is published.
+    WithWill,
+    /// The socket closed or failed without DISCONNECT.
+    Lost,
+    /// Nothing read for 1.5 keep-alive periods.
+    KeepAlive,
+    Kicked(Kick),
+    /// A protocol error; MQTT 5 clients are told why.
+    Refused(DisconnectReasonCode),
+}
+
+/// Serves one accepted connection until it ends.
+pub(crate) async fn serve(
+    core: Arc<Core>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let mut rbuf = BytesMut::new();
+    let hello = match timeout(
+        core.limits.handshake,
+        read_connect(&stream, &mut rbuf, core.limits.max_packet),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "MQTT connection closed before its CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "MQTT connection sent no CONNECT in time");
+            return;
+        }
+    };
+    let (mut wire, connect) = hello;
+    let accepted = match Hello::new(connect, &core) {
+        Ok(mut h) => match authorize(&core, &h).await {
+            Ok(()) => {
+                h.password = None; // not kept past its check
+                take(&core, &h).map(|t| (h, t))
+            }
+            Err(code) => Err(code),
+        },
+        Err(code) => Err(code),
+    };
+    let mut wbuf = BytesMut::new();
+    let (hello, taken) = match accepted {
+        Ok(ok) => ok,
+        Err(code) => {
+            let _ = wire.connack(connack(&core, code, false, None), &mut wbuf);
+            let _ = timeout(LAST_WRITE, write_all(&stream, &mut wbuf)).await;
+            tracing::debug!(%peer, reason = ?code, "MQTT CONNECT refused");
+            return;
+        }
+    };
+    let Taken {
+        session,
+        present,
+        gen,
+        kicked,
+    } = taken;
+    let assigned = hello.assigned.then(|| hello.client_id.clone());
+    let mut ack = connack(&core, ConnectAckReason::Success, present, assigned);
+    if hello.v5 && !hello.expiry.is_zero() {
+        ack.session_expiry = u32::try_from(hello.expiry.as_secs()).ok();
+    }
+    if wire.connack(ack, &mut wbuf).is_err() {
+        return;
+    }
+    // What was in flight when the last connection ended goes first, in order.
+    for r in session.state().resend() {
+        let out = match r {
+            Resend::Publish(p) => Out::Publish(p),
+            Resend::Release(pid) => Out::PubRel(pid),
+        };
+        let _ = wire.encode(out, &mut wbuf);
+    }
+    core.counts.connected.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, client.id = %session.client_id, session.present = present, "MQTT client connected");
+
+    let mut link = Link::new(core.clone(), session.clone(), gen, &hello);
+    let end = run(
+        &stream,
+        &mut wire,
+        &mut link,
+        rbuf,
+        wbuf,
+        kicked,
+        &shutdown,
+        hello.keep_alive,
+    )
+    .await;
+    core.counts.connected.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(%peer, client.id = %session.client_id, end = ?end, "MQTT client disconnected");
+
+    if !matches!(end, End::Normal | End::Kicked(Kick::Shutdown)) {
+        if let Some(will) = hello.will {
+            Box::pin(link.publish_will(will)).await;
+        }
+    }
+    link.detach();
+}
+
+/// The connection's loop after the CONNACK.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    stream: &TcpStream,
+    wire: &mut Wire,
+    link: &mut Link,
+    mut rbuf: BytesMut,
+    mut wbuf: BytesMut,
+    mut kicked: tokio::sync::oneshot::Receiver<Kick>,
+    shutdown: &CancellationToken,
+    keep_alive: u16,
+) -> End {
+    // MQTT: the server closes a connection silent for 1.5 keep-alive periods.
+    let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let far = Duration::from_secs(86_400 * 365);
+    let mut deadline = pin!(sleep(grace.unwrap_or(far)));
+    let mut read_size = READ_MIN;
+    let mut more = true;
+    // Packets sent right behind the CONNECT, in the same read.
+    let early = match rbuf.is_empty() {
+        true => None,
+        false => match decode_all(wire, link, &mut rbuf, &mut wbuf).await {
+            Flow::End(end) => Some(end),
+            Flow::Continue { .. } => None,
+        },
+    };
+    if rbuf.is_empty() {
+        rbuf = BytesMut::new();
+    }
+    let end = if let Some(end) = early {
+        end
+    } else {
+        loop {
+            if more && wbuf.len() < WRITE_HIGH {
+                more = link.fill(wire, &mut wbuf);
+            }
+            if wbuf.is_empty() && wbuf.capacity() > 0 {
+                wbuf = BytesMut::new();
+            }
+            let session = link.session.clone();
+            tokio::select! {
+                biased;
+                k = &mut kicked => break End::Kicked(k.unwrap_or(Kick::TakenOver)),
+                () = shutdown.cancelled() => break End::Kicked(Kick::Shutdown),
+                r = stream.writable(), if !wbuf.is_empty() => {
+                    if r.is_err() {
+                        break End::Lost;
+                    }
+                    match stream.try_write(&wbuf) {
+                        Ok(n) => wbuf.advance(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => break End::Lost,
+                    }
+                }
+                r = stream.readable(), if wbuf.len() < WRITE_HIGH * 4 => {
+                    if r.is_err() {
+                        break End::Lost;
+                    }
+                    rbuf.reserve(read_size);
+                    match stream.try_read_buf(&mut rbuf) {
+                        Ok(0) => break End::Lost,
+                        Ok(n) => {
+                            read_size = if n >= read_size { (read_size * 2).min(READ_MAX) } else { read_size };
+                            if let Some(g) = grace {
+                                deadline.as_mut().reset(Instant::now() + g);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(_) => break End::Lost,
+                    }
+                    match decode_all(wire, link, &mut rbuf, &mut wbuf).await {
+                        Flow::Continue { acked } => more |= acked,
+                        Flow::End(end) => break end,
+                    }
+                    if rbuf.is_empty() {
+                        rbuf = BytesMut::new();
+                        read_size = READ_MIN;
+                    }
+                }
+                () = session.wake.notified(), if !more => more = true,
+                () = &mut deadline => break End::KeepAlive,
+            }
+        }
+    };
+    // MQTT 5 clients are told why the server closes (3.14): queued with what was waiting.
+    let reason = match end {
+        End::Kicked(Kick::TakenOver) => Some(DisconnectReasonCode::SessionTakenOver),
+        End::Kicked(Kick::Shutdown) => Some(DisconnectReasonCode::ServerShuttingDown),
+        End::KeepAlive => Some(DisconnectReasonCode::KeepAliveTimeout),
+        End::Refused(r) => Some(r),
+        End::Normal | End::WithWill | End::Lost => None,
+    };
+    if let Some(r) = reason {
+        let _ = wire.encode(Out::Disconnect(r), &mut wbuf);
+    }
+    if end != End::Lost && !wbuf.is_empty() {
+        let _ = timeout(LAST_WRITE, write_all(stream, &mut wbuf)).await;
+    }
+    end
+}
+
+/// Decodes and handles every complete packet in `rbuf`.
+async fn decode_all(
+    wire: &mut Wire,
+    link: &mut Link,
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+) -> Flow {
+    let mut acked = false;
+    loop {
+        let packet = match wire.decode(rbuf) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Flow::Continue { acked },
+            Err(WireError { reason, what }) => {
+                tracing::debug!(client.id = %link.session.client_id, error = %what, "MQTT packet refused");
+                return Flow::End(End::Refused(reason));
+            }
+        };
+        match handle(link, wire, packet, wbuf).await {
+            Flow::Continue { acked: a } => acked |= a,
+            end @ Flow::End(_) => return end,
+        }
+    }
+}
+
+/// Reads until a whole CONNECT is in `buf`.
+async fn read_connect(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    max_packet: u32,
+) -> io::Result<(Wire, super::wire::Connect)> {
+    loop {
+        if let Some(found) = Wire::connect(buf, max_packet).map_err(|e| io::Error::other(e.what))? {
+            return Ok(found);
+        }
+        stream.readable().await?;
+        buf.reserve(READ_MIN);
+        match stream.try_read_buf(buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_all(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(n) => buf.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn connack(
+    core: &Core,
+    code: ConnectAckReason,
+    session_present: bool,
+    assigned_client_id: Option<bytestring::ByteString>,
+) -> ConnAck {
+    ConnAck {
+        code,
+        session_present,
+        session_expiry: None,
+        receive_max: std::num::NonZeroU16::new(core.limits.inflight)
+            .unwrap_or(std::num::NonZeroU16::MIN),
+        max_packet: core.limits.max_packet,
+        assigned_client_id,
+    }
+}
