@@ -15,14 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures::FutureExt;
 use rmqtt_codec::v5::{ConnectAckReason, DisconnectReasonCode};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::connect::{authorize, take, Hello, Taken};
+use super::connect::{authorize, release, take, Hello, Taken};
 use super::core::Core;
-use super::packets::{handle, Flow, Link};
+use super::packets::{handle, End, Flow, Link};
 use super::session::{Kick, Resend};
 use super::wire::{ConnAck, Out, Wire, WireError};
 
@@ -34,22 +35,6 @@ const WRITE_HIGH: usize = 64 * 1024;
 /// How long the last packets (a DISCONNECT's reason) may take to be written at the end.
 const LAST_WRITE: Duration = Duration::from_secs(1);
 
-/// How a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum End {
-    /// DISCONNECT (MQTT 5 reason 0): no will.
-    Normal,
-    /// MQTT 5 DISCONNECT with reason 0x04: the will is published.
-    WithWill,
-    /// The socket closed or failed without DISCONNECT.
-    Lost,
-    /// Nothing read for 1.5 keep-alive periods.
-    KeepAlive,
-    Kicked(Kick),
-    /// A protocol error; MQTT 5 clients are told why.
-    Refused(DisconnectReasonCode),
-}
-
 /// Serves one accepted connection until it ends.
 pub(crate) async fn serve(
     core: Arc<Core>,
@@ -57,29 +42,79 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let mut rbuf = BytesMut::new();
-    let hello = match timeout(
-        core.limits.handshake,
-        read_connect(&stream, &mut rbuf, core.limits.max_packet),
+    // The handshake's state (the CONNECT, the credentials check) lives in its own
+    // allocation, freed once the client is in: it would otherwise size every idle task.
+    let Some(start) = Box::pin(handshake(&core, &stream, peer)).await else {
+        return;
+    };
+    let Started {
+        mut wire,
+        rbuf,
+        wbuf,
+        hello,
+        taken,
+    } = start;
+    let Taken {
+        session,
+        gen,
+        kicked,
+        ..
+    } = taken;
+    // Only the will and the keep-alive outlive the handshake.
+    let (will, keep_alive, mut link) = {
+        let h = hello;
+        let link = Link::new(core.clone(), session.clone(), gen, h.username.as_deref());
+        (h.will.map(Box::new), h.keep_alive, link)
+    };
+    core.counts.connected.fetch_add(1, Ordering::Relaxed);
+    let end = run(
+        &stream, &mut wire, &mut link, rbuf, wbuf, kicked, &shutdown, keep_alive,
     )
-    .await
-    {
-        Ok(Ok(h)) => h,
+    .await;
+    core.counts.connected.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(%peer, client.id = %session.client_id, end = ?end, "MQTT client disconnected");
+
+    if !matches!(end, End::Normal | End::Kicked(Kick::Shutdown)) {
+        if let Some(will) = will {
+            Box::pin(link.publish_will(*will)).await;
+        }
+    }
+    link.detach();
+}
+
+/// A connection past its CONNACK (queued in `wbuf`, with what its session had in flight).
+struct Started {
+    wire: Wire,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    hello: Hello,
+    taken: Taken,
+}
+
+/// Reads the CONNECT, checks it, takes the session and queues the CONNACK; `None` once a
+/// refused or broken connection has been answered.
+async fn handshake(core: &Arc<Core>, stream: &TcpStream, peer: SocketAddr) -> Option<Started> {
+    let mut rbuf = BytesMut::new();
+    let read = timeout(
+        core.limits.handshake,
+        read_connect(stream, &mut rbuf, core.limits.max_packet),
+    );
+    let (mut wire, connect) = match read.await {
+        Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "MQTT connection closed before its CONNECT");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "MQTT connection sent no CONNECT in time");
-            return;
+            return None;
         }
     };
-    let (mut wire, connect) = hello;
-    let accepted = match Hello::new(connect, &core) {
-        Ok(mut h) => match authorize(&core, &h).await {
+    let accepted = match Hello::new(connect, core) {
+        Ok(mut h) => match authorize(core, &h).await {
             Ok(()) => {
                 h.password = None; // not kept past its check
-                take(&core, &h).map(|t| (h, t))
+                take(core, &h).map(|t| (h, t))
             }
             Err(code) => Err(code),
         },
@@ -89,58 +124,49 @@ pub(crate) async fn serve(
     let (hello, taken) = match accepted {
         Ok(ok) => ok,
         Err(code) => {
-            let _ = wire.connack(connack(&core, code, false, None), &mut wbuf);
-            let _ = timeout(LAST_WRITE, write_all(&stream, &mut wbuf)).await;
+            let _ = wire.connack(connack(core, code, false, None), &mut wbuf);
+            let _ = timeout(LAST_WRITE, write_all(stream, &mut wbuf)).await;
             tracing::debug!(%peer, reason = ?code, "MQTT CONNECT refused");
-            return;
+            return None;
         }
     };
-    let Taken {
-        session,
-        present,
-        gen,
-        kicked,
-    } = taken;
     let assigned = hello.assigned.then(|| hello.client_id.clone());
-    let mut ack = connack(&core, ConnectAckReason::Success, present, assigned);
+    let mut ack = connack(core, ConnectAckReason::Success, taken.present, assigned);
     if hello.v5 && !hello.expiry.is_zero() {
         ack.session_expiry = u32::try_from(hello.expiry.as_secs()).ok();
     }
     if wire.connack(ack, &mut wbuf).is_err() {
-        return;
+        // E.g. an MQTT 5 Maximum Packet Size too small for any CONNACK: leave the session
+        // as any ended connection does, so that it cannot stay attached for ever.
+        release(core, &taken.session, taken.gen);
+        return None;
     }
-    // What was in flight when the last connection ended goes first, in order.
-    for r in session.state().resend() {
-        let out = match r {
-            Resend::Publish(p) => Out::Publish(p),
-            Resend::Release(pid) => Out::PubRel(pid),
+    // What was in flight when the last connection ended goes first, in order; what no longer
+    // fits the client's Maximum Packet Size is discarded (it would hold the window for ever).
+    let resend = taken.session.state().resend();
+    for r in resend {
+        let (out, pid) = match r {
+            Resend::Publish(p) => {
+                let pid = p.packet_id;
+                (Out::Publish(p), pid)
+            }
+            Resend::Release(pid) => (Out::PubRel(pid), None),
         };
-        let _ = wire.encode(out, &mut wbuf);
-    }
-    core.counts.connected.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%peer, client.id = %session.client_id, session.present = present, "MQTT client connected");
-
-    let mut link = Link::new(core.clone(), session.clone(), gen, &hello);
-    let end = run(
-        &stream,
-        &mut wire,
-        &mut link,
-        rbuf,
-        wbuf,
-        kicked,
-        &shutdown,
-        hello.keep_alive,
-    )
-    .await;
-    core.counts.connected.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(%peer, client.id = %session.client_id, end = ?end, "MQTT client disconnected");
-
-    if !matches!(end, End::Normal | End::Kicked(Kick::Shutdown)) {
-        if let Some(will) = hello.will {
-            Box::pin(link.publish_will(will)).await;
+        if wire.encode(out, &mut wbuf).is_err() {
+            if let Some(pid) = pid {
+                taken.session.state().discard(pid);
+            }
+            core.counts.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
-    link.detach();
+    tracing::debug!(%peer, client.id = %taken.session.client_id, session.present = taken.present, "MQTT client connected");
+    Some(Started {
+        wire,
+        rbuf,
+        wbuf,
+        hello,
+        taken,
+    })
 }
 
 /// The connection's loop after the CONNACK.
@@ -223,7 +249,16 @@ async fn run(
                     }
                 }
                 () = session.wake.notified(), if !more => more = true,
-                () = &mut deadline => break End::KeepAlive,
+                () = &mut deadline => {
+                // Reading pauses while much waits to be written: bytes the client sent in
+                // the meantime (a PINGREQ) are unread, not missing.
+                let mut one = [0u8; 1];
+                let sent = matches!(stream.peek(&mut one).now_or_never(), Some(Ok(n)) if n > 0);
+                match grace {
+                    Some(g) if sent => deadline.as_mut().reset(Instant::now() + g),
+                    _ => break End::KeepAlive,
+                }
+            }
             }
         }
     };
@@ -239,7 +274,7 @@ async fn run(
         let _ = wire.encode(Out::Disconnect(r), &mut wbuf);
     }
     if end != End::Lost && !wbuf.is_empty() {
-        let _ = timeout(LAST_WRITE, write_all(stream, &mut wbuf)).await;
+        let _ = Box::pin(timeout(LAST_WRITE, write_all(stream, &mut wbuf))).await;
     }
     end
 }

@@ -114,8 +114,13 @@ impl Hello {
         hello.checked()
     }
 
-    /// The client id rules: an empty id gets one assigned when the session is clean.
+    /// The client id rules: an empty id gets one assigned when the session is clean. What is
+    /// kept past the CONNECT is copied out of its packet, so the packet (and the password in
+    /// it) is freed with the handshake.
     fn checked(mut self) -> Result<Hello, ConnectAckReason> {
+        self.client_id = ByteString::from(&*self.client_id);
+        self.username = self.username.as_deref().map(ByteString::from);
+        self.will = self.will.as_ref().map(super::core::owned);
         if self.client_id.is_empty() {
             if !self.clean {
                 return Err(ConnectAckReason::ClientIdentifierNotValid);
@@ -256,4 +261,32 @@ pub(crate) fn take(core: &Core, hello: &Hello) -> Result<Taken, ConnectAckReason
         core.end(&old);
     }
     Ok(taken)
+}
+
+/// The connection `gen` leaves `session`: offline (kept for its expiry) or, with no expiry,
+/// removed. Nothing if another connection holds the session now. Every connection that took
+/// a session calls it once, however it ends.
+pub(crate) fn release(core: &Core, session: &Arc<Session>, gen: u64) {
+    let remove = {
+        let mut map = core.sessions();
+        let mut st = session.state();
+        if st.attached.as_ref().map(|a| a.gen) != Some(gen) {
+            return;
+        }
+        st.attached = None;
+        st.offline_since = Some(std::time::Instant::now());
+        let gone = st.expiry.is_zero();
+        drop(st);
+        if gone
+            && map
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            map.remove(&session.client_id);
+        }
+        gone
+    };
+    if remove {
+        core.end(session);
+    }
 }

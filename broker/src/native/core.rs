@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::PublishProperties;
 
 use super::session::{Delivery, Pushed, Routed, Session};
 use super::tree::{RetainTree, SubTree};
@@ -124,13 +125,17 @@ impl Core {
         let mut tree = self.subs.write().unwrap_or_else(PoisonError::into_inner);
         for s in subs {
             let (group, filter) = split_share(&s.filter);
-            tree.remove(
-                filter,
-                &SubKey {
-                    client: session.client_id.clone(),
-                    group: group.map(Arc::from),
-                },
-            );
+            let key = SubKey {
+                client: session.client_id.clone(),
+                group: group.map(Arc::from),
+            };
+            // A new session of the same client id may have subscribed the same filter since:
+            // that subscription is its, not this one's.
+            if let Some(other) = tree.remove(filter, &key) {
+                if !std::ptr::eq(&*other.session, session) {
+                    tree.insert(filter, key, other);
+                }
+            }
         }
     }
 
@@ -226,15 +231,9 @@ impl Core {
             store.remove(&p.topic);
             return;
         }
-        let mut copy = p.clone();
-        copy.topic = ByteString::from(&*p.topic);
-        copy.payload = Bytes::copy_from_slice(&p.payload);
+        let mut copy = owned(p);
         copy.dup = false;
         copy.packet_id = None;
-        if let Some(props) = &mut copy.properties {
-            props.topic_alias = None;
-            props.subscription_ids.clear();
-        }
         store.insert(&p.topic, Retained { publish: copy });
     }
 
@@ -245,6 +244,37 @@ impl Core {
         store.for_each_match(filter, |_, r| found.push(r.clone()));
         found.sort_by(|a, b| a.publish.topic.cmp(&b.publish.topic));
         found
+    }
+}
+
+/// A copy of `p` that shares no memory with it: a decoded packet's topic, payload and
+/// properties are slices of its packet, which a stored copy must not keep alive (one small
+/// retained message would hold a large packet, and the payload twice). Topic alias and
+/// subscription identifiers are left out: they belong to one connection.
+pub(crate) fn owned(p: &Publish) -> Publish {
+    let text = |t: &ByteString| ByteString::from(&**t);
+    let properties = p.properties.as_ref().map(|pr| PublishProperties {
+        topic_alias: None,
+        correlation_data: pr.correlation_data.as_deref().map(Bytes::copy_from_slice),
+        message_expiry_interval: pr.message_expiry_interval,
+        content_type: pr.content_type.as_ref().map(text),
+        user_properties: pr
+            .user_properties
+            .iter()
+            .map(|(k, v)| (text(k), text(v)))
+            .collect(),
+        is_utf8_payload: pr.is_utf8_payload,
+        response_topic: pr.response_topic.as_ref().map(text),
+        subscription_ids: Vec::new(),
+    });
+    Publish {
+        dup: p.dup,
+        retain: p.retain,
+        qos: p.qos,
+        topic: text(&p.topic),
+        packet_id: p.packet_id,
+        payload: Bytes::copy_from_slice(&p.payload),
+        properties,
     }
 }
 

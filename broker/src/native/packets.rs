@@ -10,14 +10,28 @@ use bytestring::ByteString;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{DisconnectReasonCode, PublishAckReason, RetainHandling};
 
-use super::conn::End;
-use super::connect::Hello;
 use super::core::{split_share, Core, SubKey, SubVal};
-use super::session::{Delivery, OwnSub, Routed, Session};
+use super::session::{Delivery, Kick, OwnSub, Routed, Session};
 use super::wire::{Granted, In, Out, SubReq, Wire};
 use crate::acl::ClientRef;
 use crate::local::valid_topic;
 use crate::Publisher;
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// DISCONNECT (MQTT 5 reason 0): no will.
+    Normal,
+    /// MQTT 5 DISCONNECT with reason 0x04: the will is published.
+    WithWill,
+    /// The socket closed or failed without DISCONNECT.
+    Lost,
+    /// Nothing read for 1.5 keep-alive periods.
+    KeepAlive,
+    Kicked(Kick),
+    /// A protocol error; MQTT 5 clients are told why.
+    Refused(DisconnectReasonCode),
+}
 
 /// What the loop does after a packet.
 #[derive(Debug)]
@@ -40,10 +54,15 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(core: Arc<Core>, session: Arc<Session>, gen: u64, hello: &Hello) -> Self {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        session: Arc<Session>,
+        gen: u64,
+        username: Option<&str>,
+    ) -> Self {
         let from = Arc::new(Publisher {
             client_id: session.client_id.to_string(),
-            username: hello.username.as_ref().map(|u| u.to_string()),
+            username: username.map(str::to_owned),
         });
         Self {
             core,
@@ -51,6 +70,12 @@ impl Link {
             gen,
             from,
         }
+    }
+
+    /// Whether this connection still holds its session (not taken over, not ended).
+    pub(crate) fn current(&self) -> bool {
+        let st = self.session.state();
+        !st.ended && st.attached.as_ref().map(|a| a.gen) == Some(self.gen)
     }
 
     fn client(&self) -> ClientRef<'_> {
@@ -102,29 +127,7 @@ impl Link {
 
     /// Leaves the session: offline (kept for its expiry) or, with no expiry, removed.
     pub(crate) fn detach(self) {
-        let remove = {
-            let mut map = self.core.sessions();
-            let mut st = self.session.state();
-            if st.attached.as_ref().map(|a| a.gen) != Some(self.gen) {
-                false
-            } else {
-                st.attached = None;
-                st.offline_since = Some(std::time::Instant::now());
-                let gone = st.expiry.is_zero();
-                drop(st);
-                if gone
-                    && map
-                        .get(&self.session.client_id)
-                        .is_some_and(|s| Arc::ptr_eq(s, &self.session))
-                {
-                    map.remove(&self.session.client_id);
-                }
-                gone
-            }
-        };
-        if remove {
-            self.core.end(&self.session);
-        }
+        super::connect::release(&self.core, &self.session, self.gen);
     }
 }
 
@@ -159,12 +162,16 @@ pub(crate) async fn handle(
             out(wire, wbuf, Out::PubComp(pid, found));
         }
         In::Subscribe { pid, id, subs } => {
-            let granted = subscribe(link, id, subs);
+            let Some(granted) = subscribe(link, id, subs) else {
+                return Flow::End(End::Kicked(Kick::TakenOver));
+            };
             out(wire, wbuf, Out::SubAck(pid, granted));
             return Flow::Continue { acked: true };
         }
         In::Unsubscribe { pid, filters } => {
-            let found = unsubscribe(link, &filters);
+            let Some(found) = unsubscribe(link, &filters) else {
+                return Flow::End(End::Kicked(Kick::TakenOver));
+            };
             out(wire, wbuf, Out::UnsubAck(pid, found));
         }
         In::Ping => out(wire, wbuf, Out::PingResp),
@@ -212,6 +219,11 @@ async fn publish(link: &mut Link, wire: &mut Wire, mut p: Publish, wbuf: &mut By
         route = false;
         reason = PublishAckReason::TopicNameInvalid;
         core.counts.dropped.fetch_add(1, Ordering::Relaxed);
+    } else if p.payload.len() > core.limits.max_payload {
+        // `broker.max_payload_bytes` (the packet limit leaves room for headers above it).
+        route = false;
+        reason = PublishAckReason::QuotaExceeded;
+        core.counts.dropped.fetch_add(1, Ordering::Relaxed);
     } else if let Some(acl) = &core.security.acl {
         if !acl.may_publish(&link.client(), &p.topic, p.retain) {
             route = false;
@@ -224,11 +236,18 @@ async fn publish(link: &mut Link, wire: &mut Wire, mut p: Publish, wbuf: &mut By
         let Some(id) = pid else {
             return Flow::End(End::Refused(DisconnectReasonCode::ProtocolError));
         };
-        let mut st = link.session.state();
-        if !st.incoming(id) {
-            route = false; // a repeat of a message already routed
-        } else if st.incoming_len() > usize::from(core.limits.inflight) {
-            return Flow::End(End::Refused(DisconnectReasonCode::ReceiveMaximumExceeded));
+        // Only a routed message holds its id until PUBREL: a refused one ends its exchange
+        // with the PUBREC's reason (MQTT 5, 4.3.3), and the client may reuse the id at once.
+        if route {
+            let mut st = link.session.state();
+            if st.holds(id) {
+                route = false; // a repeat of a message already routed
+            } else if st.incoming_len() >= usize::from(core.limits.inflight) {
+                // Not recorded: resent after a reconnect, it is routed then.
+                return Flow::End(End::Refused(DisconnectReasonCode::ReceiveMaximumExceeded));
+            } else {
+                st.incoming(id);
+            }
         }
     }
     core.counts.received.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +278,11 @@ async fn publish(link: &mut Link, wire: &mut Wire, mut p: Publish, wbuf: &mut By
 /// A SUBSCRIBE: each filter checked, added to the tree and the session, and its retained
 /// messages queued (as its Retain Handling says) while the tree is locked, so a message
 /// published at the same time arrives once, live or retained, never both.
-fn subscribe(link: &Link, id: Option<std::num::NonZeroU32>, subs: Vec<SubReq>) -> Vec<Granted> {
+fn subscribe(
+    link: &Link,
+    id: Option<std::num::NonZeroU32>,
+    subs: Vec<SubReq>,
+) -> Option<Vec<Granted>> {
     let core = &link.core;
     let mut granted = Vec::with_capacity(subs.len());
     for s in subs {
@@ -272,7 +295,8 @@ fn subscribe(link: &Link, id: Option<std::num::NonZeroU32>, subs: Vec<SubReq>) -
             continue;
         }
         if let Some(acl) = &core.security.acl {
-            if !acl.may_subscribe(&link.client(), &s.filter) {
+            // The filter without `$share/<group>/`: the topics it reads (as the rmqtt core).
+            if !acl.may_subscribe(&link.client(), filter) {
                 core.counts.acl_subscribe.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client.id = %link.session.client_id, filter = %s.filter, "SUBSCRIBE refused by the topic ACL");
                 granted.push(Granted::NotAuthorized);
@@ -291,10 +315,14 @@ fn subscribe(link: &Link, id: Option<std::num::NonZeroU32>, subs: Vec<SubReq>) -
             sub_id: id,
         };
         let mut tree = core.subs.write().unwrap_or_else(PoisonError::into_inner);
-        let existed = tree.insert(filter, key, val).is_some();
+        if !link.current() {
+            return None; // taken over: the session is another connection's now
+        }
+        let replaced = tree.insert(filter, key, val);
+        let existed = replaced.is_some_and(|old| Arc::ptr_eq(&old.session, &link.session));
         if !existed {
             link.session.state().subs.push(OwnSub {
-                filter: s.filter.clone(),
+                filter: ByteString::from(&*s.filter),
             });
         }
         let send_retained = group.is_none()
@@ -321,14 +349,17 @@ fn subscribe(link: &Link, id: Option<std::num::NonZeroU32>, subs: Vec<SubReq>) -
         drop(tree);
         granted.push(Granted::Qos(s.qos));
     }
-    granted
+    Some(granted)
 }
 
-fn unsubscribe(link: &Link, filters: &[ByteString]) -> Vec<bool> {
+fn unsubscribe(link: &Link, filters: &[ByteString]) -> Option<Vec<bool>> {
     let core = &link.core;
     let mut tree = core.subs.write().unwrap_or_else(PoisonError::into_inner);
+    if !link.current() {
+        return None;
+    }
     let mut st = link.session.state();
-    filters
+    let found = filters
         .iter()
         .map(|f| {
             let (group, filter) = split_share(f);
@@ -340,5 +371,6 @@ fn unsubscribe(link: &Link, filters: &[ByteString]) -> Vec<bool> {
             st.subs.retain(|s| s.filter != *f);
             found
         })
-        .collect()
+        .collect();
+    Some(found)
 }

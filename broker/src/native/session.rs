@@ -169,6 +169,10 @@ impl State {
             return None;
         }
         let d = self.queue.pop_front()?;
+        if self.queue.is_empty() && self.queue.capacity() > 8 {
+            // An idle session does not keep the room a burst needed.
+            self.queue = VecDeque::new();
+        }
         if d.qos == QoS::AtMostOnce {
             return Some(d.packet(None, false));
         }
@@ -195,7 +199,9 @@ impl State {
         let at = self.inflight.iter().position(
             |p| matches!(p, Pending::Publish(id, d) if *id == pid && d.qos == QoS::AtLeastOnce),
         );
-        at.and_then(|i| self.inflight.remove(i)).is_some()
+        let found = at.and_then(|i| self.inflight.remove(i)).is_some();
+        self.shrink();
+        found
     }
 
     /// Forgets the message in flight under `pid` (one the client can never receive).
@@ -222,7 +228,16 @@ impl State {
             .inflight
             .iter()
             .position(|p| matches!(p, Pending::Released(id) if *id == pid));
-        at.and_then(|i| self.inflight.remove(i)).is_some()
+        let found = at.and_then(|i| self.inflight.remove(i)).is_some();
+        self.shrink();
+        found
+    }
+
+    /// Gives back the in-flight list's room once it is empty.
+    fn shrink(&mut self) {
+        if self.inflight.is_empty() && self.inflight.capacity() > 8 {
+            self.inflight = VecDeque::new();
+        }
     }
 
     /// What a resumed connection sends first: every PUBLISH in flight again (DUP) and every
@@ -245,6 +260,11 @@ impl State {
         }
         self.incoming.push(pid);
         true
+    }
+
+    /// Whether an incoming QoS 2 id is held (routed, not yet released).
+    pub(crate) fn holds(&self, pid: NonZeroU16) -> bool {
+        self.incoming.contains(&pid)
     }
 
     /// PUBREL from the client: frees the id; `false` if it was not held.

@@ -24,7 +24,9 @@ use std::{mem, ptr};
 /// or topic so that a match hands it out without rebuilding it.
 struct Node<T> {
     children: HashMap<Box<str>, Node<T>>,
-    leaf: Option<(Box<str>, T)>,
+    /// Boxed: every node sits inline in its parent's map, and most nodes have no leaf (a
+    /// retained message inline would cost its size in every bucket of every level).
+    leaf: Option<Box<(Box<str>, T)>>,
 }
 
 impl<T> Default for Node<T> {
@@ -69,7 +71,7 @@ impl<T> Node<T> {
     fn remove<R>(
         &mut self,
         path: &str,
-        take: impl FnOnce(&mut Option<(Box<str>, T)>) -> Option<R>,
+        take: impl FnOnce(&mut Option<Box<(Box<str>, T)>>) -> Option<R>,
     ) -> Option<R> {
         // `keep`: the depth of the deepest node on the path holding more than the path.
         let (mut node, mut keep, mut depth) = (&mut *self, 0, 0);
@@ -133,7 +135,8 @@ impl<K: Eq + Hash + Clone, V> SubTree<K, V> {
     pub(crate) fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
         let old = if is_wildcard(filter) {
             let leaf = &mut self.wild.find_or_insert(filter).leaf;
-            let (_, subs) = leaf.get_or_insert_with(|| (filter.into(), HashMap::new()));
+            let (_, subs) =
+                &mut **leaf.get_or_insert_with(|| Box::new((filter.into(), HashMap::new())));
             subs.insert(key, value)
         } else if let Some(subs) = self.exact.get_mut(filter) {
             subs.insert(key, value)
@@ -150,7 +153,7 @@ impl<K: Eq + Hash + Clone, V> SubTree<K, V> {
     pub(crate) fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
         let old = if is_wildcard(filter) {
             self.wild.remove(filter, |leaf| {
-                let (_, subs) = leaf.as_mut()?;
+                let (_, subs) = &mut **leaf.as_mut()?;
                 let value = subs.remove(key)?;
                 if subs.is_empty() {
                     *leaf = None;
@@ -179,7 +182,7 @@ impl<K: Eq + Hash + Clone, V> SubTree<K, V> {
             return;
         }
         let mut emit = |node: Option<&Node<HashMap<K, V>>>| {
-            if let Some((filter, subs)) = node.and_then(|node| node.leaf.as_ref()) {
+            if let Some((filter, subs)) = node.and_then(|node| node.leaf.as_deref()) {
                 subs.iter().for_each(|(key, value)| f(filter, key, value));
             }
         };
@@ -250,24 +253,24 @@ impl<M> RetainTree<M> {
     pub(crate) fn insert(&mut self, topic: &str, msg: M) -> Option<M> {
         // Replacing a retained message is the common case: no allocation then.
         let found = self.root.find_mut(topic);
-        if let Some((_, old)) = found.and_then(|node| node.leaf.as_mut()) {
+        if let Some((_, old)) = found.and_then(|node| node.leaf.as_deref_mut()) {
             return Some(mem::replace(old, msg));
         }
-        self.root.find_or_insert(topic).leaf = Some((topic.into(), msg));
+        self.root.find_or_insert(topic).leaf = Some(Box::new((topic.into(), msg)));
         self.len += 1;
         None
     }
 
     /// Removes the message of `topic`, pruning empty nodes.
     pub(crate) fn remove(&mut self, topic: &str) -> Option<M> {
-        let (_, old) = self.root.remove(topic, Option::take)?;
+        let (_, old) = *self.root.remove(topic, Option::take)?;
         self.len -= 1;
         Some(old)
     }
 
     #[allow(dead_code, reason = "API the core does not call yet")]
     pub(crate) fn get(&self, topic: &str) -> Option<&M> {
-        let (_, msg) = self.root.find(topic)?.leaf.as_ref()?;
+        let (_, msg) = self.root.find(topic)?.leaf.as_deref()?;
         Some(msg)
     }
 
@@ -282,7 +285,7 @@ impl<M> RetainTree<M> {
             let rest = match below {
                 Below::Levels(rest) => rest,
                 Below::Nothing | Below::All => {
-                    if let Some((topic, msg)) = &node.leaf {
+                    if let Some((topic, msg)) = node.leaf.as_deref() {
                         f(topic, msg);
                     }
                     if let Below::All = below {

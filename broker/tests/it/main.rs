@@ -8,6 +8,7 @@ mod embedded;
 mod external;
 mod mqtt5;
 mod native;
+mod native_review;
 mod qos_resume;
 mod raw;
 mod reliability;
