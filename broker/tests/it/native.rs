@@ -25,6 +25,11 @@ async fn native() -> TestBroker {
     spawn_broker_with(native_config()).await
 }
 
+/// Held by each test here that runs no resume test (those take it for writing).
+async fn beside() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    crate::qos_resume::HEAVY.read().await
+}
+
 /// QoS 1, 100 resets with the publisher running throughout: nothing lost (the rmqtt core
 /// loses 4-15 in the take-over window, ignored test in `qos_resume.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,11 +51,13 @@ async fn qos2_resets_lose_nothing_while_publishing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn immediate_same_id_reconnects_are_never_refused() {
+    let _beside = beside().await;
     same_id_reconnects_over_tcp(&native().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_closes_the_connection_and_discards_the_will() {
+    let _beside = beside().await;
     let b = native().await;
     let mut wills = disconnect_and_will_over_tcp(&b).await;
     let extra = tokio::time::timeout(std::time::Duration::from_millis(300), wills.recv()).await;
@@ -62,6 +69,7 @@ async fn disconnect_closes_the_connection_and_discards_the_will() {
 /// did not offer. The rmqtt core closes the socket first (report 9).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_clients_get_the_disconnect_reason() {
+    let _beside = beside().await;
     let b = native().await;
     let conn = raw::connect("v5-twice", Proto::V5, 30, None);
     let (mut first, code) = raw::connect_with(b.addr(), &conn).await;
@@ -89,6 +97,7 @@ async fn mqtt5_clients_get_the_disconnect_reason() {
 /// core, with the publisher's client id on what a client sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_and_host_meet() {
+    let _beside = beside().await;
     let b = native().await;
     let mut host = b.broker.subscribe("up/#", 10).await.unwrap();
     let mut sub = client(b.addr(), "native-sub").await;
@@ -140,6 +149,7 @@ async fn clients_and_host_meet() {
 /// start on a packet it cannot finish).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_sent_connect_is_read_when_it_completes() {
+    let _beside = beside().await;
     let b = native().await;
     let conn = raw::connect(&"c".repeat(200), Proto::V311, 30, None);
     let mut s = TcpStream::connect(b.addr()).await.unwrap();
@@ -156,6 +166,7 @@ async fn a_half_sent_connect_is_read_when_it_completes() {
 /// gets its SUBACK; a DISCONNECT closes after the CONNACK), not when more bytes come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_behind_the_connect_are_handled() {
+    let _beside = beside().await;
     let b = native().await;
     let mut both = raw::connect("pipelined", Proto::V311, 0, None);
     both.extend(raw::subscribe(1, "pipelined/t", 1));

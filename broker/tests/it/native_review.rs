@@ -46,6 +46,7 @@ async fn maybe(s: &mut tokio::net::TcpStream, wait: Duration) -> Option<(u8, Vec
 /// (the id of a refused message is not held).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_qos2_publish_holds_no_packet_id() {
+    let _beside = crate::qos_resume::HEAVY.read().await;
     let b = start(cfg(BrokerCore::Native), Security::default()).await;
     let (mut sub, code) =
         raw::connect_with(b.addr(), &raw::connect("r1-sub", Proto::V311, 30, None)).await;
@@ -83,6 +84,7 @@ async fn a_refused_qos2_publish_holds_no_packet_id() {
 /// being recorded: its resend after the reconnect is routed, not taken for a repeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_publish_over_the_receive_maximum_is_routed_when_resent() {
+    let _beside = crate::qos_resume::HEAVY.read().await;
     let mut c = cfg(BrokerCore::Native);
     c.max_inflight = 64;
     let b = start(c, Security::default()).await;
@@ -147,6 +149,7 @@ async fn the_publish_over_the_receive_maximum_is_routed_when_resent() {
 /// session's subscription (same key: the client id): the new session keeps receiving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_over_connection_cannot_touch_the_new_sessions_subscriptions() {
+    let _beside = crate::qos_resume::HEAVY.read().await;
     let mut c = cfg(BrokerCore::Native);
     c.host_send_timeout_ms = 1500;
     let b = start(c, Security::default()).await;
@@ -226,6 +229,7 @@ async fn share_acl(core: BrokerCore) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscriptions_are_checked_without_their_share_prefix() {
+    let _beside = crate::qos_resume::HEAVY.read().await;
     let native = share_acl(BrokerCore::Native).await;
     let rmqtt = share_acl(BrokerCore::Rmqtt).await;
     eprintln!("granted: native {native}, rmqtt {rmqtt}");
@@ -253,6 +257,7 @@ async fn big_payload(core: BrokerCore) -> (Vec<u8>, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_over_max_payload_bytes_are_refused_as_on_rmqtt() {
+    let _beside = crate::qos_resume::HEAVY.read().await;
     let n = big_payload(BrokerCore::Native).await;
     let r = big_payload(BrokerCore::Rmqtt).await;
     eprintln!(
@@ -269,6 +274,7 @@ async fn payloads_over_max_payload_bytes_are_refused_as_on_rmqtt() {
 /// session is released like any other's: it does not count towards `max_sessions` for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connack_that_does_not_fit_leaves_no_session_attached() {
+    let _beside = crate::qos_resume::HEAVY.read().await;
     let mut c = cfg(BrokerCore::Native);
     c.max_sessions = 3;
     let b = start(c, Security::default()).await;
@@ -298,6 +304,7 @@ async fn a_connack_that_does_not_fit_leaves_no_session_attached() {
 /// slot (Receive Maximum 1) and later messages are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_that_no_longer_fits_frees_the_window() {
+    let _beside = crate::qos_resume::HEAVY.read().await;
     let b = start(cfg(BrokerCore::Native), Security::default()).await;
     // Session Expiry Interval (0x11) 60 s, Receive Maximum (0x21) 1.
     let first = [0x11, 0, 0, 0, 60, 0x21, 0, 1];
@@ -343,6 +350,7 @@ async fn a_resend_that_no_longer_fits_frees_the_window() {
 /// reading, and the PINGREQs it sends meanwhile, unread, still keep it alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_that_pings_is_not_closed_for_keep_alive() {
+    let _beside = crate::qos_resume::HEAVY.read().await;
     use tokio::io::AsyncReadExt;
     let b = start(cfg(BrokerCore::Native), Security::default()).await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();

@@ -16,7 +16,7 @@ use std::time::Duration;
 use iot_broker::{Broker, Message, QoS};
 use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, RwLock};
 
 use crate::raw;
 use crate::{spawn_broker, within, TestBroker, WAIT};
@@ -96,13 +96,14 @@ async fn resets_lose_nothing(qos: u8, paused: bool) {
     resets_lose_nothing_on(spawn_broker().await, qos, paused).await;
 }
 
-/// One resume run at a time: each keeps both cores of a CI machine busy, and the rmqtt core's
-/// take-over window (report 4) widens when another one runs beside it.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+/// A resume run keeps both cores of a CI machine busy, and the rmqtt core's take-over window
+/// (report 4) widens when other heavy work runs beside it: resume runs take this for writing
+/// (one at a time, alone), the native core's tests (`native*.rs`) for reading.
+pub static HEAVY: RwLock<()> = RwLock::const_new(());
 
 /// The same on broker `b` (`native.rs` runs it on the native core).
 pub async fn resets_lose_nothing_on(b: TestBroker, qos: u8, paused: bool) {
-    let _alone = ONE_AT_A_TIME.lock().await;
+    let _alone = HEAVY.write().await;
     let id = format!("seq-q{qos}");
     let broker_qos = if qos == 2 {
         QoS::ExactlyOnce
