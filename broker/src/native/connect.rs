@@ -58,15 +58,9 @@ impl Hello {
                         limits.session_expiry
                     },
                     window: limits.inflight,
-                    will: c.last_will.map(|w| Publish {
-                        dup: false,
-                        retain: w.retain,
-                        qos: w.qos,
-                        topic: w.topic,
-                        packet_id: None,
-                        payload: w.message,
-                        properties: None,
-                    }),
+                    will: c
+                        .last_will
+                        .map(|w| will(w.qos, w.retain, w.topic, w.message, None)),
                     v5: false,
                 }
             }
@@ -89,14 +83,8 @@ impl Hello {
                     window: c
                         .receive_max
                         .map_or(limits.inflight, |r| r.get().min(limits.inflight)),
-                    will: c.last_will.map(|w| Publish {
-                        dup: false,
-                        retain: w.retain,
-                        qos: w.qos,
-                        topic: w.topic,
-                        packet_id: None,
-                        payload: w.message,
-                        properties: Some(PublishProperties {
+                    will: c.last_will.map(|w| {
+                        let properties = PublishProperties {
                             correlation_data: w.correlation_data,
                             message_expiry_interval: w.message_expiry_interval,
                             content_type: w.content_type,
@@ -105,7 +93,8 @@ impl Hello {
                             response_topic: w.response_topic,
                             topic_alias: None,
                             subscription_ids: Vec::new(),
-                        }),
+                        };
+                        will(w.qos, w.retain, w.topic, w.message, Some(properties))
                     }),
                     v5: true,
                 }
@@ -139,6 +128,25 @@ impl Hello {
             username: self.username.as_deref(),
             client_id: &self.client_id,
         }
+    }
+}
+
+/// A will as the PUBLISH it becomes, whichever version's CONNECT carried it.
+fn will(
+    qos: rmqtt_codec::types::QoS,
+    retain: bool,
+    topic: ByteString,
+    payload: bytes::Bytes,
+    properties: Option<PublishProperties>,
+) -> Publish {
+    Publish {
+        dup: false,
+        retain,
+        qos,
+        topic,
+        packet_id: None,
+        payload,
+        properties,
     }
 }
 

@@ -49,6 +49,7 @@ impl<T> Drop for Node<T> {
 }
 
 impl<T> Node<T> {
+    #[cfg(test)]
     fn find(&self, path: &str) -> Option<&Self> {
         let mut levels = path.split('/');
         levels.try_fold(self, |node, level| node.children.get(level))
@@ -210,12 +211,12 @@ impl<K: Eq + Hash + Clone, V> SubTree<K, V> {
     }
 
     /// Number of (filter, key) subscriptions.
-    #[allow(dead_code, reason = "API the core does not call yet")]
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    #[allow(dead_code, reason = "API the core does not call yet")]
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -268,7 +269,7 @@ impl<M> RetainTree<M> {
         Some(old)
     }
 
-    #[allow(dead_code, reason = "API the core does not call yet")]
+    #[cfg(test)]
     pub(crate) fn get(&self, topic: &str) -> Option<&M> {
         let (_, msg) = self.root.find(topic)?.leaf.as_deref()?;
         Some(msg)
@@ -305,12 +306,12 @@ impl<M> RetainTree<M> {
         }
     }
 
-    #[allow(dead_code, reason = "API the core does not call yet")]
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    #[allow(dead_code, reason = "API the core does not call yet")]
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
