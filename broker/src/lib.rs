@@ -15,6 +15,8 @@
 //! - [`tls`]: [`TlsFiles`], the certificate and key of the TLS listeners (and the CSM's
 //!   HTTPS), checked into a rustls server configuration.
 //! - `locks`: how std locks are taken (poisoning ignored), the one helper for it.
+//! - `websocket`: the WebSocket upgrade both cores' listeners use; `sys`: the `$SYS` topics
+//!   both cores publish.
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,7 +32,9 @@ pub mod external;
 pub mod local;
 mod locks;
 pub mod native;
+mod sys;
 pub mod tls;
+mod websocket;
 
 pub use acl::{ClientRef, TopicAcl};
 pub use embedded::config::BrokerCore;

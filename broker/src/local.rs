@@ -27,6 +27,39 @@ pub(crate) fn valid_topic(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
+/// Number of levels of an MQTT topic or filter: one more than its `/` count.
+pub(crate) fn levels(topic: &str) -> usize {
+    topic.bytes().filter(|b| *b == b'/').count() + 1
+}
+
+/// The checks of a host publish, whichever core: a topic clients could publish to, a payload
+/// within `broker.max_payload_bytes`, levels within `broker.max_topic_levels`.
+pub(crate) fn check_host_publish(
+    msg: &Message,
+    max_payload: usize,
+    max_levels: usize,
+) -> Result<(), BrokerError> {
+    if !valid_topic(&msg.topic) {
+        return Err(BrokerError::Topic(msg.topic.clone()));
+    }
+    if msg.payload.len() > max_payload {
+        return Err(BrokerError::PayloadTooLarge {
+            bytes: msg.payload.len(),
+            key: "broker.max_payload_bytes",
+            limit: max_payload,
+        });
+    }
+    let levels = levels(&msg.topic);
+    if levels > max_levels {
+        return Err(BrokerError::TopicLevels {
+            levels,
+            key: "broker.max_topic_levels",
+            limit: max_levels,
+        });
+    }
+    Ok(())
+}
+
 /// The registry of host subscriptions. Cheap to clone.
 #[derive(Clone)]
 pub struct LocalRouter {

@@ -200,9 +200,9 @@ async fn serve_embedded(
             let (b, task) = NativeBroker::start(cfg, security, shutdown.clone()).await?;
             Served {
                 mqtt: b.mqtt_addr(),
-                ws: None,
-                tls: None,
-                wss: None,
+                ws: b.ws_addr(),
+                tls: b.tls_addr(),
+                wss: b.wss_addr(),
                 handle: Arc::new(b),
                 task,
             }

@@ -25,8 +25,8 @@ const MAX_TOPIC_LEVELS: usize = 32_768;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EmbeddedConfig {
-    /// Which MQTT implementation serves clients: `rmqtt` (the default) or `native`, this
-    /// crate's own core (`broker/src/native/`: MQTT over TCP only so far).
+    /// Which MQTT implementation serves clients: `native` (the default), this crate's own
+    /// core (`broker/src/native/`), or `rmqtt`.
     pub core: BrokerCore,
     /// MQTT over TCP, `host:port`.
     pub listen: String,
@@ -74,18 +74,17 @@ pub struct EmbeddedConfig {
 #[serde(rename_all = "lowercase")]
 pub enum BrokerCore {
     /// rmqtt 0.24 with our hooks and listeners (`embedded/`).
-    #[default]
     Rmqtt,
     /// Our own connection and session layer (`native/`): sessions own their messages, idle
-    /// connections hold no I/O buffer. MQTT over TCP only: the WebSocket and TLS listeners
-    /// must be off.
+    /// connections hold no I/O buffer.
+    #[default]
     Native,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         Self {
-            core: BrokerCore::Rmqtt,
+            core: BrokerCore::Native,
             listen: "127.0.0.1:1883".to_owned(),
             ws_listen: "127.0.0.1:1884".to_owned(),
             max_payload_bytes: 1024 * 1024,
@@ -131,26 +130,6 @@ impl EmbeddedConfig {
     pub(crate) fn checked(&self) -> Result<Checked, BrokerError> {
         let listen = parse_addr(&self.listen, "broker.listen")?;
         let ws_listen = optional_addr(&self.ws_listen, "broker.ws_listen")?;
-        if self.core == BrokerCore::Native {
-            let set: Vec<&str> = [
-                ("broker.ws_listen", &self.ws_listen),
-                ("broker.tls_listen", &self.tls_listen),
-                ("broker.wss_listen", &self.wss_listen),
-            ]
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, _)| k)
-            .collect();
-            if !set.is_empty() {
-                return Err(BrokerError::Setup {
-                    what: "broker.core = \"native\"",
-                    reason: format!(
-                        "the native core serves MQTT over TCP only so far: set {} to \"\" or use broker.core = \"rmqtt\"",
-                        set.join(", ")
-                    ),
-                });
-            }
-        }
         Ok(Checked {
             listen,
             ws_listen,

@@ -16,15 +16,11 @@ use rmqtt::hook::{Handler, HookResult, Parameter, Priority, ReturnType, Type};
 use rmqtt::types::{FromType, PublishAclResult, PublishResult, Reason};
 
 use super::config::Checked;
+use crate::local::levels;
 use crate::EmbeddedConfig;
 
 /// Above the default priority (0) of our other handlers and of rmqtt's plugins.
 const PRIORITY: Priority = 1000;
-
-/// Number of levels of an MQTT topic or filter: one more than its `/` count.
-pub(crate) fn levels(topic: &str) -> usize {
-    topic.bytes().filter(|b| *b == b'/').count() + 1
-}
 
 /// Registers the publish checks for `broker.max_topic_levels` (validated in `checked`),
 /// `broker.max_payload_bytes` (the listener's packet limit leaves room for headers, so a

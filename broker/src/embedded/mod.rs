@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::acl::TopicAcl;
-use crate::local::{valid_topic, LocalRouter};
+use crate::local::LocalRouter;
 use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
 
 /// Listen backlog; the kernel caps it at `net.core.somaxconn`. rmqtt's 512 overflows when a
@@ -367,23 +367,8 @@ fn from_rmqtt_qos(q: rmqtt::codec::types::QoS) -> QoS {
 #[async_trait]
 impl Broker for EmbeddedBroker {
     async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
-        if !valid_topic(&msg.topic) {
-            return Err(BrokerError::Topic(msg.topic));
-        }
-        if msg.payload.len() > self.inner.max_payload_bytes {
-            return Err(BrokerError::PayloadTooLarge {
-                bytes: msg.payload.len(),
-                key: "broker.max_payload_bytes",
-                limit: self.inner.max_payload_bytes,
-            });
-        }
-        if limits::levels(&msg.topic) > self.inner.max_topic_levels {
-            return Err(BrokerError::TopicLevels {
-                levels: limits::levels(&msg.topic),
-                key: "broker.max_topic_levels",
-                limit: self.inner.max_topic_levels,
-            });
-        }
+        let (payload, levels) = (self.inner.max_payload_bytes, self.inner.max_topic_levels);
+        crate::local::check_host_publish(&msg, payload, levels)?;
         let scx = &self.inner.scx;
         let from = self.inner.host.clone();
         let topic = msg.topic.clone();
@@ -565,6 +550,7 @@ mod tests {
             EmbeddedConfig::default().max_packet_bytes().unwrap(),
             (1 << 20) + (64 << 10)
         );
+        use crate::local::valid_topic;
         assert!(valid_topic("a/b") && !valid_topic("a/+") && !valid_topic("") && !valid_topic("#"));
     }
 }

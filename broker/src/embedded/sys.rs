@@ -1,8 +1,6 @@
-//! `$SYS/broker/...`: the embedded broker's own figures, published retained every
-//! `sys_interval_seconds` under Mosquitto's names, so the usual dashboards and
-//! `mosquitto_sub -t '$SYS/#' -v` work. Counting is two hooks (`MessagePublish` for what
-//! clients send, `MessageDelivered` for what the broker sends them); the rest is rmqtt's own
-//! counts. rmqtt has none of this (docs/broker-upstream.md).
+//! `$SYS/broker/...` on the rmqtt core: the figures `crate::sys` publishes. Counting is two
+//! hooks (`MessagePublish` for what clients send, `MessageDelivered` for what the broker
+//! sends them); the rest is rmqtt's own counts. rmqtt has none of this (docs/broker-upstream.md).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +12,7 @@ use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, Message, QoS};
+use crate::sys::Figures;
 
 /// PUBLISH packets and their topic and payload bytes, each way.
 #[derive(Debug, Default)]
@@ -62,53 +60,33 @@ impl Handler for Counting {
     }
 }
 
-/// Publishes the figures every `every` until `shutdown`.
+/// Publishes the figures every `every` until `shutdown` (`crate::sys`).
 pub(super) fn spawn(
     broker: super::EmbeddedBroker,
     counts: Arc<Counts>,
     every: Duration,
     shutdown: CancellationToken,
 ) {
-    let started = tokio::time::Instant::now();
     let version = format!(
         "iotctl {} (rmqtt {})",
         env!("CARGO_PKG_VERSION"),
         RMQTT_VERSION
     );
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let scx = &broker.inner.scx;
-            let figures = [
-                ("version", version.clone()),
-                ("uptime", format!("{} seconds", started.elapsed().as_secs())),
-                ("clients/connected", scx.connections.count().to_string()),
-                ("clients/total", scx.sessions.count().to_string()),
-                ("messages/received", get(&counts.received)),
-                ("messages/sent", get(&counts.sent)),
-                ("publish/messages/received", get(&counts.received)),
-                ("publish/messages/sent", get(&counts.sent)),
-                ("bytes/received", get(&counts.received_bytes)),
-                ("bytes/sent", get(&counts.sent_bytes)),
-            ];
-            for (name, value) in figures {
-                let msg = Message::new(format!("$SYS/broker/{name}"), value, QoS::AtMostOnce, true);
-                if let Err(e) = broker.publish(msg).await {
-                    tracing::debug!(error = %e, "cannot publish $SYS/broker/{name}");
-                }
-            }
-        }
-    });
+    let scx = broker.inner.scx.clone();
+    let figures = move || Figures {
+        connected: scx.connections.count().try_into().unwrap_or(0),
+        sessions: scx.sessions.count().try_into().unwrap_or(0),
+        received: get(&counts.received),
+        received_bytes: get(&counts.received_bytes),
+        sent: get(&counts.sent),
+        sent_bytes: get(&counts.sent_bytes),
+    };
+    crate::sys::spawn(broker, version, figures, every, shutdown);
 }
 
 /// The rmqtt release pinned in Cargo.toml.
 const RMQTT_VERSION: &str = "0.24.0";
 
-fn get(n: &AtomicU64) -> String {
-    n.load(Ordering::Relaxed).to_string()
+fn get(n: &AtomicU64) -> u64 {
+    n.load(Ordering::Relaxed)
 }

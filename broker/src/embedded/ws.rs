@@ -27,9 +27,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +39,7 @@ use super::{local_addr, setup, LISTEN_BACKLOG};
 use crate::{BrokerError, EmbeddedConfig};
 
 /// Bytes read from rmqtt's side at a time (the buffer grows only while a read is pending).
-const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = crate::websocket::READ_CHUNK;
 /// How long a message to the client may take to go out (rmqtt's own send timeout): a client
 /// that stops reading is disconnected, as over TCP.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,9 +48,6 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Connections in their TLS handshake or WebSocket upgrade at once (rmqtt's
 /// `max_handshaking_limit` default); more wait in the kernel's accept queue.
 const MAX_HANDSHAKING: usize = 1000;
-/// Smallest limit of a WebSocket message and frame: MQTT clients may put several packets in
-/// one message (MQTT.js in a browser joins buffered writes), so it is not the packet limit.
-const MIN_MESSAGE_BYTES: usize = 16 << 20;
 
 /// What the bridge needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -235,36 +229,6 @@ fn spawn(
     })
 }
 
-/// The `Sec-WebSocket-Protocol` MQTT asks for (`mqtt`; `mqttv3.1` of old clients), echoed;
-/// without one the upgrade is refused. (The error type is tungstenite's callback's.)
-#[allow(clippy::result_large_err)]
-fn choose_protocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
-    let offered = req
-        .headers()
-        .get_all("Sec-WebSocket-Protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find(|p| *p == "mqtt" || *p == "mqttv3.1");
-    match offered {
-        Some(p) => {
-            resp.headers_mut().insert(
-                "Sec-WebSocket-Protocol",
-                HeaderValue::from_static(if p == "mqtt" { "mqtt" } else { "mqttv3.1" }),
-            );
-            Ok(resp)
-        }
-        None => {
-            let mut refused = ErrorResponse::new(Some(
-                "MQTT over WebSocket needs the subprotocol `mqtt` (Sec-WebSocket-Protocol)".into(),
-            ));
-            *refused.status_mut() = StatusCode::BAD_REQUEST;
-            Err(refused)
-        }
-    }
-}
-
 /// The TLS handshake (with `tls`) and the WebSocket upgrade, both within one
 /// `handshake_timeout` and holding a `handshaking` permit, then the bridge.
 async fn accept(
@@ -298,19 +262,10 @@ async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut config = WebSocketConfig::default();
-    // tungstenite reserves 128 KiB per connection by default; MQTT packets are mostly small.
-    config.read_buffer_size = READ_CHUNK;
-    config.write_buffer_size = 0;
-    let limit = MIN_MESSAGE_BYTES.max(bridge.max_packet_bytes.saturating_mul(4));
-    config.max_message_size = Some(limit);
-    config.max_frame_size = Some(limit);
-    let upgrade =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, choose_protocol, Some(config));
+    let upgrade = crate::websocket::upgrade(stream, bridge.max_packet_bytes);
     let ws = tokio::time::timeout_at(deadline, upgrade)
         .await
-        .map_err(|_| "no WebSocket upgrade in time".to_string())?
-        .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+        .map_err(|_| "no WebSocket upgrade in time".to_string())??;
     drop(handshaking);
     let inner = TcpStream::connect(bridge.inner)
         .await

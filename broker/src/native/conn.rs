@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use futures::FutureExt;
 use rmqtt_codec::v5::{ConnectAckReason, DisconnectReasonCode};
-use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{authorize, release, take, Hello, Taken};
-use super::core::Core;
+use super::core::{Core, Limits};
+use super::io::{Io, Ready};
 use super::packets::{handle, End, Flow, Link};
 use super::session::{Kick, Resend};
 use super::wire::{ConnAck, Out, Wire, WireError};
@@ -38,13 +37,18 @@ const LAST_WRITE: Duration = Duration::from_secs(1);
 /// Serves one accepted connection until it ends.
 pub(crate) async fn serve(
     core: Arc<Core>,
-    stream: TcpStream,
+    mut io: Io,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
     // The handshake's state (the CONNECT, the credentials check) lives in its own
     // allocation, freed once the client is in: it would otherwise size every idle task.
-    let Some(start) = Box::pin(handshake(&core, &stream, peer)).await else {
+    // Shutdown does not wait for a CONNECT (the session is taken without an await after it).
+    let start = tokio::select! {
+        s = Box::pin(handshake(&core, &mut io, peer)) => s,
+        () = shutdown.cancelled() => None,
+    };
+    let Some(start) = start else {
         return;
     };
     let Started {
@@ -68,7 +72,7 @@ pub(crate) async fn serve(
     };
     core.counts.connected.fetch_add(1, Ordering::Relaxed);
     let end = run(
-        &stream, &mut wire, &mut link, rbuf, wbuf, kicked, &shutdown, keep_alive,
+        &mut io, &mut wire, &mut link, rbuf, wbuf, kicked, &shutdown, keep_alive,
     )
     .await;
     core.counts.connected.fetch_sub(1, Ordering::Relaxed);
@@ -93,11 +97,11 @@ struct Started {
 
 /// Reads the CONNECT, checks it, takes the session and queues the CONNACK; `None` once a
 /// refused or broken connection has been answered.
-async fn handshake(core: &Arc<Core>, stream: &TcpStream, peer: SocketAddr) -> Option<Started> {
+async fn handshake(core: &Arc<Core>, io: &mut Io, peer: SocketAddr) -> Option<Started> {
     let mut rbuf = BytesMut::new();
     let read = timeout(
         core.limits.handshake,
-        read_connect(stream, &mut rbuf, core.limits.max_packet),
+        read_connect(io, &mut rbuf, &core.limits),
     );
     let (mut wire, connect) = match read.await {
         Ok(Ok(found)) => found,
@@ -125,7 +129,7 @@ async fn handshake(core: &Arc<Core>, stream: &TcpStream, peer: SocketAddr) -> Op
         Ok(ok) => ok,
         Err(code) => {
             let _ = wire.connack(connack(core, code, false, None), &mut wbuf);
-            let _ = timeout(LAST_WRITE, write_all(stream, &mut wbuf)).await;
+            let _ = timeout(LAST_WRITE, io.finish(&mut wbuf)).await;
             tracing::debug!(%peer, reason = ?code, "MQTT CONNECT refused");
             return None;
         }
@@ -172,7 +176,7 @@ async fn handshake(core: &Arc<Core>, stream: &TcpStream, peer: SocketAddr) -> Op
 /// The connection's loop after the CONNACK.
 #[allow(clippy::too_many_arguments)]
 async fn run(
-    stream: &TcpStream,
+    io: &mut Io,
     wire: &mut Wire,
     link: &mut Link,
     mut rbuf: BytesMut,
@@ -209,35 +213,25 @@ async fn run(
                 wbuf = BytesMut::new();
             }
             let session = link.session.clone();
+            // Reading pauses while much waits to be written to a client that does not read.
+            let reading = wbuf.len() < WRITE_HIGH * 4;
             tokio::select! {
                 biased;
                 k = &mut kicked => break End::Kicked(k.unwrap_or(Kick::TakenOver)),
                 () = shutdown.cancelled() => break End::Kicked(Kick::Shutdown),
-                r = stream.writable(), if !wbuf.is_empty() => {
-                    if r.is_err() {
-                        break End::Lost;
-                    }
-                    match stream.try_write(&wbuf) {
-                        Ok(n) => wbuf.advance(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => break End::Lost,
-                    }
-                }
-                r = stream.readable(), if wbuf.len() < WRITE_HIGH * 4 => {
-                    if r.is_err() {
-                        break End::Lost;
-                    }
-                    rbuf.reserve(read_size);
-                    match stream.try_read_buf(&mut rbuf) {
-                        Ok(0) => break End::Lost,
-                        Ok(n) => {
-                            read_size = if n >= read_size { (read_size * 2).min(READ_MAX) } else { read_size };
-                            if let Some(g) = grace {
-                                deadline.as_mut().reset(Instant::now() + g);
-                            }
+                r = io.ready(&mut rbuf, read_size, &wbuf, reading), if reading || io.wants_write(&wbuf) => {
+                    let n = match r {
+                        Ok(Ready::Wrote(n)) => {
+                            wbuf.advance(n);
+                            continue;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(_) => break End::Lost,
+                        Ok(Ready::Flushed) => continue,
+                        Ok(Ready::Read(0)) | Err(_) => break End::Lost,
+                        Ok(Ready::Read(n)) => n,
+                    };
+                    read_size = if n >= read_size { (read_size * 2).min(READ_MAX) } else { read_size };
+                    if let Some(g) = grace {
+                        deadline.as_mut().reset(Instant::now() + g);
                     }
                     match decode_all(wire, link, &mut rbuf, &mut wbuf).await {
                         Flow::Continue { acked } => more |= acked,
@@ -252,8 +246,7 @@ async fn run(
                 () = &mut deadline => {
                 // Reading pauses while much waits to be written: bytes the client sent in
                 // the meantime (a PINGREQ) are unread, not missing.
-                let mut one = [0u8; 1];
-                let sent = matches!(stream.peek(&mut one).now_or_never(), Some(Ok(n)) if n > 0);
+                let sent = io.unread();
                 match grace {
                     Some(g) if sent => deadline.as_mut().reset(Instant::now() + g),
                     _ => break End::KeepAlive,
@@ -273,8 +266,9 @@ async fn run(
     if let Some(r) = reason {
         let _ = wire.encode(Out::Disconnect(r), &mut wbuf);
     }
-    if end != End::Lost && !wbuf.is_empty() {
-        let _ = Box::pin(timeout(LAST_WRITE, write_all(stream, &mut wbuf))).await;
+    // Then the sending side is closed (a WebSocket close frame, TLS close_notify).
+    if end != End::Lost {
+        let _ = Box::pin(timeout(LAST_WRITE, io.finish(&mut wbuf))).await;
     }
     end
 }
@@ -305,35 +299,20 @@ async fn decode_all(
 
 /// Reads until a whole CONNECT is in `buf`.
 async fn read_connect(
-    stream: &TcpStream,
+    io: &mut Io,
     buf: &mut BytesMut,
-    max_packet: u32,
+    limits: &Limits,
 ) -> io::Result<(Wire, super::wire::Connect)> {
     loop {
-        if let Some(found) = Wire::connect(buf, max_packet).map_err(|e| io::Error::other(e.what))? {
+        let found = Wire::connect(buf, limits.max_packet, limits.max_aliases)
+            .map_err(|e| io::Error::other(e.what))?;
+        if let Some(found) = found {
             return Ok(found);
         }
-        stream.readable().await?;
-        buf.reserve(READ_MIN);
-        match stream.try_read_buf(buf) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        if io.read(buf, READ_MIN).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
-}
-
-async fn write_all(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
-    while !buf.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(buf) {
-            Ok(n) => buf.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 fn connack(
@@ -350,5 +329,6 @@ fn connack(
             .unwrap_or(std::num::NonZeroU16::MIN),
         max_packet: core.limits.max_packet,
         assigned_client_id,
+        topic_alias_max: core.limits.max_aliases,
     }
 }

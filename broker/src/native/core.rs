@@ -36,6 +36,8 @@ pub(crate) struct Limits {
     pub session_expiry: Duration,
     pub handshake: Duration,
     pub allow_anonymous: bool,
+    /// `broker.max_topic_aliases`, each way.
+    pub max_aliases: u16,
 }
 
 /// Counters, read by `stats()` and `/metrics`.
@@ -45,8 +47,12 @@ pub(crate) struct Counts {
     pub dropped: AtomicU64,
     pub acl_publish: AtomicU64,
     pub acl_subscribe: AtomicU64,
+    /// Client PUBLISH packets, and their topic and payload bytes (`$SYS`).
     pub received: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// PUBLISH packets written to clients, and their topic and payload bytes.
     pub sent: AtomicU64,
+    pub sent_bytes: AtomicU64,
 }
 
 /// Who subscribed: the client id, and the share group of a `$share/<group>/` subscription.
@@ -99,6 +105,20 @@ impl Core {
             counts: Counts::default(),
             next_gen: AtomicU64::new(1),
             shared_turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// The `$SYS` figures now.
+    pub(crate) fn figures(&self) -> crate::sys::Figures {
+        let c = &self.counts;
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        crate::sys::Figures {
+            connected: get(&c.connected),
+            sessions: self.sessions().len() as u64,
+            received: get(&c.received),
+            received_bytes: get(&c.received_bytes),
+            sent: get(&c.sent),
+            sent_bytes: get(&c.sent_bytes),
         }
     }
 

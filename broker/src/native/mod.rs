@@ -14,9 +14,12 @@
 //! the CONNECT); `session` (a session's state machine); `tree` (the topic trees); `wire`
 //! (rmqtt-codec's MQTT 3.1.1 and 5 codecs behind one type).
 
+mod alias;
 mod conn;
 mod connect;
 mod core;
+mod io;
+mod listen;
 mod packets;
 mod session;
 mod tree;
@@ -24,7 +27,7 @@ mod wire;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,18 +35,15 @@ use async_trait::async_trait;
 use bytestring::ByteString;
 use rmqtt_codec::types::Publish;
 use rmqtt_codec::v5::PublishProperties;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::core::{from_codec_qos, to_codec_qos, Core, Limits};
+use self::listen::{Addrs, Listeners, Live};
 use self::session::Routed;
-use crate::local::{valid_topic, LocalRouter};
+use crate::local::{check_host_publish, levels, LocalRouter};
 use crate::{Broker, BrokerError, BrokerStats, EmbeddedConfig, Message, Security, Subscription};
 
-/// Listen backlog (as the rmqtt core's; the kernel caps it at `net.core.somaxconn`).
-const LISTEN_BACKLOG: u32 = 4096;
 /// How long shutdown waits for connections to end.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// How often expired offline sessions are removed.
@@ -53,7 +53,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct NativeBroker {
     core: Arc<Core>,
-    mqtt_addr: SocketAddr,
+    addrs: Addrs,
 }
 
 impl NativeBroker {
@@ -76,48 +76,51 @@ impl NativeBroker {
             session_expiry: checked.session_expiry,
             handshake: Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
             allow_anonymous: cfg.allow_anonymous,
+            max_aliases: cfg.max_topic_aliases,
         };
-        let listener = bind(checked.listen).map_err(|source| BrokerError::Bind {
-            what: "MQTT over TCP",
-            key: "broker.listen",
-            addr: checked.listen.to_string(),
-            source,
-        })?;
-        let mqtt_addr = listener.local_addr().map_err(|source| BrokerError::Bind {
-            what: "MQTT over TCP",
-            key: "broker.listen",
-            addr: checked.listen.to_string(),
-            source,
-        })?;
+        let listeners = Listeners::bind(cfg, &checked)?;
+        let addrs = listeners.addrs;
         let local = LocalRouter::new(Duration::from_millis(cfg.host_send_timeout_ms));
         let core = Arc::new(Core::new(limits, security, local));
-        let broker = NativeBroker { core, mqtt_addr };
-        tracing::info!(mqtt.addr = %mqtt_addr, "embedded MQTT broker (native core) listening");
-        let task = tokio::spawn(serve(broker.core.clone(), listener, shutdown));
+        let broker = NativeBroker { core, addrs };
+        tracing::info!(mqtt.addr = %addrs.mqtt, ws.addr = ?addrs.ws, tls.addr = ?addrs.tls, wss.addr = ?addrs.wss, "embedded MQTT broker (native core) listening");
+        if let Some(every) = checked.sys_interval {
+            let version = format!("iotctl {} (native core)", env!("CARGO_PKG_VERSION"));
+            let core = broker.core.clone();
+            let figures = move || core.figures();
+            crate::sys::spawn(broker.clone(), version, figures, every, shutdown.clone());
+        }
+        let task = tokio::spawn(serve(broker.core.clone(), listeners, shutdown));
         Ok((broker, task))
     }
 
     /// The bound MQTT/TCP address.
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt_addr
+        self.addrs.mqtt
     }
-}
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    /// The bound MQTT/WebSocket address (`broker.ws_listen`), if enabled. Any path works;
+    /// clients must offer the `mqtt` subprotocol.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.addrs.ws
+    }
+
+    /// The bound MQTT-over-TLS address (`broker.tls_listen`), if enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.addrs.tls
+    }
+
+    /// The bound MQTT-over-WebSocket-over-TLS address (`broker.wss_listen`), if enabled.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.addrs.wss
+    }
 }
 
 /// Accepts connections until shutdown, expires offline sessions, then waits for the
 /// connections to end.
-async fn serve(core: Arc<Core>, listener: TcpListener, shutdown: CancellationToken) {
-    let live = Arc::new((AtomicUsize::new(0), Notify::new()));
+async fn serve(core: Arc<Core>, listeners: Listeners, shutdown: CancellationToken) {
+    let live = Arc::new(Live::default());
+    let accepting = listeners.spawn(&core, &live, &shutdown);
     let mut expire = tokio::time::interval(EXPIRE_EVERY);
     loop {
         tokio::select! {
@@ -125,37 +128,16 @@ async fn serve(core: Arc<Core>, listener: TcpListener, shutdown: CancellationTok
             _ = expire.tick() => {
                 core.expire(Instant::now());
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    live.0.fetch_add(1, Ordering::Relaxed);
-                    let (core, live, shutdown) = (core.clone(), live.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        conn::serve(core, stream, peer, shutdown).await;
-                        if live.0.fetch_sub(1, Ordering::Relaxed) == 1 {
-                            live.1.notify_waiters();
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "MQTT accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
         }
     }
-    drop(listener);
-    let wait = async {
-        while live.0.load(Ordering::Relaxed) > 0 {
-            let notified = live.1.notified();
-            if live.0.load(Ordering::Relaxed) == 0 {
-                break;
-            }
-            notified.await;
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_WAIT, wait).await.is_err() {
+    // The accept loops end with their listeners closed.
+    for task in accepting {
+        let _ = task.await;
+    }
+    if tokio::time::timeout(SHUTDOWN_WAIT, live.drained())
+        .await
+        .is_err()
+    {
         tracing::warn!("some MQTT clients were not disconnected within the shutdown timeout");
     }
     tracing::info!("embedded MQTT broker (native core) stopped");
@@ -163,30 +145,14 @@ async fn serve(core: Arc<Core>, listener: TcpListener, shutdown: CancellationTok
 
 /// Whether `topic` is within `broker.max_topic_levels`.
 pub(crate) fn limits_ok(core: &Core, topic: &str) -> bool {
-    topic.bytes().filter(|b| *b == b'/').count() < core.limits.max_levels
+    levels(topic) <= core.limits.max_levels
 }
 
 #[async_trait]
 impl Broker for NativeBroker {
     async fn publish(&self, msg: Message) -> Result<(), BrokerError> {
-        if !valid_topic(&msg.topic) {
-            return Err(BrokerError::Topic(msg.topic));
-        }
         let limits = &self.core.limits;
-        if msg.payload.len() > limits.max_payload {
-            return Err(BrokerError::PayloadTooLarge {
-                bytes: msg.payload.len(),
-                key: "broker.max_payload_bytes",
-                limit: limits.max_payload,
-            });
-        }
-        if !limits_ok(&self.core, &msg.topic) {
-            return Err(BrokerError::TopicLevels {
-                levels: msg.topic.split('/').count(),
-                key: "broker.max_topic_levels",
-                limit: limits.max_levels,
-            });
-        }
+        check_host_publish(&msg, limits.max_payload, limits.max_levels)?;
         let properties = (msg.response_topic.is_some() || msg.correlation.is_some()).then(|| {
             PublishProperties {
                 response_topic: msg.response_topic.map(ByteString::from),
@@ -251,7 +217,7 @@ impl Broker for NativeBroker {
 impl fmt::Debug for NativeBroker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NativeBroker")
-            .field("mqtt_addr", &self.mqtt_addr)
+            .field("addrs", &self.addrs)
             .finish_non_exhaustive()
     }
 }

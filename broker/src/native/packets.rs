@@ -10,6 +10,7 @@ use bytestring::ByteString;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{DisconnectReasonCode, PublishAckReason, RetainHandling};
 
+use super::alias::Inbound;
 use super::core::{split_share, Core, SubKey, SubVal};
 use super::session::{Delivery, Kick, OwnSub, Routed, Session};
 use super::wire::{Granted, In, Out, SubReq, Wire};
@@ -51,6 +52,8 @@ pub(crate) struct Link {
     pub session: Arc<Session>,
     gen: u64,
     from: Arc<Publisher>,
+    /// The topic aliases the client set on this connection.
+    aliases: Inbound,
 }
 
 impl Link {
@@ -69,6 +72,7 @@ impl Link {
             session,
             gen,
             from,
+            aliases: Inbound::default(),
         }
     }
 
@@ -97,6 +101,7 @@ impl Link {
                 return false;
             };
             let pid = p.packet_id;
+            let bytes = (p.topic.len() + p.payload.len()) as u64;
             if let Err(e) = wire.encode(Out::Publish(p), wbuf) {
                 // Larger than the client's Maximum Packet Size: discarded (MQTT-3.1.2-25).
                 tracing::debug!(client.id = %self.session.client_id, error = %e.what, "message discarded for this client");
@@ -107,6 +112,10 @@ impl Link {
                 continue;
             }
             self.core.counts.sent.fetch_add(1, Ordering::Relaxed);
+            self.core
+                .counts
+                .sent_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
         }
         true
     }
@@ -148,7 +157,12 @@ pub(crate) async fn handle(
                 acked: link.session.state().puback(pid),
             }
         }
-        In::PubRec(pid) => {
+        In::PubRec(pid, true) => {
+            return Flow::Continue {
+                acked: link.session.state().pubrec_refused(pid),
+            }
+        }
+        In::PubRec(pid, false) => {
             link.session.state().pubrec(pid);
             out(wire, wbuf, Out::PubRel(pid));
         }
@@ -162,8 +176,9 @@ pub(crate) async fn handle(
             out(wire, wbuf, Out::PubComp(pid, found));
         }
         In::Subscribe { pid, id, subs } => {
-            let Some(granted) = subscribe(link, id, subs) else {
-                return Flow::End(End::Kicked(Kick::TakenOver));
+            let granted = match subscribe(link, id, subs) {
+                Ok(granted) => granted,
+                Err(end) => return Flow::End(end),
             };
             out(wire, wbuf, Out::SubAck(pid, granted));
             return Flow::Continue { acked: true };
@@ -181,9 +196,15 @@ pub(crate) async fn handle(
         } => {
             if let Some(secs) = session_expiry {
                 let mut st = link.session.state();
-                let cap = link.core.limits.session_expiry;
-                let asked = std::time::Duration::from_secs(u64::from(secs));
-                st.expiry = if cap.is_zero() { asked } else { asked.min(cap) };
+                if st.expiry.is_zero() && secs > 0 {
+                    // MQTT-3.14.2-2: a session that was to end with its connection cannot be
+                    // kept by its DISCONNECT (a protocol error; the connection ends anyway).
+                    tracing::debug!(client.id = %link.session.client_id, "DISCONNECT raising a session expiry of 0 ignored");
+                } else {
+                    let cap = link.core.limits.session_expiry;
+                    let asked = std::time::Duration::from_secs(u64::from(secs));
+                    st.expiry = if cap.is_zero() { asked } else { asked.min(cap) };
+                }
             }
             return Flow::End(if reason == 0x04 {
                 End::WithWill
@@ -199,15 +220,11 @@ pub(crate) async fn handle(
     GO
 }
 
-/// A client PUBLISH: checked (topic, alias, levels, ACL), routed, acknowledged.
+/// A client PUBLISH: its alias resolved, checked (topic, levels, ACL), routed, acknowledged.
 async fn publish(link: &mut Link, wire: &mut Wire, mut p: Publish, wbuf: &mut BytesMut) -> Flow {
     let core = link.core.clone();
-    if p.properties
-        .as_ref()
-        .is_some_and(|pr| pr.topic_alias.is_some())
-    {
-        // We announce a Topic Alias Maximum of 0: any alias is invalid (MQTT-3.3.2-8).
-        return Flow::End(End::Refused(DisconnectReasonCode::TopicAliasInvalid));
+    if let Err(reason) = link.aliases.resolve(core.limits.max_aliases, &mut p) {
+        return Flow::End(End::Refused(reason));
     }
     if !valid_topic(&p.topic) {
         return Flow::End(End::Refused(DisconnectReasonCode::TopicNameInvalid));
@@ -215,7 +232,12 @@ async fn publish(link: &mut Link, wire: &mut Wire, mut p: Publish, wbuf: &mut By
     let pid = p.packet_id;
     let mut reason = PublishAckReason::Success;
     let mut route = true;
-    if p.topic.starts_with('$') || !super::limits_ok(&core, &p.topic) {
+    if p.topic.starts_with('$') {
+        // `$SYS/...` is the broker's own (as on the rmqtt core: not authorized).
+        route = false;
+        reason = PublishAckReason::NotAuthorized;
+        core.counts.dropped.fetch_add(1, Ordering::Relaxed);
+    } else if !super::limits_ok(&core, &p.topic) {
         route = false;
         reason = PublishAckReason::TopicNameInvalid;
         core.counts.dropped.fetch_add(1, Ordering::Relaxed);
@@ -251,6 +273,10 @@ async fn publish(link: &mut Link, wire: &mut Wire, mut p: Publish, wbuf: &mut By
         }
     }
     core.counts.received.fetch_add(1, Ordering::Relaxed);
+    let bytes = (p.topic.len() + p.payload.len()) as u64;
+    core.counts
+        .received_bytes
+        .fetch_add(bytes, Ordering::Relaxed);
     if route {
         p.dup = false;
         p.packet_id = None;
@@ -278,17 +304,26 @@ async fn publish(link: &mut Link, wire: &mut Wire, mut p: Publish, wbuf: &mut By
 /// A SUBSCRIBE: each filter checked, added to the tree and the session, and its retained
 /// messages queued (as its Retain Handling says) while the tree is locked, so a message
 /// published at the same time arrives once, live or retained, never both.
+///
+/// Ends the connection when another has taken the session over, and (MQTT-3.8.3-4, a
+/// protocol error) for No Local on a shared subscription, before anything is subscribed.
 fn subscribe(
     link: &Link,
     id: Option<std::num::NonZeroU32>,
     subs: Vec<SubReq>,
-) -> Option<Vec<Granted>> {
+) -> Result<Vec<Granted>, End> {
+    if subs
+        .iter()
+        .any(|s| s.no_local && split_share(&s.filter).0.is_some())
+    {
+        return Err(End::Refused(DisconnectReasonCode::ProtocolError));
+    }
     let core = &link.core;
     let mut granted = Vec::with_capacity(subs.len());
     for s in subs {
         let (group, filter) = split_share(&s.filter);
         let valid = iot_proto::topics::valid_filter(filter)
-            && group.is_none_or(|g| !g.is_empty() && !g.contains(['+', '#']) && !s.no_local)
+            && group.is_none_or(|g| !g.is_empty() && !g.contains(['+', '#']))
             && super::limits_ok(core, filter);
         if !valid {
             granted.push(Granted::Invalid);
@@ -316,7 +351,8 @@ fn subscribe(
         };
         let mut tree = core.subs.write().unwrap_or_else(PoisonError::into_inner);
         if !link.current() {
-            return None; // taken over: the session is another connection's now
+            // Taken over: the session is another connection's now.
+            return Err(End::Kicked(Kick::TakenOver));
         }
         let replaced = tree.insert(filter, key, val);
         let existed = replaced.is_some_and(|old| Arc::ptr_eq(&old.session, &link.session));
@@ -349,7 +385,7 @@ fn subscribe(
         drop(tree);
         granted.push(Granted::Qos(s.qos));
     }
-    Some(granted)
+    Ok(granted)
 }
 
 fn unsubscribe(link: &Link, filters: &[ByteString]) -> Option<Vec<bool>> {

@@ -222,6 +222,17 @@ impl State {
         }
     }
 
+    /// PUBREC with a reason of 0x80 or more: the client refused the QoS 2 message, which ends
+    /// the exchange (MQTT 5, 4.3.3: no PUBREL) and frees its id.
+    pub(crate) fn pubrec_refused(&mut self, pid: NonZeroU16) -> bool {
+        let at = self.inflight.iter().position(
+            |p| matches!(p, Pending::Publish(id, d) if *id == pid && d.qos == QoS::ExactlyOnce),
+        );
+        let found = at.and_then(|i| self.inflight.remove(i)).is_some();
+        self.shrink();
+        found
+    }
+
     /// PUBCOMP: frees the id of a released QoS 2 message.
     pub(crate) fn pubcomp(&mut self, pid: NonZeroU16) -> bool {
         let at = self

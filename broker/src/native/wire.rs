@@ -17,6 +17,8 @@ use rmqtt_codec::v5::{
 use rmqtt_codec::{v3, version::ProtocolVersion};
 use tokio_util::codec::{Decoder, Encoder};
 
+use super::alias::Outbound;
+
 /// A decode or encode failure: the connection is closed (MQTT 5: with this reason).
 #[derive(Debug)]
 pub(crate) struct WireError {
@@ -48,7 +50,8 @@ pub(crate) struct SubReq {
 pub(crate) enum In {
     Publish(Box<Publish>),
     PubAck(NonZeroU16),
-    PubRec(NonZeroU16),
+    /// With whether the client refused the message (MQTT 5 reason 0x80 or more).
+    PubRec(NonZeroU16, bool),
     PubRel(NonZeroU16),
     PubComp(NonZeroU16),
     Subscribe {
@@ -98,7 +101,8 @@ pub(crate) enum Out {
 pub(crate) enum Wire {
     /// With the largest packet accepted (v3's codec does not say).
     V3(v3::Codec, u32),
-    V5(v5::Codec),
+    /// With the topic aliases the broker gives topics towards the client.
+    V5(v5::Codec, Outbound),
 }
 
 /// The CONNECT, whichever version.
@@ -109,10 +113,12 @@ pub(crate) enum Connect {
 }
 
 impl Wire {
-    /// Reads the CONNECT at the start of `buf`: `Ok(None)` until it is complete.
+    /// Reads the CONNECT at the start of `buf`: `Ok(None)` until it is complete. The
+    /// broker uses up to `max_aliases` topic aliases towards an MQTT 5 client that allows them.
     pub(crate) fn connect(
         buf: &mut BytesMut,
         max_packet: u32,
+        max_aliases: u16,
     ) -> Result<Option<(Wire, Connect)>, WireError> {
         let Some(mut packet) = take_packet(buf, max_packet)? else {
             return Ok(None);
@@ -142,7 +148,8 @@ impl Wire {
                         if let Some(max) = c.max_packet_size {
                             codec.set_max_outbound_size(max.get());
                         }
-                        Ok(Some((Wire::V5(codec), Connect::V5(c))))
+                        let aliases = Outbound::new(c.topic_alias_max, max_aliases);
+                        Ok(Some((Wire::V5(codec, aliases), Connect::V5(c))))
                     }
                     Some(_) => Err(WireError::malformed("the first packet is not a CONNECT")),
                     None => Ok(None),
@@ -155,7 +162,7 @@ impl Wire {
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<In>, WireError> {
         let max = match self {
             Wire::V3(_, max) => *max,
-            Wire::V5(c) => c.max_inbound_size(),
+            Wire::V5(c, _) => c.max_inbound_size(),
         };
         let Some(mut packet) = take_packet(buf, max)? else {
             return Ok(None);
@@ -166,7 +173,7 @@ impl Wire {
                 .decode(&mut packet)
                 .map_err(failed)?
                 .map(|(p, _)| from_v3(p)),
-            Wire::V5(c) => c
+            Wire::V5(c, _) => c
                 .decode(&mut packet)
                 .map_err(failed)?
                 .map(|(p, _)| from_v5(p)),
@@ -188,7 +195,18 @@ impl Wire {
                 Some(p) => c.encode(p, buf).map_err(e),
                 None => Ok(()),
             },
-            Wire::V5(c) => c.encode(to_v5(out), buf).map_err(e),
+            Wire::V5(c, aliases) => {
+                let (out, new) = match out {
+                    Out::Publish(mut p) => {
+                        let new = aliases.apply(&mut p);
+                        (Out::Publish(p), new)
+                    }
+                    out => (out, None),
+                };
+                c.encode(to_v5(out), buf).map_err(e)?;
+                aliases.keep(new);
+                Ok(())
+            }
         }
     }
 
@@ -205,7 +223,7 @@ impl Wire {
                     buf,
                 )
                 .map_err(e),
-            Wire::V5(c) => c
+            Wire::V5(c, _) => c
                 .encode(
                     v5::Packet::ConnectAck(Box::new(v5::ConnectAck {
                         session_present: ack.session_present,
@@ -214,7 +232,7 @@ impl Wire {
                         receive_max: ack.receive_max,
                         max_packet_size: Some(ack.max_packet),
                         assigned_client_id: ack.assigned_client_id,
-                        topic_alias_max: 0,
+                        topic_alias_max: ack.topic_alias_max,
                         ..v5::ConnectAck::default()
                     })),
                     buf,
@@ -276,6 +294,8 @@ pub(crate) struct ConnAck {
     pub receive_max: NonZeroU16,
     pub max_packet: u32,
     pub assigned_client_id: Option<ByteString>,
+    /// The Topic Alias Maximum the broker announces (`broker.max_topic_aliases`).
+    pub topic_alias_max: u16,
 }
 
 fn too_large_or_malformed(what: &str) -> WireError {
@@ -308,7 +328,7 @@ fn from_v3(p: v3::Packet) -> In {
     match p {
         P::Publish(p) => In::Publish(p),
         P::PublishAck { packet_id } => In::PubAck(packet_id),
-        P::PublishReceived { packet_id } => In::PubRec(packet_id),
+        P::PublishReceived { packet_id } => In::PubRec(packet_id, false),
         P::PublishRelease { packet_id } => In::PubRel(packet_id),
         P::PublishComplete { packet_id } => In::PubComp(packet_id),
         P::Subscribe {
@@ -353,7 +373,7 @@ fn from_v5(p: v5::Packet) -> In {
     match p {
         P::Publish(p) => In::Publish(p),
         P::PublishAck(a) => In::PubAck(a.packet_id),
-        P::PublishReceived(a) => In::PubRec(a.packet_id),
+        P::PublishReceived(a) => In::PubRec(a.packet_id, u8::from(a.reason_code) >= 0x80),
         P::PublishRelease(a) => In::PubRel(a.packet_id),
         P::PublishComplete(a) => In::PubComp(a.packet_id),
         P::Subscribe(s) => In::Subscribe {
@@ -500,7 +520,7 @@ mod tests {
         let mut buf = BytesMut::new();
         for (i, b) in packet.iter().enumerate() {
             buf.extend_from_slice(&[*b]);
-            let got = Wire::connect(&mut buf, 1 << 20).unwrap();
+            let got = Wire::connect(&mut buf, 1 << 20, 10).unwrap();
             assert_eq!(got.is_some(), i == packet.len() - 1, "byte {i}");
             if let Some((_, Connect::V3(c))) = got {
                 assert_eq!(c.client_id, id);
@@ -508,7 +528,8 @@ mod tests {
         }
         assert!(Wire::connect(
             &mut BytesMut::from(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x01][..]),
-            1 << 20
+            1 << 20,
+            10
         )
         .is_err());
     }

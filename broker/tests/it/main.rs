@@ -9,6 +9,7 @@ mod external;
 mod mqtt5;
 mod native;
 mod native_review;
+mod native_spec;
 mod qos_resume;
 mod raw;
 mod reliability;
@@ -54,19 +55,19 @@ impl AnyBroker {
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         match self {
             AnyBroker::Rmqtt(b) => b.ws_addr(),
-            AnyBroker::Native(_) => None,
+            AnyBroker::Native(b) => b.ws_addr(),
         }
     }
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         match self {
             AnyBroker::Rmqtt(b) => b.tls_addr(),
-            AnyBroker::Native(_) => None,
+            AnyBroker::Native(b) => b.tls_addr(),
         }
     }
     pub fn wss_addr(&self) -> Option<SocketAddr> {
         match self {
             AnyBroker::Rmqtt(b) => b.wss_addr(),
-            AnyBroker::Native(_) => None,
+            AnyBroker::Native(b) => b.wss_addr(),
         }
     }
     fn inner(&self) -> &dyn Broker {
@@ -93,11 +94,11 @@ impl Broker for AnyBroker {
     }
 }
 
-/// The core the suite runs on: `IOT_BROKER_CORE=native` or the default.
+/// The core the suite runs on: the default (native) unless `IOT_BROKER_CORE=rmqtt`.
 pub fn suite_core() -> BrokerCore {
     match std::env::var("IOT_BROKER_CORE").as_deref() {
-        Ok("native") => BrokerCore::Native,
-        _ => BrokerCore::Rmqtt,
+        Ok("rmqtt") => BrokerCore::Rmqtt,
+        _ => BrokerCore::Native,
     }
 }
 
@@ -155,11 +156,7 @@ pub fn test_config() -> EmbeddedConfig {
     EmbeddedConfig {
         core,
         listen: "127.0.0.1:0".into(),
-        ws_listen: if core == BrokerCore::Native {
-            String::new()
-        } else {
-            "127.0.0.1:0".into()
-        },
+        ws_listen: "127.0.0.1:0".into(),
         ..EmbeddedConfig::default()
     }
 }

@@ -3,10 +3,11 @@
 //! number). rmqtt 0.24 alone lost 50-110 messages over 100 resets (docs/broker-upstream.md,
 //! report 4).
 //!
-//! The publisher stops while the subscriber reconnects (the reset itself comes with messages
-//! queued and in flight): messages *published* during the take-over can still be lost in a
-//! window inside rmqtt that no hook reaches (report 4, cause 2); the ignored test
-//! `..._while_publishing` shows it (`cargo test -p iot-broker --test it -- --ignored`).
+//! Here the publisher stops while the subscriber reconnects (the reset itself comes with
+//! messages queued and in flight), so that the test holds on both cores. The harder variants
+//! (QoS 2; publishing throughout the take-over) run in `native.rs` on the native core only:
+//! the rmqtt core loses messages published in a take-over window no hook reaches, and QoS 2
+//! runs whose PUBREL it forgets (report 4, causes 2 and 4).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -206,22 +207,4 @@ pub async fn resets_lose_nothing_on(b: TestBroker, qos: u8, paused: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_resets_lose_nothing() {
     resets_lose_nothing(1, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "rmqtt loses runs of QoS 2 messages across resumes, packet ids reused while the client holds them (docs/broker-upstream.md, report 4, cause 4)"]
-async fn qos2_resets_lose_nothing_and_repeat_nothing() {
-    resets_lose_nothing(2, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "rmqtt loses messages published during a take-over in a window no hook reaches (docs/broker-upstream.md, report 4)"]
-async fn qos1_resets_lose_nothing_while_publishing() {
-    resets_lose_nothing(1, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "as above"]
-async fn qos2_resets_lose_nothing_while_publishing() {
-    resets_lose_nothing(2, false).await;
 }

@@ -70,7 +70,7 @@ impl OdfClient {
 mod tests {
     use std::sync::Arc;
 
-    use iot_broker::{EmbeddedBroker, EmbeddedConfig, Message, QoS};
+    use iot_broker::{EmbeddedConfig, Message, NativeBroker, QoS, Security};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -86,7 +86,7 @@ mod tests {
             ws_listen: String::new(),
             ..EmbeddedConfig::default()
         };
-        let (broker, _task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
+        let (broker, _task) = NativeBroker::start(&cfg, Security::default(), shutdown.clone())
             .await
             .expect("broker starts");
         let broker: BrokerHandle = Arc::new(broker);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use iot_broker::{EmbeddedBroker, EmbeddedConfig, Message, QoS};
+use iot_broker::{EmbeddedConfig, Message, NativeBroker, QoS, Security};
 use serde_json::{json, Value};
 
 use super::*;
@@ -44,7 +44,7 @@ async fn a_graph_task_that_dies_is_restarted_from_its_plan() {
         ws_listen: String::new(),
         ..EmbeddedConfig::default()
     };
-    let (broker, _task) = EmbeddedBroker::start(&cfg, None, shutdown.clone())
+    let (broker, _task) = NativeBroker::start(&cfg, Security::default(), shutdown.clone())
         .await
         .unwrap();
     let broker: BrokerHandle = Arc::new(broker);
