@@ -2,10 +2,11 @@
 //! a buffer that exists only while bytes are being decoded, writes from a buffer that exists
 //! only while bytes are waiting, and moves messages between the socket and its session.
 //!
-//! An idle connection therefore holds no I/O buffer at all: its cost is this task's state,
-//! the socket and the session (docs/BENCHMARKS.md, the native core's figures). Reading waits
-//! on the socket's readiness, not on a buffer; a read takes what is there into a buffer
-//! sized by what the last reads brought (1 KiB to 64 KiB).
+//! An idle TCP connection therefore holds no I/O buffer at all: its cost is this task's
+//! state, the socket and the session (docs/BENCHMARKS.md, the native core's figures). Reading
+//! waits on the socket's readiness, not on a buffer; a read takes what is there into a
+//! buffer sized by what the last reads brought (1 KiB to 64 KiB). TLS and WebSocket
+//! connections are byte streams with buffers of their own (`io.rs`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,18 +35,21 @@ const WRITE_HIGH: usize = 64 * 1024;
 /// How long the last packets (a DISCONNECT's reason) may take to be written at the end.
 const LAST_WRITE: Duration = Duration::from_secs(1);
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection until it ends; its CONNECT must be read by `deadline`
+/// (`handshake_timeout_ms` after it was accepted, TLS handshake and WebSocket upgrade
+/// included).
 pub(crate) async fn serve(
     core: Arc<Core>,
     mut io: Io,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    deadline: Instant,
 ) {
     // The handshake's state (the CONNECT, the credentials check) lives in its own
     // allocation, freed once the client is in: it would otherwise size every idle task.
     // Shutdown does not wait for a CONNECT (the session is taken without an await after it).
     let start = tokio::select! {
-        s = Box::pin(handshake(&core, &mut io, peer)) => s,
+        s = Box::pin(handshake(&core, &mut io, peer, deadline)) => s,
         () = shutdown.cancelled() => None,
     };
     let Some(start) = start else {
@@ -97,12 +101,14 @@ struct Started {
 
 /// Reads the CONNECT, checks it, takes the session and queues the CONNACK; `None` once a
 /// refused or broken connection has been answered.
-async fn handshake(core: &Arc<Core>, io: &mut Io, peer: SocketAddr) -> Option<Started> {
+async fn handshake(
+    core: &Arc<Core>,
+    io: &mut Io,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<Started> {
     let mut rbuf = BytesMut::new();
-    let read = timeout(
-        core.limits.handshake,
-        read_connect(io, &mut rbuf, &core.limits),
-    );
+    let read = tokio::time::timeout_at(deadline, read_connect(io, &mut rbuf, &core.limits));
     let (mut wire, connect) = match read.await {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
@@ -190,6 +196,10 @@ async fn run(
     let far = Duration::from_secs(86_400 * 365);
     let mut deadline = pin!(sleep(grace.unwrap_or(far)));
     let mut read_size = READ_MIN;
+    // Reading and writing take turns at first refusal, so neither starves the other.
+    let mut read_first = false;
+    // The client closed its side (EOF, a WebSocket close): what it is owed still goes out.
+    let mut eof = false;
     let mut more = true;
     // Packets sent right behind the CONNECT, in the same read.
     let early = match rbuf.is_empty() {
@@ -219,16 +229,22 @@ async fn run(
                 biased;
                 k = &mut kicked => break End::Kicked(k.unwrap_or(Kick::TakenOver)),
                 () = shutdown.cancelled() => break End::Kicked(Kick::Shutdown),
-                r = io.ready(&mut rbuf, read_size, &wbuf, reading), if reading || io.wants_write(&wbuf) => {
+                r = io.ready(&mut rbuf, read_size, &wbuf, reading, read_first), if reading || io.wants_write(&wbuf) => {
                     let n = match r {
                         Ok(Ready::Wrote(n)) => {
                             wbuf.advance(n);
+                            read_first = true;
                             continue;
                         }
                         Ok(Ready::Flushed) => continue,
-                        Ok(Ready::Read(0)) | Err(_) => break End::Lost,
+                        Ok(Ready::Read(0)) => {
+                            eof = true;
+                            break End::Lost;
+                        }
+                        Err(_) => break End::Lost,
                         Ok(Ready::Read(n)) => n,
                     };
+                    read_first = false;
                     read_size = if n >= read_size { (read_size * 2).min(READ_MAX) } else { read_size };
                     if let Some(g) = grace {
                         deadline.as_mut().reset(Instant::now() + g);
@@ -267,7 +283,7 @@ async fn run(
         let _ = wire.encode(Out::Disconnect(r), &mut wbuf);
     }
     // Then the sending side is closed (a WebSocket close frame, TLS close_notify).
-    if end != End::Lost {
+    if end != End::Lost || eof {
         let _ = Box::pin(timeout(LAST_WRITE, io.finish(&mut wbuf))).await;
     }
     end

@@ -63,16 +63,35 @@ impl Io {
     }
 
     /// Writes some of `wbuf` (or flushes what was written) or reads into `rbuf` (reserving
-    /// `size` first; with `read`), whichever the transport is ready for first. Cancel-safe:
-    /// nothing is read or written unless it returns.
+    /// `size` first; with `read`), whichever the transport is ready for first; with
+    /// `read_first` reading is tried first (the caller alternates, so that a client that
+    /// reads as fast as the broker writes is still read from). Cancel-safe: nothing is read
+    /// or written unless it returns. The caller must want something: reading, or what
+    /// [`wants_write`](Self::wants_write) says (otherwise it waits for ever).
     pub(crate) async fn ready(
         &mut self,
         rbuf: &mut BytesMut,
         size: usize,
         wbuf: &[u8],
         read: bool,
+        read_first: bool,
     ) -> io::Result<Ready> {
-        poll_fn(|cx| self.poll_ready(cx, rbuf, size, wbuf, read)).await
+        debug_assert!(read || self.wants_write(wbuf));
+        poll_fn(|cx| {
+            if read_first && read {
+                if let Poll::Ready(r) = self.poll_read(cx, rbuf, size) {
+                    return Poll::Ready(r);
+                }
+            }
+            if let Poll::Ready(r) = self.poll_write(cx, wbuf) {
+                return Poll::Ready(r);
+            }
+            if !read_first && read {
+                return self.poll_read(cx, rbuf, size);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Whether [`ready`](Self::ready) has anything to do besides reading.
@@ -80,57 +99,53 @@ impl Io {
         !wbuf.is_empty() || matches!(self, Io::Stream(_, true))
     }
 
-    fn poll_ready(
+    /// Writes some of `wbuf`, or flushes a byte stream once it is all written; `Pending` (and
+    /// no waker) when there is nothing to do.
+    fn poll_write(&mut self, cx: &mut Context<'_>, wbuf: &[u8]) -> Poll<io::Result<Ready>> {
+        match self {
+            Io::Tcp(s) if !wbuf.is_empty() => Pin::new(s).poll_write(cx, wbuf).map_ok(Ready::Wrote),
+            Io::Tcp(_) => Poll::Pending,
+            Io::Stream(s, unflushed) => {
+                if !wbuf.is_empty() {
+                    let n = ready!(Pin::new(&mut **s).poll_write(cx, wbuf))?;
+                    *unflushed = true;
+                    Poll::Ready(Ok(Ready::Wrote(n)))
+                } else if *unflushed {
+                    ready!(Pin::new(&mut **s).poll_flush(cx))?;
+                    *unflushed = false;
+                    Poll::Ready(Ok(Ready::Flushed))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
         rbuf: &mut BytesMut,
         size: usize,
-        wbuf: &[u8],
-        read: bool,
     ) -> Poll<io::Result<Ready>> {
         match self {
-            Io::Tcp(s) => {
-                if !wbuf.is_empty() {
-                    if let Poll::Ready(r) = Pin::new(&mut *s).poll_write(cx, wbuf) {
-                        return Poll::Ready(r.map(Ready::Wrote));
-                    }
-                }
-                if !read {
-                    return Poll::Pending;
-                }
-                loop {
-                    ready!(s.poll_read_ready(cx))?;
-                    // Ready: only now is there a buffer to read into.
-                    rbuf.reserve(size);
-                    match s.try_read_buf(rbuf) {
-                        Ok(n) => return Poll::Ready(Ok(Ready::Read(n))),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if rbuf.is_empty() {
-                                *rbuf = BytesMut::new();
-                            }
+            Io::Tcp(s) => loop {
+                ready!(s.poll_read_ready(cx))?;
+                // Ready: only now is there a buffer to read into.
+                rbuf.reserve(size);
+                match s.try_read_buf(rbuf) {
+                    Ok(n) => return Poll::Ready(Ok(Ready::Read(n))),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if rbuf.is_empty() {
+                            *rbuf = BytesMut::new();
                         }
-                        Err(e) => return Poll::Ready(Err(e)),
                     }
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-            }
-            Io::Stream(s, unflushed) => {
-                if !wbuf.is_empty() {
-                    if let Poll::Ready(r) = Pin::new(&mut **s).poll_write(cx, wbuf) {
-                        *unflushed = true;
-                        return Poll::Ready(r.map(Ready::Wrote));
-                    }
-                } else if *unflushed {
-                    if let Poll::Ready(r) = Pin::new(&mut **s).poll_flush(cx) {
-                        *unflushed = false;
-                        return Poll::Ready(r.map(|()| Ready::Flushed));
-                    }
-                }
-                if read {
-                    rbuf.reserve(size);
-                    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut **s), cx, rbuf))?;
-                    return Poll::Ready(Ok(Ready::Read(n)));
-                }
-                Poll::Pending
+            },
+            Io::Stream(s, _) => {
+                rbuf.reserve(size);
+                let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut **s), cx, rbuf))?;
+                Poll::Ready(Ok(Ready::Read(n)))
             }
         }
     }
@@ -138,7 +153,7 @@ impl Io {
     /// Reads at least one byte into `buf` (0: the client closed).
     pub(crate) async fn read(&mut self, buf: &mut BytesMut, size: usize) -> io::Result<usize> {
         loop {
-            if let Ready::Read(n) = self.ready(buf, size, &[], true).await? {
+            if let Ready::Read(n) = self.ready(buf, size, &[], true, true).await? {
                 return Ok(n);
             }
         }
@@ -158,7 +173,7 @@ impl Io {
     pub(crate) async fn write_all(&mut self, buf: &mut BytesMut) -> io::Result<()> {
         let mut none = BytesMut::new();
         while self.wants_write(buf) {
-            if let Ready::Wrote(n) = self.ready(&mut none, 0, buf, false).await? {
+            if let Ready::Wrote(n) = self.ready(&mut none, 0, buf, false, false).await? {
                 buf.advance(n);
             }
         }
@@ -178,6 +193,9 @@ impl Io {
         )
     }
 }
+
+/// The largest WebSocket message the broker writes (a longer write goes out in several).
+const WS_WRITE_MAX: usize = 16 * 1024;
 
 /// A WebSocket as the byte stream of MQTT over WebSocket.
 pub(crate) struct WsBytes<S> {
@@ -250,9 +268,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
     ) -> Poll<io::Result<usize>> {
         let ws = &mut self.get_mut().ws;
         ready!(Pin::new(&mut *ws).poll_ready(cx)).map_err(ws_error)?;
-        let message = Message::Binary(Bytes::copy_from_slice(buf));
+        // At most WS_WRITE_MAX a message: tungstenite's write buffer keeps the capacity of
+        // the largest message it wrote.
+        let n = buf.len().min(WS_WRITE_MAX);
+        let message = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
         Pin::new(ws).start_send(message).map_err(ws_error)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -261,9 +282,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsBytes<S> {
             .map_err(ws_error)
     }
 
+    /// The WebSocket close (or the reply to the client's), then the stream's own shutdown
+    /// (TLS's close_notify).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().ws)
-            .poll_close(cx)
-            .map_err(ws_error)
+        use tokio_tungstenite::tungstenite::Error;
+        let this = self.get_mut();
+        match ready!(Pin::new(&mut this.ws).poll_close(cx)) {
+            Ok(()) | Err(Error::ConnectionClosed | Error::AlreadyClosed) => {}
+            Err(e) => return Poll::Ready(Err(ws_error(e))),
+        }
+        Pin::new(this.ws.get_mut()).poll_shutdown(cx)
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -224,13 +225,14 @@ impl Accept {
                     let (core, live) = (self.core.clone(), self.live.clone());
                     let (kind, shutdown) = (self.kind.clone(), self.shutdown.clone());
                     tokio::spawn(async move {
-                        let (handshake, max) = (core.limits.handshake, core.limits.max_packet);
+                        let deadline = Instant::now() + core.limits.handshake;
+                        let max = core.limits.max_packet as usize;
                         let opened = tokio::select! {
-                            o = open(stream, kind, handshake, max as usize, permit) => o,
+                            o = open(stream, kind, deadline, max, permit) => o,
                             () = shutdown.cancelled() => Err("shutting down".into()),
                         };
                         match opened {
-                            Ok(io) => conn::serve(core, io, peer, shutdown).await,
+                            Ok(io) => conn::serve(core, io, peer, shutdown, deadline).await,
                             Err(e) => {
                                 tracing::debug!(client.addr = %peer, error = %e, "MQTT connection not opened");
                             }
@@ -250,17 +252,17 @@ impl Accept {
     }
 }
 
-/// The TLS handshake and the WebSocket upgrade `kind` needs, within `timeout`.
+/// The TLS handshake and the WebSocket upgrade `kind` needs, by `deadline`.
 async fn open(
     stream: TcpStream,
     kind: Kind,
-    timeout: Duration,
+    deadline: Instant,
     max_packet: usize,
     permit: Option<OwnedSemaphorePermit>,
 ) -> Result<Io, String> {
     let late = |what: &str| format!("no {what} in time");
     let max = max_packet;
-    let opened = tokio::time::timeout(timeout, async {
+    let opened = tokio::time::timeout_at(deadline, async {
         Ok::<Io, String>(match kind {
             Kind::Tcp => Io::Tcp(stream),
             Kind::Ws => Io::stream(WsBytes::new(crate::websocket::upgrade(stream, max).await?)),

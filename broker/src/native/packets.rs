@@ -197,9 +197,11 @@ pub(crate) async fn handle(
             if let Some(secs) = session_expiry {
                 let mut st = link.session.state();
                 if st.expiry.is_zero() && secs > 0 {
-                    // MQTT-3.14.2-2: a session that was to end with its connection cannot be
-                    // kept by its DISCONNECT (a protocol error; the connection ends anyway).
-                    tracing::debug!(client.id = %link.session.client_id, "DISCONNECT raising a session expiry of 0 ignored");
+                    // MQTT 5, 3.14.2.2.2: not a valid DISCONNECT. The session still ends with
+                    // its connection, and the connection ends as for a protocol error: with
+                    // DISCONNECT 0x82, and the will.
+                    tracing::debug!(client.id = %link.session.client_id, "DISCONNECT raising a session expiry of 0 refused");
+                    return Flow::End(End::Refused(DisconnectReasonCode::ProtocolError));
                 } else {
                     let cap = link.core.limits.session_expiry;
                     let asked = std::time::Duration::from_secs(u64::from(secs));

@@ -83,8 +83,9 @@ async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
         .is_none());
 }
 
-/// MQTT-3.14.2-2: a session whose expiry was 0 ends with its connection even if the
-/// DISCONNECT names an expiry: the next CONNECT finds no session.
+/// MQTT 5, 3.14.2.2.2: a session whose expiry was 0 ends with its connection even if the
+/// DISCONNECT names an expiry (a protocol error, answered with DISCONNECT 0x82): the next
+/// CONNECT finds no session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_cannot_keep_a_session_that_was_to_end() {
     let _beside = crate::qos_resume::HEAVY.read().await;
@@ -94,10 +95,12 @@ async fn a_disconnect_cannot_keep_a_session_that_was_to_end() {
         .await
         .unwrap();
     raw::expect(&mut s, WAIT, "SUBACK").await;
-    // DISCONNECT, reason 0, Session Expiry Interval (0x11) 600 s.
+    // DISCONNECT, reason 0, Session Expiry Interval (0x11) 600 s: refused with 0x82.
     s.write_all(&[0xE0, 7, 0x00, 5, 0x11, 0, 0, 0x02, 0x58])
         .await
         .unwrap();
+    let p = raw::expect(&mut s, WAIT, "DISCONNECT").await;
+    assert_eq!((p.0, p.1.first().copied()), (0xE0, Some(0x82)), "{p:?}");
     assert!(raw::expect_or_closed(&mut s, WAIT, "the close")
         .await
         .is_none());
@@ -136,4 +139,37 @@ async fn shutdown_does_not_wait_for_a_connect() {
             .await
             .is_none());
     }
+}
+
+/// A WebSocket client's close is answered with a close (not a dropped connection, which
+/// browsers report as 1006), once the broker has handled what came before it; without a
+/// DISCONNECT first, its will is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_close_is_answered_and_publishes_the_will() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let _beside = crate::qos_resume::HEAVY.read().await;
+    let b = native().await;
+    let mut wills = b.broker.subscribe("ws-will/#", 4).await.unwrap();
+    let (mut ws, _) = crate::websocket::ws_connect(b.broker.ws_addr().unwrap()).await;
+    let conn =
+        crate::reliability::connect_with_will("ws-closer", raw::Proto::V311, "ws-will/a", b"gone");
+    ws.send(WsMessage::Binary(conn.into())).await.unwrap();
+    // CONNACK.
+    match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+        Some(Ok(WsMessage::Binary(b))) => assert_eq!(&b[..], &[0x20, 2, 0, 0]),
+        other => panic!("no CONNACK: {other:?}"),
+    }
+    ws.send(WsMessage::Close(None)).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+    assert!(
+        matches!(reply, Some(Ok(WsMessage::Close(_))) | None),
+        "no close in reply: {reply:?}"
+    );
+    let will = tokio::time::timeout(WAIT, wills.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&will.payload[..], b"gone");
 }
