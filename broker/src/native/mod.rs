@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use self::core::{from_codec_qos, to_codec_qos, Core, Limits};
 use self::listen::{Addrs, Listeners, Live};
 use self::session::Routed;
+use crate::embedded::config::Checked;
 use crate::local::{check_host_publish, levels, LocalRouter};
 use crate::{Broker, BrokerError, BrokerStats, EmbeddedConfig, Message, Security, Subscription};
 
@@ -66,18 +67,7 @@ impl NativeBroker {
         shutdown: CancellationToken,
     ) -> Result<(NativeBroker, JoinHandle<()>), BrokerError> {
         let checked = cfg.checked()?;
-        let limits = Limits {
-            max_packet: checked.max_packet_bytes,
-            max_payload: cfg.max_payload_bytes,
-            inflight: checked.inflight.get(),
-            max_queue: cfg.max_mqueue_len,
-            max_sessions: cfg.max_sessions,
-            max_levels: checked.max_topic_levels,
-            session_expiry: checked.session_expiry,
-            handshake: Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
-            allow_anonymous: cfg.allow_anonymous,
-            max_aliases: cfg.max_topic_aliases,
-        };
+        let limits = limits(cfg, &checked);
         let listeners = Listeners::bind(cfg, &checked)?;
         let addrs = listeners.addrs;
         let local = LocalRouter::new(Duration::from_millis(cfg.host_send_timeout_ms));
@@ -113,6 +103,22 @@ impl NativeBroker {
     /// The bound MQTT-over-WebSocket-over-TLS address (`broker.wss_listen`), if enabled.
     pub fn wss_addr(&self) -> Option<SocketAddr> {
         self.addrs.wss
+    }
+}
+
+/// The core's limits from the checked settings.
+fn limits(cfg: &EmbeddedConfig, checked: &Checked) -> Limits {
+    Limits {
+        max_packet: checked.max_packet_bytes,
+        max_payload: cfg.max_payload_bytes,
+        inflight: checked.inflight.get(),
+        max_queue: cfg.max_mqueue_len,
+        max_sessions: cfg.max_sessions,
+        max_levels: checked.max_topic_levels,
+        session_expiry: checked.session_expiry,
+        handshake: Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
+        allow_anonymous: cfg.allow_anonymous,
+        max_aliases: cfg.max_topic_aliases,
     }
 }
 
