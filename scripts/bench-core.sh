@@ -11,12 +11,22 @@
 # IOTCTL names the binary (default target/release/iotctl: `cargo build --release -p iotctl`).
 set -euo pipefail
 core=${1:?usage: $0 native|rmqtt BENCH-ARGS...}
+case $core in native | rmqtt) ;; *) echo "$0: CORE is native or rmqtt, not $core" >&2; exit 2 ;; esac
 shift
 bin=${IOTCTL:-$(dirname "$0")/../target/release/iotctl}
 dir=$(mktemp -d)
 pid=
 cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  status=$?
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  # The controller's log is kept when something failed.
+  if [ "$status" -ne 0 ] && [ -f "$dir/out.log" ]; then
+    echo "--- controller log ($dir/out.log)" >&2
+    tail -n 50 "$dir/out.log" >&2 || true
+  fi
   rm -rf "$dir"
 }
 trap cleanup EXIT

@@ -283,7 +283,9 @@ async fn run(
         let _ = wire.encode(Out::Disconnect(r), &mut wbuf);
     }
     // Then the sending side is closed (a WebSocket close frame, TLS close_notify).
-    if end != End::Lost || eof {
+    // After a client's EOF only a TLS or WebSocket close is owed (a plain TCP peer that
+    // closed gets nothing, and its will is not held back for it).
+    if end != End::Lost || (eof && io.is_stream()) {
         let _ = Box::pin(timeout(LAST_WRITE, io.finish(&mut wbuf))).await;
     }
     end

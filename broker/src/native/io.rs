@@ -161,12 +161,20 @@ impl Io {
 
     /// Writes all of `buf`, flushes and closes the sending side (a WebSocket's close, TLS's
     /// close_notify, TCP's FIN).
+    /// The shutdown is tried even when the write fails: after a client's WebSocket close
+    /// nothing more may be sent, but the close reply tungstenite queued must go out.
     pub(crate) async fn finish(&mut self, buf: &mut BytesMut) -> io::Result<()> {
-        self.write_all(buf).await?;
-        match self {
+        let written = self.write_all(buf).await;
+        let closed = match self {
             Io::Tcp(s) => s.shutdown().await,
             Io::Stream(s, _) => s.shutdown().await,
-        }
+        };
+        written.and(closed)
+    }
+
+    /// Whether this is a byte stream with a closing handshake of its own (TLS, WebSocket).
+    pub(crate) fn is_stream(&self) -> bool {
+        matches!(self, Io::Stream(..))
     }
 
     /// Writes and flushes all of `buf`.

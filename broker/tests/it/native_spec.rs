@@ -173,3 +173,64 @@ async fn a_websocket_close_is_answered_and_publishes_the_will() {
         .unwrap();
     assert_eq!(&will.payload[..], b"gone");
 }
+
+/// The same with messages still queued for the client when its close arrives (the broker
+/// blocked writing to a client that does not read): nothing more may be sent after a close,
+/// but the close reply still goes out once the client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_close_is_answered_with_messages_queued() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let _beside = crate::qos_resume::HEAVY.read().await;
+    let b = native().await;
+    let (mut ws, _) = crate::websocket::ws_connect(b.broker.ws_addr().unwrap()).await;
+    let conn = raw::connect("ws-busy", raw::Proto::V311, 0, None);
+    ws.send(WsMessage::Binary(conn.into())).await.unwrap();
+    ws.send(WsMessage::Binary(raw::subscribe(1, "busy/#", 0).into()))
+        .await
+        .unwrap();
+    // CONNACK and SUBACK (possibly in one message).
+    let mut got = 0;
+    while got < 9 {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(WsMessage::Binary(b))) => got += b.len(),
+            other => panic!("no CONNACK and SUBACK: {other:?}"),
+        }
+    }
+    // 16 MiB for a client that does not read: more than the kernel buffers, so some of it
+    // still waits in the broker when the close arrives.
+    let payload = vec![b'x'; 32 * 1024];
+    for _ in 0..512 {
+        let m = Message::new("busy/a", payload.clone(), QoS::AtMostOnce, false);
+        b.broker.publish(m).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(WsMessage::Close(None)).await.unwrap();
+    let end = within_close(&mut ws).await;
+    assert!(end, "the connection ended without a close reply");
+}
+
+/// Reads (and drops) data until the close reply (`true`) or an error or end (`false`).
+async fn within_close(
+    ws: &mut (impl futures::Stream<
+        Item = Result<
+            tokio_tungstenite::tungstenite::Message,
+            tokio_tungstenite::tungstenite::Error,
+        >,
+    > + Unpin),
+) -> bool {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Close(_))) => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
