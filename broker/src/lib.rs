@@ -15,7 +15,7 @@
 //! - [`tls`]: [`TlsFiles`], the certificate and key of the TLS listeners (and the CSM's
 //!   HTTPS), checked into a rustls server configuration.
 //! - `locks`: how std locks are taken (poisoning ignored), the one helper for it.
-//! - `websocket`: the WebSocket upgrade both cores' listeners use; `sys`: the `$SYS` topics
+//! - `net` and `websocket`: binding a listener and the WebSocket upgrade, for both cores; `sys`: the `$SYS` topics
 //!   both cores publish.
 
 use std::fmt;
@@ -32,6 +32,7 @@ pub mod external;
 pub mod local;
 mod locks;
 pub mod native;
+mod net;
 mod sys;
 pub mod tls;
 mod websocket;

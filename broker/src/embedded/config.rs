@@ -119,6 +119,24 @@ pub(crate) struct Checked {
     pub wss_listen: Option<SocketAddr>,
 }
 
+impl Checked {
+    /// The certificate and key of the TLS listeners, read and checked, when `tls_listen` or
+    /// `wss_listen` is on (`None` otherwise); an error names the key that needs them.
+    pub(crate) fn tls_files<'a>(
+        &self,
+        cfg: &'a EmbeddedConfig,
+    ) -> Result<Option<&'a crate::tls::TlsFiles>, BrokerError> {
+        let key = match (self.tls_listen, self.wss_listen) {
+            (None, None) => return Ok(None),
+            (Some(_), _) => "broker.tls_listen",
+            (None, Some(_)) => "broker.wss_listen",
+        };
+        let files = cfg.tls.as_ref().ok_or(BrokerError::NoCertificate { key })?;
+        files.check()?;
+        Ok(Some(files))
+    }
+}
+
 impl EmbeddedConfig {
     /// Checks values that parse but cannot work; the error names the key (`broker.<key>`) and
     /// what it allows. [`EmbeddedBroker::start`](crate::EmbeddedBroker::start) checks too, but

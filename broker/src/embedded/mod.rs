@@ -46,9 +46,9 @@ use crate::acl::TopicAcl;
 use crate::local::LocalRouter;
 use crate::{Broker, BrokerError, BrokerStats, Message, QoS, Subscription};
 
-/// Listen backlog; the kernel caps it at `net.core.somaxconn`. rmqtt's 512 overflows when a
-/// few thousand devices reconnect at once, and an overflowed SYN is retried only after 1 s.
-const LISTEN_BACKLOG: i32 = 4096;
+/// rmqtt's listeners take our listen backlog (`crate::net`): its own 512 overflows when a few
+/// thousand devices reconnect at once, and an overflowed SYN is retried only after 1 s.
+const LISTEN_BACKLOG: i32 = crate::net::LISTEN_BACKLOG as i32;
 /// How long shutdown waits for connected clients to be disconnected.
 const SHUTDOWN_KICK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest client id accepted (MQTT requires 23; SDKs use about 50).

@@ -44,16 +44,9 @@ pub(super) fn bind_secure(
         tls: None,
         wss: None,
     };
-    if checked.tls_listen.is_none() && checked.wss_listen.is_none() {
+    let Some(files) = checked.tls_files(cfg)? else {
         return Ok(secure);
-    }
-    let key = if checked.tls_listen.is_some() {
-        "broker.tls_listen"
-    } else {
-        "broker.wss_listen"
     };
-    let files = cfg.tls.as_ref().ok_or(BrokerError::NoCertificate { key })?;
-    files.check()?;
     let builder = with_files(builder.clone(), files)?;
     if let Some(addr) = checked.tls_listen {
         let what = "MQTT over TLS";
@@ -68,12 +61,7 @@ pub(super) fn bind_secure(
     }
     if let Some(addr) = checked.wss_listen {
         let what = "MQTT over WebSocket over TLS";
-        let (l, bound) = super::ws::bind(
-            addr,
-            super::LISTEN_BACKLOG.unsigned_abs(),
-            what,
-            "broker.wss_listen",
-        )?;
+        let (l, bound) = crate::net::bind_tcp(addr, what, "broker.wss_listen")?;
         let config = files.server_config(vec![b"http/1.1".to_vec()])?;
         secure.wss = Some((l, bound, TlsAcceptor::from(config)));
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,7 +35,7 @@ use rmqtt::net::{Builder, Listener};
 use rmqtt::server::MqttServerBuilder;
 
 use super::config::Checked;
-use super::{local_addr, setup, LISTEN_BACKLOG};
+use super::{local_addr, setup};
 use crate::{BrokerError, EmbeddedConfig};
 
 /// Bytes read from rmqtt's side at a time (the buffer grows only while a read is pending).
@@ -87,12 +87,7 @@ impl Fronts {
         let mut ws_addr = None;
         if let Some(addr) = checked.ws_listen {
             let what = "MQTT over WebSocket";
-            let (l, bound) = bind(
-                addr,
-                LISTEN_BACKLOG.unsigned_abs(),
-                what,
-                "broker.ws_listen",
-            )?;
+            let (l, bound) = crate::net::bind_tcp(addr, what, "broker.ws_listen")?;
             public.push((l, None));
             ws_addr = Some(bound);
         }
@@ -150,33 +145,6 @@ impl Fronts {
             .map(|(l, tls)| spawn(l, tls, bridge, stop.clone(), close.clone()))
             .collect()
     }
-}
-
-/// Binds a public WebSocket listener (`key` names its setting in errors); returns it and the
-/// address it is bound to.
-pub(super) fn bind(
-    addr: SocketAddr,
-    backlog: u32,
-    what: &'static str,
-    key: &'static str,
-) -> Result<(TcpListener, SocketAddr), BrokerError> {
-    let err = |source| BrokerError::Bind {
-        what,
-        key,
-        addr: addr.to_string(),
-        source,
-    };
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(err)?;
-    socket.set_reuseaddr(true).map_err(err)?;
-    socket.bind(addr).map_err(err)?;
-    let listener = socket.listen(backlog).map_err(err)?;
-    let bound = listener.local_addr().map_err(err)?;
-    Ok((listener, bound))
 }
 
 /// Accepts WebSocket clients (over TLS with `tls`) until `stop`; the task ends (and the

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -25,8 +25,6 @@ use super::io::{Io, WsBytes};
 use crate::embedded::config::Checked;
 use crate::{BrokerError, EmbeddedConfig};
 
-/// Listen backlog (as the rmqtt core's; the kernel caps it at `net.core.somaxconn`).
-const LISTEN_BACKLOG: u32 = 4096;
 /// Connections in their TLS handshake or WebSocket upgrade at once.
 const MAX_HANDSHAKING: usize = 1000;
 
@@ -144,16 +142,9 @@ fn acceptors(
     cfg: &EmbeddedConfig,
     checked: &Checked,
 ) -> Result<(Option<TlsAcceptor>, Option<TlsAcceptor>), BrokerError> {
-    if checked.tls_listen.is_none() && checked.wss_listen.is_none() {
+    let Some(files) = checked.tls_files(cfg)? else {
         return Ok((None, None));
-    }
-    let key = if checked.tls_listen.is_some() {
-        "broker.tls_listen"
-    } else {
-        "broker.wss_listen"
     };
-    let files = cfg.tls.as_ref().ok_or(BrokerError::NoCertificate { key })?;
-    files.check()?;
     let tls = match checked.tls_listen {
         Some(_) => Some(TlsAcceptor::from(files.server_config(Vec::new())?)),
         None => None,
@@ -167,6 +158,7 @@ fn acceptors(
     Ok((tls, wss))
 }
 
+/// Binds `addr` and adds it to `bound` as a listener of `kind`.
 fn bind(
     addr: SocketAddr,
     what: &'static str,
@@ -174,22 +166,7 @@ fn bind(
     bound: &mut Vec<(TcpListener, Kind)>,
     kind: Kind,
 ) -> Result<SocketAddr, BrokerError> {
-    let err = |source| BrokerError::Bind {
-        what,
-        key,
-        addr: addr.to_string(),
-        source,
-    };
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(err)?;
-    socket.set_reuseaddr(true).map_err(err)?;
-    socket.bind(addr).map_err(err)?;
-    let listener = socket.listen(LISTEN_BACKLOG).map_err(err)?;
-    let local = listener.local_addr().map_err(err)?;
+    let (listener, local) = crate::net::bind_tcp(addr, what, key)?;
     bound.push((listener, kind));
     Ok(local)
 }

@@ -1,18 +1,20 @@
-//! The native broker core: our own MQTT connection and session layer, chosen with
-//! `broker.core = "native"` (the default stays rmqtt, `embedded/`, until this core does all
-//! it does: docs/broker-native.md lists what is served and what is not yet).
+//! The native broker core: our own MQTT connection and session layer, `broker.core =
+//! "native"`, the default (`rmqtt`, `embedded/`, is the other choice; docs/broker-native.md
+//! lists what is served and what is not yet).
 //!
 //! Why it exists (docs/broker-upstream.md, reports 4, 8 and 9): rmqtt's connection layer
 //! holds two 8 KiB codec buffers per idle connection and its session layer can lose QoS 1/2
 //! messages across a take-over; neither is reachable through its API. Here a session owns
 //! every message from routing to acknowledgement, whichever connection is attached, and an
-//! idle connection holds no I/O buffer.
+//! idle TCP connection holds no I/O buffer.
 //!
-//! Layout: this file (the listener, [`NativeBroker`] and [`Broker`] for it); `core` (sessions,
+//! Layout: this file ([`NativeBroker`], [`Broker`] for it, the expiry loop); `listen` (the
+//! TCP, WebSocket, TLS and WSS listeners and their accept loops); `io` (a connection's
+//! transport: TCP by readiness, or a TLS/WebSocket byte stream); `core` (sessions,
 //! subscription tree, retained store, routing); `connect` (a CONNECT: credentials, will,
 //! take-over); `conn` (a connection's task and its buffers); `packets` (each packet after
-//! the CONNECT); `session` (a session's state machine); `tree` (the topic trees); `wire`
-//! (rmqtt-codec's MQTT 3.1.1 and 5 codecs behind one type).
+//! the CONNECT); `alias` (MQTT 5 topic aliases); `session` (a session's state machine);
+//! `tree` (the topic trees); `wire` (rmqtt-codec's MQTT 3.1.1 and 5 codecs behind one type).
 
 mod alias;
 mod conn;

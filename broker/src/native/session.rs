@@ -196,9 +196,15 @@ impl State {
 
     /// PUBACK: whether it acknowledged a QoS 1 message in flight.
     pub(crate) fn puback(&mut self, pid: NonZeroU16) -> bool {
-        let at = self.inflight.iter().position(
-            |p| matches!(p, Pending::Publish(id, d) if *id == pid && d.qos == QoS::AtLeastOnce),
-        );
+        self.remove_publish(pid, QoS::AtLeastOnce)
+    }
+
+    /// Removes the PUBLISH of `qos` in flight under `pid`; whether there was one.
+    fn remove_publish(&mut self, pid: NonZeroU16, qos: QoS) -> bool {
+        let at = self
+            .inflight
+            .iter()
+            .position(|p| matches!(p, Pending::Publish(id, d) if *id == pid && d.qos == qos));
         let found = at.and_then(|i| self.inflight.remove(i)).is_some();
         self.shrink();
         found
@@ -225,12 +231,7 @@ impl State {
     /// PUBREC with a reason of 0x80 or more: the client refused the QoS 2 message, which ends
     /// the exchange (MQTT 5, 4.3.3: no PUBREL) and frees its id.
     pub(crate) fn pubrec_refused(&mut self, pid: NonZeroU16) -> bool {
-        let at = self.inflight.iter().position(
-            |p| matches!(p, Pending::Publish(id, d) if *id == pid && d.qos == QoS::ExactlyOnce),
-        );
-        let found = at.and_then(|i| self.inflight.remove(i)).is_some();
-        self.shrink();
-        found
+        self.remove_publish(pid, QoS::ExactlyOnce)
     }
 
     /// PUBCOMP: frees the id of a released QoS 2 message.

@@ -34,6 +34,18 @@ async fn v5(b: &TestBroker, id: &str, clean: bool, props: &[u8]) -> (TcpStream, 
     (s, ack.1)
 }
 
+/// The next packet is DISCONNECT with `reason`, then the connection closes.
+async fn disconnected_with(s: &mut TcpStream, reason: u8) {
+    let p = raw::expect(s, WAIT, "DISCONNECT").await;
+    assert_eq!((p.0, p.1.first().copied()), (0xE0, Some(reason)), "{p:?}");
+    closed(s).await;
+}
+
+/// The broker closes the connection (whatever it sends before).
+async fn closed(s: &mut TcpStream) {
+    assert!(raw::expect_or_closed(s, WAIT, "the close").await.is_none());
+}
+
 /// MQTT 5, 4.3.3: a PUBREC with a reason of 0x80 or more ends the QoS 2 exchange: no PUBREL
 /// follows, and the message no longer holds the client's Receive Maximum (here 1), so the
 /// next message comes.
@@ -76,11 +88,7 @@ async fn no_local_on_a_shared_subscription_is_a_protocol_error() {
     s.write_all(&raw::subscribe_v5_with(1, "$share/g/nl/#", 0x05, &[]))
         .await
         .unwrap();
-    let p = raw::expect(&mut s, WAIT, "DISCONNECT").await;
-    assert_eq!((p.0, p.1.first().copied()), (0xE0, Some(0x82)), "{p:?}");
-    assert!(raw::expect_or_closed(&mut s, WAIT, "the close")
-        .await
-        .is_none());
+    disconnected_with(&mut s, 0x82).await;
 }
 
 /// MQTT 5, 3.14.2.2.2: a session whose expiry was 0 ends with its connection even if the
@@ -99,11 +107,7 @@ async fn a_disconnect_cannot_keep_a_session_that_was_to_end() {
     s.write_all(&[0xE0, 7, 0x00, 5, 0x11, 0, 0, 0x02, 0x58])
         .await
         .unwrap();
-    let p = raw::expect(&mut s, WAIT, "DISCONNECT").await;
-    assert_eq!((p.0, p.1.first().copied()), (0xE0, Some(0x82)), "{p:?}");
-    assert!(raw::expect_or_closed(&mut s, WAIT, "the close")
-        .await
-        .is_none());
+    disconnected_with(&mut s, 0x82).await;
     // Clean start 0: session present (CONNACK flags bit 0) must be 0.
     let (_again, ack) = v5(&b, "short-lived", false, &[0x11, 0, 0, 0x02, 0x58]).await;
     assert_eq!(ack[0] & 1, 0, "the session was kept: {ack:?}");
@@ -135,9 +139,7 @@ async fn shutdown_does_not_wait_for_a_connect() {
         .expect("shutdown waited for connections that sent no CONNECT")
         .unwrap();
     for mut s in silent {
-        assert!(raw::expect_or_closed(&mut s, WAIT, "the close")
-            .await
-            .is_none());
+        closed(&mut s).await;
     }
 }
 
@@ -207,12 +209,12 @@ async fn a_websocket_close_is_answered_with_messages_queued() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     ws.send(WsMessage::Close(None)).await.unwrap();
-    let end = within_close(&mut ws).await;
+    let end = close_reply(&mut ws).await;
     assert!(end, "the connection ended without a close reply");
 }
 
 /// Reads (and drops) data until the close reply (`true`) or an error or end (`false`).
-async fn within_close(
+async fn close_reply(
     ws: &mut (impl futures::Stream<
         Item = Result<
             tokio_tungstenite::tungstenite::Message,
